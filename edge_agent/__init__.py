@@ -1,0 +1,1 @@
+"""The edge agent: measures, loads, evicts and serves real diffusion and language models."""

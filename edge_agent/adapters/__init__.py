@@ -1,0 +1,1 @@
+"""Adapters to the outside world: torch/diffusers/transformers, NVML, disk."""

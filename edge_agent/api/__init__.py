@@ -1,0 +1,1 @@
+"""Thin FastAPI routes of the agent."""

@@ -1,0 +1,1 @@
+"""Pure-Python core of the agent: levels, swap pool, admission. No torch, no FastAPI."""

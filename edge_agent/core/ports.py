@@ -1,0 +1,116 @@
+"""What the agent's core needs from the outside world, as protocols.
+
+The core (levels, swap pool, admission) is pure Python: it never imports torch. The torch
+adapters (`edge_agent.adapters.torch_models`) implement these protocols for real models;
+the tests implement them with hand-written fakes to exercise the state machine quickly.
+All methods here are *blocking* and may take seconds: the core calls them in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from genedge.contract import ChatMessage, ModelManifest
+
+
+@dataclass(frozen=True)
+class TextParams:
+    """Resolved text generation parameters (defaults already applied, limits checked)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """Resolved image generation parameters."""
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    n: int = 1
+    negative_prompt: str | None = None
+    seed: int | None = None
+
+
+@dataclass
+class TextResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class LoadReport:
+    """How a load went: which loader ran, from which tier, and how long it took."""
+
+    loader: str  # "genedge" (weights assigned from safetensors) or "library" (from_pretrained)
+    tier: str  # "disk" or "ram"
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+class TokenSink(Protocol):
+    def __call__(self, delta: str) -> None: ...
+
+
+class LoadedModel(Protocol):
+    """A model whose weights are on the compute device, ready to generate."""
+
+    model_id: str
+
+    def memory_bytes(self) -> int:
+        """Bytes of parameters and buffers this model holds on its device."""
+        ...
+
+    def generate_text(
+        self,
+        messages: list[ChatMessage] | None,
+        prompt: str | None,
+        params: TextParams,
+        on_token: TokenSink | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TextResult:
+        """Generate from chat `messages` (chat template applied) or a raw `prompt`.
+
+        `on_token` is called from the generating thread with each decoded text delta;
+        `should_stop` is polled between tokens so a disconnected client stops the work.
+        """
+        ...
+
+    def generate_image(self, prompt: str, params: ImageParams) -> list[bytes]:
+        """Generate `params.n` images; returns PNG-encoded bytes."""
+        ...
+
+    def close(self) -> None:
+        """Drop every reference to device memory and return it to the device."""
+        ...
+
+
+class HostCopy(Protocol):
+    """A model's checkpoint tensors held in host RAM (pinned when a GPU exists)."""
+
+    model_id: str
+    nbytes: int
+
+    def release(self) -> None: ...
+
+
+class ModelLoader(Protocol):
+    """Moves weights between disk, host RAM and the device."""
+
+    device: str
+
+    def read_to_host(self, manifest: ModelManifest) -> HostCopy:
+        """stored -> cached: read every weight file into host RAM."""
+        ...
+
+    def load(self, manifest: ModelManifest, source: HostCopy | None) -> tuple[LoadedModel, LoadReport]:
+        """stored/cached -> device: from `source` when given, else from disk."""
+        ...
