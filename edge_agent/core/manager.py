@@ -1,0 +1,587 @@
+"""The model manager: levels, transitions, the shared swap pool and admission.
+
+Pure Python on one asyncio event loop. All bookkeeping happens on the loop; the slow work
+(reading weights, loading to the device, freeing it) runs in worker threads through the
+`ModelLoader` port, so the loop keeps serving while a model moves.
+
+Rules it keeps (DESIGN.md, "Model levels"):
+- levels `stored -> cached -> resident`; a stored or cached model that gets a request is
+  loaded into the single shared *swap pool*, replacing the previous pooled model once that
+  model's in-flight requests have drained;
+- a transition never interrupts a request in flight: going down waits for in-flight requests
+  to finish (new requests for that model wait for the transition), then frees the memory;
+- the pool is fair: requests wait in arrival order, and consecutive requests for the model in
+  the pool join it, but never ahead of an earlier request for another model (no starvation);
+- device memory: sum of resident models + the pooled model <= the device budget; host RAM:
+  sum of cached copies <= the cache budget;
+- a failed load marks that model `failed` with the reason; other models keep serving; setting
+  a level again retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edge_agent.core.ports import HostCopy, LoadedModel, LoadReport, ModelLoader
+from edge_agent.errors import (
+    AgentError,
+    DoesNotFit,
+    ModelUnavailable,
+    Overloaded,
+    TransitionConflict,
+    UnknownModel,
+    WrongModelKind,
+)
+from genedge.contract import (
+    Level,
+    ModelKind,
+    ModelManifest,
+    ModelProfile,
+    ModelState,
+    ModelStatus,
+    ProfileStatus,
+)
+
+log = logging.getLogger("edge_agent.manager")
+
+PROFILER_ID = "__profiler__"
+
+
+class Observer(Protocol):
+    """Receives events for metrics; every method must be cheap and never raise."""
+
+    def loaded(self, model_id: str, report: LoadReport) -> None: ...
+    def load_failed(self, model_id: str, tier: str) -> None: ...
+    def evicted(self, model_id: str, seconds: float) -> None: ...
+    def pool_switched(self, old: str | None, new: str) -> None: ...
+    def depth(self, model_id: str, queued: int, in_flight: int) -> None: ...
+    def device_used(self, used_bytes: int) -> None: ...
+
+
+class NullObserver:
+    def loaded(self, model_id: str, report: LoadReport) -> None:
+        pass
+
+    def load_failed(self, model_id: str, tier: str) -> None:
+        pass
+
+    def evicted(self, model_id: str, seconds: float) -> None:
+        pass
+
+    def pool_switched(self, old: str | None, new: str) -> None:
+        pass
+
+    def depth(self, model_id: str, queued: int, in_flight: int) -> None:
+        pass
+
+    def device_used(self, used_bytes: int) -> None:
+        pass
+
+
+@dataclass
+class Lease:
+    """What a request holds while it runs: the loaded model, and what it paid to get it."""
+
+    model: LoadedModel
+    model_id: str
+    served_from: Level  # RESIDENT or POOLED
+    preload_s: float = 0.0
+    preload_tier: str | None = None
+
+
+@dataclass
+class _Entry:
+    manifest: ModelManifest
+    sem: asyncio.Semaphore
+    level: Level = Level.STORED
+    target: Level = Level.STORED
+    state: ModelState = ModelState.READY
+    transitioning: bool = False
+    progress: float = 1.0
+    detail: str = ""
+    failed_reason: str | None = None
+    loaded: LoadedModel | None = None
+    device_bytes: int = 0
+    host_copy: HostCopy | None = None
+    in_flight: int = 0
+    queued: int = 0
+    pool_hits: int = 0
+    pool_misses: int = 0
+    requests_total: int = 0
+    last_used: float | None = None
+    profile: ModelProfile | None = None
+    profile_status: ProfileStatus = ProfileStatus.PENDING
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    def expected_device_bytes(self) -> int:
+        """Device memory a load will take: measured when profiled, else the checkpoint size."""
+        if self.profile is not None:
+            return self.profile.resident_bytes
+        return self.manifest.storage_bytes
+
+
+@dataclass
+class _Pool:
+    holder: _Entry | None = None
+    busy: bool = False  # a switch (or the profiler) owns the pool right now
+    bytes: int = 0
+
+
+class ModelManager:
+    def __init__(
+        self,
+        manifests: list[ModelManifest],
+        loader: ModelLoader,
+        *,
+        device_budget_bytes: int,
+        cache_budget_bytes: int,
+        max_concurrency: int = 1,
+        max_queue: int = 8,
+        retry_after_s: float = 1.0,
+        drain_timeout_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
+    ) -> None:
+        self.loader = loader
+        self.device_budget_bytes = device_budget_bytes
+        self.cache_budget_bytes = cache_budget_bytes
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
+        self.drain_timeout_s = drain_timeout_s
+        self.clock = clock
+        self.observer: Observer = observer or NullObserver()
+        self._entries: dict[str, _Entry] = {
+            m.id: _Entry(manifest=m, sem=asyncio.Semaphore(max_concurrency)) for m in manifests
+        }
+        self._pool = _Pool()
+        self._tickets = itertools.count()
+        self._waiters: dict[int, str] = {}  # pool queue: ticket -> model id, in arrival order
+        self._changed_event = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _changed(self) -> None:
+        """Wake every waiter; each re-checks its own condition."""
+        self._changed_event.set()
+        self._changed_event = asyncio.Event()
+        self.observer.device_used(self.device_used_bytes())
+
+    async def _wait_until(self, cond: Callable[[], bool], timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not cond():
+            event = self._changed_event
+            if deadline is None:
+                await event.wait()
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                if not cond():
+                    raise
+
+    def _entry(self, model_id: str) -> _Entry:
+        try:
+            return self._entries[model_id]
+        except KeyError:
+            raise UnknownModel(f"model {model_id!r} is not on this host", model=model_id) from None
+
+    def model_ids(self) -> list[str]:
+        return list(self._entries)
+
+    def manifest(self, model_id: str) -> ModelManifest:
+        return self._entry(model_id).manifest
+
+    def resident_bytes(self) -> int:
+        return sum(e.device_bytes for e in self._entries.values() if e.level == Level.RESIDENT)
+
+    def device_used_bytes(self) -> int:
+        return self.resident_bytes() + self._pool.bytes
+
+    def cache_used_bytes(self) -> int:
+        return sum(e.host_copy.nbytes for e in self._entries.values() if e.host_copy is not None)
+
+    @property
+    def pool_model(self) -> str | None:
+        return self._pool.holder.id if self._pool.holder else None
+
+    @property
+    def pool_bytes(self) -> int:
+        return self._pool.bytes
+
+    def set_profile(self, model_id: str, profile: ModelProfile | None, status: ProfileStatus) -> None:
+        e = self._entry(model_id)
+        e.profile = profile if profile is not None else e.profile
+        e.profile_status = status
+
+    def status(self, model_id: str) -> ModelStatus:
+        e = self._entry(model_id)
+        level = Level.POOLED if self._pool.holder is e else e.level
+        return ModelStatus(
+            id=e.id,
+            kind=e.manifest.kind,
+            format=e.manifest.format,
+            architecture=e.manifest.architecture,
+            level=level,
+            state=e.state,
+            target_level=e.target,
+            progress=e.progress,
+            progress_detail=e.detail,
+            failed_reason=e.failed_reason,
+            in_flight=e.in_flight,
+            queued=e.queued,
+            memory_bytes=e.device_bytes if e.loaded is not None else 0,
+            host_ram_bytes=e.host_copy.nbytes if e.host_copy is not None else 0,
+            storage_bytes=e.manifest.storage_bytes,
+            pool_hits=e.pool_hits,
+            pool_misses=e.pool_misses,
+            requests_total=e.requests_total,
+            last_used=e.last_used,
+            profile_status=e.profile_status,
+            profile=e.profile,
+        )
+
+    def statuses(self) -> list[ModelStatus]:
+        return [self.status(i) for i in self._entries]
+
+    def _set_state(self, e: _Entry, state: ModelState, progress: float, detail: str) -> None:
+        e.state, e.progress, e.detail = state, progress, detail
+        self._changed()
+
+    # ------------------------------------------------------------------ requests
+
+    @asynccontextmanager
+    async def lease(self, model_id: str, kind: ModelKind) -> AsyncIterator[Lease]:
+        """Hold `model_id` on the device for one request.
+
+        Raises `Overloaded` when the model already has `max_concurrency + max_queue`
+        requests, `ModelUnavailable` when it failed to load or cannot fit.
+        """
+        e = self._entry(model_id)
+        if e.manifest.kind != kind:
+            raise WrongModelKind(
+                f"model {model_id!r} is a {e.manifest.kind.value} model", model=model_id
+            )
+        if e.queued + e.in_flight >= self.max_concurrency + self.max_queue:
+            raise Overloaded(
+                f"model {model_id!r} has {e.in_flight} running and {e.queued} queued requests",
+                model=model_id,
+                retry_after_s=self.retry_after_s,
+            )
+        e.queued += 1
+        e.requests_total += 1
+        self.observer.depth(e.id, e.queued, e.in_flight)
+        got_sem = False
+        try:
+            await e.sem.acquire()
+            got_sem = True
+            lease = await self._make_ready(e)
+        except BaseException:
+            if got_sem:
+                e.sem.release()
+            raise
+        finally:
+            e.queued -= 1
+            self.observer.depth(e.id, e.queued, e.in_flight)
+        try:
+            yield lease
+        finally:
+            e.in_flight -= 1
+            e.last_used = self.clock()
+            e.sem.release()
+            self.observer.depth(e.id, e.queued, e.in_flight)
+            self._changed()
+
+    def _earlier_other(self, ticket: int, model_id: str) -> bool:
+        return any(t < ticket and m != model_id for t, m in self._waiters.items())
+
+    async def _make_ready(self, e: _Entry) -> Lease:
+        ticket: int | None = None
+        paid_s, paid_tier = 0.0, None
+        try:
+            while True:
+                if e.state == ModelState.FAILED and not e.transitioning:
+                    raise ModelUnavailable(
+                        f"model {e.id!r} failed: {e.failed_reason}", model=e.id
+                    )
+                if not e.transitioning:
+                    if e.level == Level.RESIDENT and e.loaded is not None:
+                        e.in_flight += 1
+                        return Lease(e.loaded, e.id, Level.RESIDENT)
+                    if ticket is None:
+                        ticket = next(self._tickets)
+                        self._waiters[ticket] = e.id
+                    pool = self._pool
+                    if not pool.busy and not self._earlier_other(ticket, e.id):
+                        if pool.holder is e and e.loaded is not None:
+                            e.in_flight += 1
+                            if paid_tier is None:
+                                e.pool_hits += 1
+                            return Lease(e.loaded, e.id, Level.POOLED, paid_s, paid_tier)
+                        if pool.holder is None or pool.holder.in_flight == 0:
+                            paid_tier = "ram" if e.host_copy is not None else "disk"
+                            paid_s = await self._switch_pool(e)
+                            e.pool_misses += 1
+                            continue
+                await self._changed_event.wait()
+        finally:
+            if ticket is not None:
+                self._waiters.pop(ticket, None)
+                self._changed()
+
+    async def _evict_pool(self) -> None:
+        """Free the pool (caller owns it: `pool.busy`, and the holder has no requests)."""
+        old = self._pool.holder
+        if old is None or old.loaded is None:
+            self._pool.holder, self._pool.bytes = None, 0
+            return
+        loaded = old.loaded
+        t0 = time.perf_counter()
+        await asyncio.to_thread(loaded.close)
+        old.loaded, old.device_bytes = None, 0
+        self._pool.holder, self._pool.bytes = None, 0
+        self.observer.evicted(old.id, time.perf_counter() - t0)
+        log.info("pool: evicted %s", old.id)
+        self._changed()
+
+    async def _switch_pool(self, e: _Entry) -> float:
+        """Put `e` in the pool; returns the preload seconds it paid."""
+        pool = self._pool
+        pool.busy = True
+        old_id = pool.holder.id if pool.holder else None
+        self._changed()
+        try:
+            need = e.expected_device_bytes()
+            room = self.device_budget_bytes - self.resident_bytes()
+            if need > room:  # checked before evicting: a refusal costs the pool nothing
+                raise ModelUnavailable(
+                    f"model {e.id!r} needs {need} bytes of device memory, the swap pool has "
+                    f"{room} next to the resident models",
+                    model=e.id,
+                )
+            await self._evict_pool()
+            report = await self._load(e, "loading into the swap pool")
+            pool.holder, pool.bytes = e, e.device_bytes
+            self.observer.pool_switched(old_id, e.id)
+            log.info("pool: %s -> %s (%.3f s from %s)", old_id, e.id, report.seconds, report.tier)
+            return report.seconds
+        finally:
+            pool.busy = False
+            self._changed()
+
+    async def _load(self, e: _Entry, what: str) -> LoadReport:
+        """Load `e` onto the device (from its host copy when cached). Marks failures."""
+        tier = "ram" if e.host_copy is not None else "disk"
+        self._set_state(e, ModelState.LOADING, 0.1, f"{what} from {tier}")
+        try:
+            loaded, report = await asyncio.to_thread(self.loader.load, e.manifest, e.host_copy)
+        except Exception as exc:  # any load failure: OOM, corrupt file, bad config
+            self._fail(e, f"load from {tier} failed: {exc}")
+            self.observer.load_failed(e.id, tier)
+            raise ModelUnavailable(f"model {e.id!r} failed to load: {exc}", model=e.id) from exc
+        e.loaded, e.device_bytes = loaded, loaded.memory_bytes()
+        self.observer.loaded(e.id, report)
+        self._set_state(e, ModelState.READY, 1.0, f"loaded by {report.loader} from {report.tier} "
+                        f"in {report.seconds:.3f} s")
+        return report
+
+    def _fail(self, e: _Entry, reason: str) -> None:
+        log.warning("model %s failed: %s", e.id, reason)
+        e.failed_reason = reason
+        self._set_state(e, ModelState.FAILED, 1.0, reason)
+
+    @asynccontextmanager
+    async def device_exclusive(self, reason: str = PROFILER_ID) -> AsyncIterator[None]:
+        """Own the swap pool region (e.g. to profile a model), in turn with requests."""
+        ticket = next(self._tickets)
+        self._waiters[ticket] = reason
+        pool = self._pool
+        owned = False
+        try:
+            await self._wait_until(
+                lambda: not pool.busy
+                and not self._earlier_other(ticket, reason)
+                and (pool.holder is None or pool.holder.in_flight == 0)
+            )
+            pool.busy = owned = True
+            self._waiters.pop(ticket, None)
+            await self._evict_pool()
+            yield
+        finally:
+            self._waiters.pop(ticket, None)
+            if owned:
+                pool.busy = False
+            self._changed()
+
+    # ------------------------------------------------------------------ transitions
+
+    def check_fits(self, model_id: str, level: Level) -> None:
+        """Fast refusal of a level that cannot fit whatever gets evicted (409)."""
+        e = self._entry(model_id)
+        if level == Level.RESIDENT and e.level != Level.RESIDENT:
+            others = self.resident_bytes()
+            if others + e.expected_device_bytes() > self.device_budget_bytes:
+                raise DoesNotFit(
+                    f"{model_id!r} needs {e.expected_device_bytes()} bytes; resident models hold "
+                    f"{others} of the {self.device_budget_bytes}-byte device budget",
+                    model=model_id,
+                )
+        if level == Level.CACHED and e.host_copy is None:
+            used = self.cache_used_bytes()
+            if used + e.manifest.storage_bytes > self.cache_budget_bytes:
+                raise DoesNotFit(
+                    f"{model_id!r} needs {e.manifest.storage_bytes} bytes of host RAM; cached "
+                    f"models hold {used} of the {self.cache_budget_bytes}-byte cache budget",
+                    model=model_id,
+                )
+
+    async def set_level(self, model_id: str, level: Level, *, wait: bool = False) -> ModelStatus:
+        """Move a model towards `level` (stored, cached or resident). Idempotent: asking
+        for the level it has, or is already moving to, changes nothing."""
+        if level not in (Level.STORED, Level.CACHED, Level.RESIDENT):
+            raise TransitionConflict(f"{level.value} is not a level one can set")
+        e = self._entry(model_id)
+        if e.state != ModelState.FAILED and e.target == level and (e.level == level or e.transitioning):
+            if wait:
+                await self._wait_until(lambda: not e.transitioning)
+            return self.status(model_id)
+        self.check_fits(model_id, level)
+        e.target = level
+        task = asyncio.create_task(self._transition(e), name=f"level:{model_id}:{level.value}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if wait:
+            await asyncio.shield(task)
+        else:
+            await asyncio.sleep(0)  # let it start, so the status shows the move
+        return self.status(model_id)
+
+    async def _transition(self, e: _Entry) -> None:
+        async with e.lock:
+            target = e.target
+            if e.level == target and e.state != ModelState.FAILED:
+                return
+            e.transitioning = True
+            e.failed_reason = None
+            self._set_state(e, e.state if e.state != ModelState.FAILED else ModelState.READY,
+                            0.0, f"moving to {target.value}")
+            try:
+                if target == Level.RESIDENT:
+                    await self._to_resident(e)
+                elif target == Level.CACHED:
+                    await self._to_cached(e)
+                else:
+                    await self._to_stored(e)
+                self._set_state(e, ModelState.READY, 1.0, f"{e.level.value}")
+            except AgentError as exc:
+                if e.state != ModelState.FAILED:
+                    self._fail(e, exc.message)
+            except Exception as exc:  # never let a background task die silently
+                log.exception("transition of %s failed", e.id)
+                self._fail(e, f"{type(exc).__name__}: {exc}")
+            finally:
+                e.transitioning = False
+                self._changed()
+
+    async def _drain(self, e: _Entry) -> None:
+        if e.in_flight:
+            self._set_state(e, ModelState.DRAINING, 0.05, f"draining {e.in_flight} request(s)")
+        try:
+            await self._wait_until(lambda: e.in_flight == 0, self.drain_timeout_s)
+        except TimeoutError:
+            raise TransitionConflict(
+                f"{e.in_flight} request(s) still running after {self.drain_timeout_s} s", model=e.id
+            ) from None
+
+    async def _close_resident(self, e: _Entry) -> None:
+        await self._drain(e)
+        self._set_state(e, ModelState.EVICTING, 0.5, "freeing device memory")
+        loaded = e.loaded
+        t0 = time.perf_counter()
+        if loaded is not None:
+            await asyncio.to_thread(loaded.close)
+        e.loaded, e.device_bytes, e.level = None, 0, Level.STORED
+        self.observer.evicted(e.id, time.perf_counter() - t0)
+        log.info("evicted %s from the device", e.id)
+
+    async def _to_resident(self, e: _Entry) -> None:
+        pool = self._pool
+        await self._wait_until(lambda: not pool.busy)
+        if pool.holder is e:
+            # Promote in place: the weights are already on the device.
+            pool.holder, pool.bytes = None, 0
+            e.level = Level.RESIDENT
+            self._release_host_copy(e)
+            return
+        need = e.expected_device_bytes()
+        if need > self.device_budget_bytes - self.device_used_bytes() and pool.holder is not None:
+            # The pool is expendable: drain and free it to make room.
+            pool.busy = True
+            try:
+                holder = pool.holder
+                await self._wait_until(lambda: holder.in_flight == 0, self.drain_timeout_s)
+                await self._evict_pool()
+            finally:
+                pool.busy = False
+                self._changed()
+        if need > self.device_budget_bytes - self.device_used_bytes():
+            raise DoesNotFit(f"{e.id!r} needs {need} bytes of device memory; "
+                             f"{self.device_used_bytes()} of {self.device_budget_bytes} in use")
+        await self._load(e, "loading to resident")
+        e.level = Level.RESIDENT
+        self._release_host_copy(e)
+
+    def _release_host_copy(self, e: _Entry) -> None:
+        if e.host_copy is not None:
+            e.host_copy.release()
+            e.host_copy = None
+
+    async def _to_cached(self, e: _Entry) -> None:
+        if e.level == Level.RESIDENT:
+            await self._close_resident(e)
+        if e.host_copy is None:
+            self.check_fits(e.id, Level.CACHED)
+            self._set_state(e, ModelState.LOADING, 0.2, "reading weights into host RAM")
+            try:
+                e.host_copy = await asyncio.to_thread(self.loader.read_to_host, e.manifest)
+            except Exception as exc:
+                raise ModelUnavailable(f"reading {e.id!r} into host RAM failed: {exc}") from exc
+        e.level = Level.CACHED
+
+    async def _to_stored(self, e: _Entry) -> None:
+        if e.level == Level.RESIDENT:
+            await self._close_resident(e)
+        self._release_host_copy(e)
+        e.level = Level.STORED
+
+    async def wait_idle(self) -> None:
+        """Wait for every transition task started so far (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Free everything (shutdown): cancel transitions, close loaded models."""
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for e in self._entries.values():
+            if e.loaded is not None:
+                await asyncio.to_thread(e.loaded.close)
+                e.loaded = None
+            self._release_host_copy(e)
+        self._pool.holder, self._pool.bytes = None, 0

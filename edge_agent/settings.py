@@ -1,0 +1,73 @@
+"""Settings of the edge agent. The only module of the agent that reads the environment.
+
+Every field can be set as `EDGE_<NAME>` (e.g. `EDGE_STORE_DIR=/models`); tests build
+`AgentSettings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
+
+    host_id: str = Field(default_factory=socket.gethostname, description="Name in the fleet.")
+    role: Literal["edge", "cloud"] = "edge"
+    store_dir: Path = Path("models")
+    profiles_dir: Path = Field(
+        default=Path("state/profiles"),
+        description="Measured profiles, as <host fingerprint>/<model id>.json.",
+    )
+
+    # Device and memory
+    device: str = Field(default="auto", description="`auto` (cuda:0 when present), `cpu`, `cuda:N`.")
+    dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
+        default=None, description="Cast floating weights on load; None keeps the stored dtype."
+    )
+    device_budget_bytes: int | None = Field(
+        default=None,
+        description="Device memory for resident models plus the swap pool. None: on a GPU the "
+        "NVML total minus `device_reserve_bytes`; on CPU half the available RAM.",
+    )
+    device_reserve_bytes: int = Field(default=2 * GiB, description="Kept free for activations.")
+    cache_budget_bytes: int | None = Field(
+        default=None, description="Host RAM for the cached level. None: a quarter of available RAM."
+    )
+    initial_levels: dict[str, Literal["stored", "cached", "resident"]] = Field(
+        default_factory=dict, description="Levels to reach at start, by model id."
+    )
+
+    # Admission
+    max_concurrency_per_model: int = Field(default=1, ge=1)
+    max_queue_per_model: int = Field(default=8, ge=0)
+    retry_after_s: float = Field(default=1.0, gt=0)
+    drain_timeout_s: float = Field(default=600.0, gt=0)
+
+    # Request limits (422 past them, naming the field)
+    max_prompt_chars: int = Field(default=32_000, ge=1)
+    max_messages: int = Field(default=256, ge=1)
+    max_tokens: int = Field(default=1024, ge=1)
+    max_steps: int = Field(default=100, ge=1)
+    max_image_side: int = Field(default=2048, ge=8)
+    max_images: int = Field(default=4, ge=1)
+    max_body_bytes: int = Field(default=4 * MiB, ge=1024)
+
+    # Profiling
+    profile_on_start: bool = True
+    profile_text_tokens: int = Field(default=16, ge=1)
+    measure_bandwidth: bool = True
+    bandwidth_probe_bytes: int = Field(default=128 * MiB, ge=MiB)
+
+    # Server (used by `genedge agent`)
+    host: str = "127.0.0.1"
+    port: int = 8100
+    log_level: str = "info"
