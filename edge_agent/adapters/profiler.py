@@ -1,0 +1,204 @@
+"""The profiler: measures one model on this host's hardware (DESIGN.md, edge agent).
+
+For each model it records bytes on disk; memory held after load and peak memory during one
+default generation (CUDA allocator on a GPU, process RSS on CPU); preload seconds *cold*
+(page cache of the model's files dropped with fsync + posix_fadvise(DONTNEED)), *warm* (files
+in the page cache) and *from host RAM* (the cached tier), for both the library's own loader
+and ours; the time of one default generation; and the time to free the device memory.
+
+Every timed load ends with the weights on the device and the device synchronised (the
+loaders do this), so lazy safetensors mappings are never mistaken for finished work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.adapters import pagecache, store
+from edge_agent.adapters.device import MemoryMeter, synchronize
+from edge_agent.adapters.host import Nvml
+from edge_agent.adapters.torch_models import TorchModelLoader, dtype_name, param_count
+from edge_agent.core.ports import ImageParams, LoadedModel, TextParams
+from genedge.contract import (
+    ChatMessage,
+    ImageDefaults,
+    LoaderTiming,
+    ModelKind,
+    ModelManifest,
+    ModelProfile,
+)
+
+log = logging.getLogger("edge_agent.profiler")
+
+Progress = Callable[[str, float], None]
+
+# A fixed English prompt so text generation times compare across hosts and models.
+_PROMPT_WORDS = (
+    "Edge servers near users can serve image and text generation with far less delay than "
+    "the cloud, but they have little disk and GPU memory, so deciding which models to keep "
+    "loaded is a careful trade-off between storage, memory and switching delay. "
+).split()
+
+
+def profile_prompt(words: int = 96) -> str:
+    reps = words // len(_PROMPT_WORDS) + 1
+    return " ".join((_PROMPT_WORDS * reps)[:words])
+
+
+class Profiler:
+    def __init__(
+        self,
+        loader: TorchModelLoader,
+        *,
+        fingerprint: str,
+        description: str,
+        versions: dict[str, str],
+        text_tokens: int = 16,
+        nvml: Nvml | None = None,
+    ) -> None:
+        self.loader = loader
+        self.device = loader.device
+        self.fingerprint = fingerprint
+        self.description = description
+        self.versions = versions
+        self.text_tokens = text_tokens
+        self.nvml = nvml
+
+    # -------------------------------------------------------------------------------
+    def _generate(self, model: LoadedModel, manifest: ModelManifest, warmup: bool) -> str:
+        if manifest.kind == ModelKind.TEXT:
+            tokens = 1 if warmup else self.text_tokens
+            params = TextParams(max_tokens=tokens, temperature=0.0, top_p=1.0, seed=0)
+            prompt = profile_prompt()
+            model.generate_text([ChatMessage(role="user", content=prompt)], None, params)
+            return f"~{len(prompt.split())}-word chat prompt, {tokens} new tokens, greedy, batch 1"
+        d = manifest.image_defaults or ImageDefaults()
+        steps = 1 if warmup else d.steps
+        params = ImageParams(
+            width=d.width, height=d.height, steps=steps, guidance_scale=d.guidance_scale, seed=0
+        )
+        model.generate_image("a lighthouse on a cliff at sunset", params)
+        cfg = " with CFG" if d.guidance_scale > 1 else ""
+        return f"{d.width}x{d.height}, {steps} steps{cfg}, 1 image"
+
+    def _timed_close(self, model: LoadedModel) -> float:
+        t0 = time.perf_counter()
+        model.close()
+        synchronize(self.device)
+        return time.perf_counter() - t0
+
+    def profile(self, manifest: ModelManifest, progress: Progress | None = None) -> ModelProfile:
+        """Measure `manifest` on this host. Blocking; takes a few loads' worth of time."""
+
+        def step(what: str, frac: float) -> None:
+            log.info("profiling %s: %s", manifest.id, what)
+            if progress:
+                progress(what, frac)
+
+        files = store.folder_files(Path(manifest.path))
+        meter = MemoryMeter(self.device)
+        notes: list[str] = []
+        ours = LoaderTiming()
+        lib = LoaderTiming()
+
+        # 1. Ours, cold: also the memory and generation measurements.
+        step("cold load (page cache dropped)", 0.05)
+        dropped = pagecache.drop_page_cache(files)
+        if not dropped:
+            notes.append("the OS refused to drop the page cache: 'cold' loads may be warm")
+        nvml_before = self._nvml_used()
+        base = meter.now()
+        model, report = self.loader.load(manifest, None)
+        ours.cold_s = report.seconds
+        notes.extend(report.notes)
+        loader_name = report.loader
+        resident = max(0, meter.now() - base)
+        nvml_after = self._nvml_used()
+        params = param_count(model)
+        dtype = dtype_name(model)
+        step("one default generation", 0.3)
+        self._generate(model, manifest, warmup=True)
+        meter.start_peak()
+        t0 = time.perf_counter()
+        what = self._generate(model, manifest, warmup=False)
+        synchronize(self.device)
+        generation_s = time.perf_counter() - t0
+        peak = max(0, meter.stop_peak() - base)
+        evict_s = self._timed_close(model)
+        del model
+
+        # 2. Ours, warm (files now in the page cache).
+        step("warm load", 0.5)
+        pagecache.read_files(files)
+        model, report = self.loader.load(manifest, None)
+        ours.warm_s = report.seconds
+        self._timed_close(model)
+        del model
+
+        # 3. Ours, from the host-RAM tier.
+        step("load from host RAM", 0.65)
+        copy = self.loader.read_to_host(manifest)
+        try:
+            model, report = self.loader.load(manifest, copy)
+            ours.ram_s = report.seconds
+            self._timed_close(model)
+            del model
+        finally:
+            copy.release()
+
+        # 4. The library's own loader, cold and warm, for comparison.
+        if loader_name != "library":
+            step("library loader, cold", 0.8)
+            pagecache.drop_page_cache(files)
+            model, report = self.loader.load_with_library(manifest)
+            lib.cold_s = report.seconds
+            self._timed_close(model)
+            del model
+            step("library loader, warm", 0.9)
+            model, report = self.loader.load_with_library(manifest)
+            lib.warm_s = report.seconds
+            self._timed_close(model)
+            del model
+        step("done", 1.0)
+
+        assert ours.cold_s is not None and ours.warm_s is not None and ours.ram_s is not None
+        return ModelProfile(
+            model_id=manifest.id,
+            kind=manifest.kind,
+            architecture=manifest.architecture,
+            host_fingerprint=self.fingerprint,
+            host_description=self.description,
+            file_digest=manifest.file_digest,
+            device=self.device,
+            dtype=dtype,
+            params=params,
+            storage_bytes=manifest.storage_bytes,
+            resident_bytes=resident,
+            peak_bytes=peak,
+            memory_method="cuda_allocated" if meter.cuda else "rss_delta",
+            nvml_used_delta_bytes=(
+                nvml_after - nvml_before
+                if nvml_before is not None and nvml_after is not None
+                else None
+            ),
+            load_cold_s=ours.cold_s,
+            load_warm_s=ours.warm_s,
+            load_ram_s=ours.ram_s,
+            cold_cache_dropped=dropped,
+            loaders={loader_name: ours, **({"library": lib} if loader_name != "library" else {})},
+            generation_s=generation_s,
+            generation_what=what,
+            evict_s=evict_s,
+            versions=self.versions,
+            notes=notes,
+        )
+
+    def _nvml_used(self) -> int | None:
+        if self.nvml is None or not self.device.startswith("cuda"):
+            return None
+        index = int(self.device.split(":")[1]) if ":" in self.device else 0
+        gpu = self.nvml.gpu(index)
+        return gpu.used_bytes if gpu is not None else None

@@ -1,0 +1,127 @@
+"""The one place where errors become HTTP responses: `{"error": {"type", "message", ...}}`.
+
+Nothing here ever returns a stack trace; unexpected exceptions are logged with theirs and
+answered with a 500 whose message names only the exception class.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edge_agent.errors import AgentError, Overloaded
+from genedge.contract import ErrorBody, ErrorResponse
+
+log = logging.getLogger("edge_agent.api")
+
+_HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "overloaded",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        ErrorResponse(error=body).model_dump(exclude_none=True), status_code=status, headers=headers
+    )
+
+
+def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AgentError)
+    async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
+        headers = None
+        body = ErrorBody(type=exc.type, message=exc.message, field=exc.field, model=exc.model)
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+            body.retry_after_s = exc.retry_after_s
+        return error_response(exc.status, body, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        field = _field_of(first.get("loc", ()))
+        details = [
+            {"field": _field_of(e.get("loc", ())), "message": e.get("msg", "")} for e in errors
+        ]
+        msg = f"{field}: {first.get('msg', 'invalid')}"
+        return error_response(
+            422, ErrorBody(type="invalid_request", message=msg, field=field, details=details)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _HTTP_TYPES.get(exc.status_code, "http_error")
+        return error_response(
+            exc.status_code, ErrorBody(type=kind, message=str(exc.detail)), exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(
+            500, ErrorBody(type="internal_error", message=f"internal error ({type(exc).__name__})")
+        )
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 for bodies over `max_bytes`, by header or by counting."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = ErrorBody(
+            type="request_too_large", message=f"request body over {self.max_bytes} bytes"
+        )
+        await error_response(413, body)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

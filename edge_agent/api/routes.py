@@ -1,0 +1,263 @@
+"""Thin HTTP routes of the agent: validate with the contract, call the runtime, shape replies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from edge_agent.core import limits as lim
+from edge_agent.core.manager import Lease
+from edge_agent.core.serving import TextStream, generate_images, generate_text
+from edge_agent.errors import AgentError
+from edge_agent.runtime import AgentRuntime
+from genedge.contract import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatMessage,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorBody,
+    ErrorResponse,
+    Health,
+    HostFacts,
+    ImageData,
+    ImageDefaults,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    Level,
+    ModelStatus,
+    ModelStatusList,
+    SetLevelRequest,
+    TextDefaults,
+    Usage,
+)
+
+router = APIRouter()
+
+ERRORS = {
+    s: {"model": ErrorResponse}
+    for s in (400, 404, 409, 413, 422, 429, 503)
+}
+
+
+def _rt(request: Request) -> AgentRuntime:
+    rt: AgentRuntime = request.app.state.agent
+    return rt
+
+
+def _served_headers(rt: AgentRuntime, lease: Lease) -> dict[str, str]:
+    h = {"x-served-by": rt.settings.host_id, "x-served-level": lease.served_from.value}
+    if lease.preload_tier is not None:
+        h["x-preload-ms"] = f"{lease.preload_s * 1000:.1f}"
+        h["x-preload-tier"] = lease.preload_tier
+    return h
+
+
+def _count(rt: AgentRuntime, model: str, endpoint: str, status: int, t0: float) -> None:
+    rt.metrics.requests.labels(model, endpoint, str(status)).inc()
+    rt.metrics.request_seconds.labels(model, endpoint).observe(time.perf_counter() - t0)
+
+
+def _known(rt: AgentRuntime, model: str) -> str:
+    """Label value for metrics: unknown model names collapse, so clients cannot blow up
+    the label cardinality."""
+    return model if model in rt.manager.model_ids() else "_unknown"
+
+
+async def _text(
+    request: Request,
+    req: ChatCompletionRequest | CompletionRequest,
+    endpoint: str,
+) -> Response:
+    rt = _rt(request)
+    t0 = time.perf_counter()
+    label = _known(rt, req.model)
+    try:
+        manifest = rt.manager.manifest(req.model)
+        params = lim.text_params(req, manifest.text_defaults or TextDefaults(), rt.limits)
+        chat = isinstance(req, ChatCompletionRequest)
+        messages = req.messages if isinstance(req, ChatCompletionRequest) else None
+        prompt = req.prompt if isinstance(req, CompletionRequest) else None
+        if req.stream:
+            stream = TextStream(rt.manager, req.model, messages, prompt, params)
+            lease = await stream.start()  # admission and load errors happen before any byte
+            headers = _served_headers(rt, lease)
+            _count(rt, label, endpoint, 200, t0)
+            return StreamingResponse(
+                _sse(stream, req.model, chat), media_type="text/event-stream", headers=headers
+            )
+        outcome = await generate_text(rt.manager, req.model, messages, prompt, params)
+    except AgentError as exc:
+        _count(rt, label, endpoint, exc.status, t0)
+        raise
+    res = outcome.result
+    usage = Usage(
+        prompt_tokens=res.prompt_tokens,
+        completion_tokens=res.completion_tokens,
+        total_tokens=res.prompt_tokens + res.completion_tokens,
+    )
+    created = int(time.time())
+    body: ChatCompletionResponse | CompletionResponse
+    if chat:
+        body = ChatCompletionResponse(
+            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            created=created,
+            model=req.model,
+            choices=[
+                ChatChoice(
+                    message=ChatMessage(role="assistant", content=res.text),
+                    finish_reason=res.finish_reason,
+                )
+            ],
+            usage=usage,
+        )
+    else:
+        body = CompletionResponse(
+            id=f"cmpl-{uuid.uuid4().hex[:24]}",
+            created=created,
+            model=req.model,
+            choices=[CompletionChoice(text=res.text, finish_reason=res.finish_reason)],
+            usage=usage,
+        )
+    _count(rt, label, endpoint, 200, t0)
+    return JSONResponse(body.model_dump(), headers=_served_headers(rt, outcome.lease))
+
+
+async def _sse(stream: TextStream, model: str, chat: bool) -> AsyncIterator[bytes]:
+    """OpenAI-style server-sent events; an error after the first byte becomes an error
+    event (the status line has gone already), then `[DONE]`."""
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+
+    def event(obj: object) -> bytes:
+        return f"data: {json.dumps(obj)}\n\n".encode()
+
+    def chunk(text: str | None, finish: str | None, role: str | None = None) -> bytes:
+        if chat:
+            c = ChatCompletionChunk(
+                id=rid,
+                created=created,
+                model=model,
+                choices=[
+                    ChatChunkChoice(delta=ChatDelta(role=role, content=text), finish_reason=finish)
+                ],
+            )
+        else:
+            c = CompletionChunk(
+                id=rid,
+                created=created,
+                model=model,
+                choices=[CompletionChoice(text=text or "", finish_reason=finish)],
+            )
+        return event(c.model_dump(exclude_none=True))
+
+    try:
+        if chat:
+            yield chunk(None, None, role="assistant")
+        async for delta in stream.deltas():
+            yield chunk(delta, None)
+        finish = stream.result.finish_reason if stream.result else "stop"
+        yield chunk(None, finish)
+    except Exception as exc:  # after the first byte: report in-band, never a half answer
+        err = ErrorBody(type="generation_failed", message=f"{type(exc).__name__}: {exc}")
+        yield event(ErrorResponse(error=err).model_dump(exclude_none=True))
+    finally:
+        await stream.aclose()
+    yield b"data: [DONE]\n\n"
+
+
+@router.post("/v1/chat/completions", responses=ERRORS, response_model=ChatCompletionResponse)
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+    return await _text(request, body, "chat")
+
+
+@router.post("/v1/completions", responses=ERRORS, response_model=CompletionResponse)
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    return await _text(request, body, "completions")
+
+
+@router.post("/v1/images/generations", responses=ERRORS, response_model=ImageGenerationResponse)
+async def images(request: Request, body: ImageGenerationRequest) -> Response:
+    rt = _rt(request)
+    t0 = time.perf_counter()
+    label = _known(rt, body.model)
+    try:
+        manifest = rt.manager.manifest(body.model)
+        params = lim.image_params(body, manifest.image_defaults or ImageDefaults(), rt.limits)
+        lease, pngs = await generate_images(rt.manager, body.model, body.prompt, params)
+    except AgentError as exc:
+        _count(rt, label, "images", exc.status, t0)
+        raise
+    data = [ImageData(b64_json=base64.b64encode(p).decode()) for p in pngs]
+    resp = ImageGenerationResponse(created=int(time.time()), data=data)
+    _count(rt, label, "images", 200, t0)
+    return JSONResponse(resp.model_dump(exclude_none=True), headers=_served_headers(rt, lease))
+
+
+@router.get("/v1/models", response_model=ModelStatusList)
+async def list_models(request: Request) -> ModelStatusList:
+    rt = _rt(request)
+    return ModelStatusList(data=rt.manager.statuses(), bad_folders=rt.bad_folders)
+
+
+@router.get("/v1/models/{model_id:path}/status", responses=ERRORS, response_model=ModelStatus)
+async def model_status(request: Request, model_id: str) -> ModelStatus:
+    return _rt(request).manager.status(model_id)
+
+
+@router.put("/v1/models/{model_id:path}/level", responses=ERRORS, response_model=ModelStatus)
+async def set_level(request: Request, model_id: str, body: SetLevelRequest) -> JSONResponse:
+    rt = _rt(request)
+    status = await rt.manager.set_level(model_id, Level(body.level), wait=body.wait)
+    # 202 while the move is still under way; 200 when the model is at the level.
+    code = 200 if status.level == Level(body.level) and status.state == "ready" else 202
+    if status.state == "failed" and body.wait:
+        code = 503
+    return JSONResponse(status.model_dump(mode="json"), status_code=code)
+
+
+@router.post("/v1/models/{model_id:path}/profile", responses=ERRORS, response_model=ModelStatus)
+async def profile_model(request: Request, model_id: str) -> ModelStatus:
+    rt = _rt(request)
+    await rt.profile(model_id)
+    return rt.manager.status(model_id)
+
+
+@router.get("/v1/host", response_model=HostFacts)
+async def host(request: Request) -> HostFacts:
+    return _rt(request).host_facts()
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request) -> JSONResponse:
+    rt = _rt(request)
+    if not rt.ready:
+        h = Health(status="starting", detail="reaching initial model levels")
+        return JSONResponse(h.model_dump(), status_code=503)
+    failed = [s.id for s in rt.manager.statuses() if s.state == "failed"]
+    h = Health(status="degraded" if failed else "ok", detail=f"failed: {failed}" if failed else "")
+    return JSONResponse(h.model_dump())
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    rt = _rt(request)
+    rt.host_facts()  # refreshes the NVML gauge
+    return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")

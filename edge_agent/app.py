@@ -1,0 +1,145 @@
+"""App factory of the edge agent: `create_app(settings)`.
+
+Everything the agent owns lives on `app.state.agent` (an `AgentRuntime`) and is built in the
+lifespan, so several agents can run in one process (tests) and nothing leaks between them.
+Tests inject a fake `loader` (and no profiler) to exercise the HTTP layer without torch work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+from fastapi import FastAPI
+
+from edge_agent.api.errors import BodySizeLimit, install_error_handlers
+from edge_agent.api.routes import router
+from edge_agent.core.ports import ModelLoader
+from edge_agent.runtime import AgentRuntime, HostInfo, ProfilerLike
+from edge_agent.settings import AgentSettings
+
+log = logging.getLogger("edge_agent")
+
+
+def _budgets(settings: AgentSettings, device: str) -> tuple[int, int]:
+    avail = psutil.virtual_memory().available
+    if settings.device_budget_bytes is not None:
+        device_budget = settings.device_budget_bytes
+    elif device.startswith("cuda"):
+        from edge_agent.adapters.device import device_total_free
+
+        total, _ = device_total_free(device)
+        device_budget = max(0, total - settings.device_reserve_bytes)
+    else:
+        device_budget = avail // 2
+    cache_budget = (
+        settings.cache_budget_bytes if settings.cache_budget_bytes is not None else avail // 4
+    )
+    return device_budget, cache_budget
+
+
+def build_runtime(
+    settings: AgentSettings,
+    *,
+    loader: ModelLoader | None = None,
+    profiler: ProfilerLike | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AgentRuntime:
+    """Scan the store and wire the real adapters (torch, NVML) unless a loader is given."""
+    from edge_agent.adapters import host as hostmod
+    from edge_agent.adapters.profile_store import ProfileStore
+    from edge_agent.adapters.store import scan_store
+
+    store_dir = Path(settings.store_dir)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    manifests, bad = scan_store(store_dir)
+    for b in bad:
+        log.warning("skipping model folder %s: %s", b.path, b.reason)
+    nvml = hostmod.Nvml()
+    versions = hostmod.library_versions()
+    if loader is None:
+        from edge_agent.adapters.device import resolve_device
+        from edge_agent.adapters.profiler import Profiler
+        from edge_agent.adapters.torch_models import TorchModelLoader
+
+        device = resolve_device(settings.device)
+        torch_loader = TorchModelLoader(device, dtype=settings.dtype)
+        loader = torch_loader
+    else:
+        device = loader.device
+        torch_loader = None
+    gpu = None
+    if device.startswith("cuda"):
+        gpu = nvml.gpu(int(device.split(":")[1]) if ":" in device else 0)
+    fingerprint = hostmod.host_fingerprint(device, gpu)
+    description = hostmod.host_description(device, gpu)
+    if torch_loader is not None and profiler is None:
+        profiler = Profiler(
+            torch_loader,
+            fingerprint=fingerprint,
+            description=description,
+            versions=versions,
+            text_tokens=settings.profile_text_tokens,
+            nvml=nvml,
+        )
+    device_budget, cache_budget = _budgets(settings, device)
+    log.info(
+        "agent %s: %d model(s), %d bad folder(s), device %s (budget %.2f GB), cache %.2f GB",
+        settings.host_id,
+        len(manifests),
+        len(bad),
+        device,
+        device_budget / 1e9,
+        cache_budget / 1e9,
+    )
+    return AgentRuntime(
+        settings,
+        manifests,
+        bad,
+        loader,
+        HostInfo(device=device, fingerprint=fingerprint, description=description, versions=versions),
+        device_budget_bytes=device_budget,
+        cache_budget_bytes=cache_budget,
+        profiler=profiler,
+        profile_store=ProfileStore(Path(settings.profiles_dir), fingerprint),
+        nvml=nvml,
+        clock=clock,
+    )
+
+
+def create_app(
+    settings: AgentSettings,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    clock: Callable[[], float] | None = None,
+    loader: ModelLoader | None = None,
+    profiler: ProfilerLike | None = None,
+) -> FastAPI:
+    """Build the agent's ASGI app. `http_client` is reserved for talking to the orchestrator."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings, loader=loader, profiler=profiler, clock=clock or time.time)
+        app.state.agent = runtime
+        app.state.http = http_client
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="genedge edge agent",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Measures, loads, evicts and serves generative models on one host.",
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,236 @@
+"""The agent's running state: the store, the manager, metrics, host facts and the background
+jobs (bandwidth probe, profiling, initial levels). Built by the app's lifespan; lives on
+`app.state.agent`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.core.limits import Limits
+from edge_agent.core.manager import ModelManager
+from edge_agent.core.ports import ModelLoader
+from edge_agent.errors import UnknownModel
+from edge_agent.metrics import AgentMetrics
+from edge_agent.settings import AgentSettings
+from genedge.contract import (
+    BadModelFolder,
+    HostFacts,
+    Level,
+    ModelManifest,
+    ModelProfile,
+    ProfileStatus,
+)
+
+log = logging.getLogger("edge_agent")
+
+
+class ProfilerLike:
+    """What the runtime needs of a profiler (the real one is `adapters.profiler.Profiler`)."""
+
+    def profile(
+        self, manifest: ModelManifest, progress: Callable[[str, float], None] | None = None
+    ) -> ModelProfile:
+        raise NotImplementedError
+
+
+@dataclass
+class HostInfo:
+    device: str
+    fingerprint: str
+    description: str
+    versions: dict[str, str]
+    disk_read_GBps: float | None = None
+    h2d_GBps: float | None = None
+    bandwidth_measured: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class AgentRuntime:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        manifests: list[ModelManifest],
+        bad_folders: list[BadModelFolder],
+        loader: ModelLoader,
+        host: HostInfo,
+        *,
+        device_budget_bytes: int,
+        cache_budget_bytes: int,
+        profiler: ProfilerLike | None = None,
+        profile_store: object | None = None,
+        nvml: object | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nvml = nvml
+        self.settings = settings
+        self.bad_folders = bad_folders
+        self.host = host
+        self.clock = clock
+        self.metrics = AgentMetrics()
+        self.limits = Limits(
+            max_prompt_chars=settings.max_prompt_chars,
+            max_messages=settings.max_messages,
+            max_tokens=settings.max_tokens,
+            max_steps=settings.max_steps,
+            max_image_side=settings.max_image_side,
+            max_images=settings.max_images,
+        )
+        self.manager = ModelManager(
+            manifests,
+            loader,
+            device_budget_bytes=device_budget_bytes,
+            cache_budget_bytes=cache_budget_bytes,
+            max_concurrency=settings.max_concurrency_per_model,
+            max_queue=settings.max_queue_per_model,
+            retry_after_s=settings.retry_after_s,
+            drain_timeout_s=settings.drain_timeout_s,
+            clock=clock,
+            observer=self.metrics,
+        )
+        self.profiler = profiler
+        self.profile_store = profile_store
+        self.started_at = clock()
+        self.ready = False
+        self._jobs: list[asyncio.Task[None]] = []
+        self._profile_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Kick off background work; the agent serves at once (`/readyz` says when the
+        initial levels are reached)."""
+        self._reuse_cached_profiles()
+        self._jobs.append(asyncio.create_task(self._startup(), name="agent-startup"))
+
+    async def _startup(self) -> None:
+        try:
+            for model_id, level in self.settings.initial_levels.items():
+                try:
+                    await self.manager.set_level(model_id, Level(level), wait=True)
+                except Exception as exc:  # reported in the model's status; keep going
+                    log.warning("initial level %s for %s: %s", level, model_id, exc)
+            self.ready = True
+            if self.settings.measure_bandwidth:
+                await self._measure_bandwidth()
+            if self.settings.profile_on_start and self.profiler is not None:
+                for model_id in self.manager.model_ids():
+                    if self.manager.status(model_id).profile_status == ProfileStatus.PENDING:
+                        await self.profile(model_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("agent start-up job failed")
+            self.ready = True
+
+    async def stop(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        await self.manager.close()
+
+    # ------------------------------------------------------------------ profiles
+    def _reuse_cached_profiles(self) -> None:
+        store = self.profile_store
+        for model_id in self.manager.model_ids():
+            manifest = self.manager.manifest(model_id)
+            cached = store.get(model_id, manifest.file_digest) if store is not None else None  # type: ignore[attr-defined]
+            if cached is not None:
+                self.manager.set_profile(model_id, cached, ProfileStatus.CACHED)
+            elif self.profiler is None or not self.settings.profile_on_start:
+                self.manager.set_profile(model_id, None, ProfileStatus.SKIPPED)
+
+    async def profile(self, model_id: str) -> ModelProfile | None:
+        """Measure one model now (in turn with requests for the swap pool)."""
+        if self.profiler is None:
+            raise UnknownModel("profiling is not available on this agent")
+        manifest = self.manager.manifest(model_id)
+        profiler = self.profiler
+        async with self._profile_lock:
+            self.manager.set_profile(model_id, None, ProfileStatus.RUNNING)
+            try:
+                async with self.manager.device_exclusive():
+                    profile = await asyncio.to_thread(profiler.profile, manifest)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("profiling %s failed: %s", model_id, exc)
+                self.manager.set_profile(model_id, None, ProfileStatus.FAILED)
+                return None
+            if self.profile_store is not None:
+                self.profile_store.put(profile)  # type: ignore[attr-defined]
+            self.manager.set_profile(model_id, profile, ProfileStatus.DONE)
+            log.info(
+                "profiled %s: %.1f MB, resident %.1f MB, cold %.3f s, warm %.3f s, ram %.3f s",
+                model_id,
+                profile.storage_bytes / 1e6,
+                profile.resident_bytes / 1e6,
+                profile.load_cold_s,
+                profile.load_warm_s,
+                profile.load_ram_s,
+            )
+            return profile
+
+    async def _measure_bandwidth(self) -> None:
+        from edge_agent.adapters import host as hostmod
+
+        size = self.settings.bandwidth_probe_bytes
+        probe_dir = Path(self.settings.store_dir)
+        try:
+            disk, cold = await asyncio.to_thread(hostmod.measure_disk_read_GBps, probe_dir, size)
+            h2d = await asyncio.to_thread(hostmod.measure_h2d_GBps, self.host.device, size)
+        except Exception as exc:
+            log.warning("bandwidth probe failed: %s", exc)
+            return
+        self.host.disk_read_GBps, self.host.h2d_GBps = disk, h2d
+        self.host.bandwidth_measured = True
+        if not cold:
+            self.host.notes.append("disk probe could not drop the page cache")
+        log.info("bandwidth: disk read %.2f GB/s%s, host->%s %.2f GB/s",
+                 disk, "" if cold else " (warm)", self.host.device, h2d)
+
+    # ------------------------------------------------------------------ host facts
+    def host_facts(self) -> HostFacts:
+        from edge_agent.adapters import host as hostmod
+
+        ram_total, ram_avail = hostmod.ram_bytes()
+        disk_total, disk_free = hostmod.disk_bytes(Path(self.settings.store_dir))
+        gpu = None
+        nvml = self.nvml
+        if nvml is not None and self.host.device.startswith("cuda"):
+            index = int(self.host.device.split(":")[1]) if ":" in self.host.device else 0
+            gpu = nvml.gpu(index)  # type: ignore[attr-defined]
+            if gpu is not None:
+                self.metrics.gpu_used.set(gpu.used_bytes)
+        m = self.manager
+        return HostFacts(
+            host_id=self.settings.host_id,
+            role=self.settings.role,
+            hostname=socket.gethostname(),
+            fingerprint=self.host.fingerprint,
+            description=self.host.description,
+            device=self.host.device,
+            gpu_name=gpu.name if gpu else None,
+            gpu_total_bytes=gpu.total_bytes if gpu else None,
+            gpu_free_bytes=gpu.free_bytes if gpu else None,
+            gpu_used_bytes=gpu.used_bytes if gpu else None,
+            nvml=gpu is not None,
+            device_budget_bytes=m.device_budget_bytes,
+            device_used_bytes=m.device_used_bytes(),
+            pool_model=m.pool_model,
+            pool_bytes=m.pool_bytes,
+            ram_total_bytes=ram_total,
+            ram_available_bytes=ram_avail,
+            cache_budget_bytes=m.cache_budget_bytes,
+            cache_used_bytes=m.cache_used_bytes(),
+            disk_total_bytes=disk_total,
+            disk_free_bytes=disk_free,
+            disk_read_GBps=self.host.disk_read_GBps,
+            h2d_GBps=self.host.h2d_GBps,
+            bandwidth_measured=self.host.bandwidth_measured,
+            versions=self.host.versions,
+        )

@@ -1,0 +1,197 @@
+"""`genedge`: the one command-line entry point.
+
+    genedge agent    run an edge agent over a model store
+    genedge profile  measure model folders on this host and print/write their profiles
+    genedge models   build the demo model store (random-weight real architectures)
+    genedge demo     the main job for now: prepare a store, start an agent, send it real requests
+
+Heavy imports (torch, diffusers, transformers) happen inside the subcommands that need them,
+so the control-plane commands stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edge_agent.app import create_app
+    from edge_agent.settings import AgentSettings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "store_dir": args.store,
+            "profiles_dir": args.profiles_dir,
+            "host": args.host,
+            "port": args.port,
+            "device": args.device,
+            "host_id": args.host_id,
+        }.items()
+        if v is not None
+    }
+    if args.no_profile:
+        overrides["profile_on_start"] = False
+    settings = AgentSettings(**overrides)
+    _setup_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:,.2f} MB"
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    _setup_logging("warning" if args.quiet else "info")
+    from edge_agent.adapters import host as hostmod
+    from edge_agent.adapters.device import resolve_device
+    from edge_agent.adapters.profile_store import ProfileStore
+    from edge_agent.adapters.profiler import Profiler
+    from edge_agent.adapters.store import inspect_folder, scan_store
+    from edge_agent.adapters.torch_models import TorchModelLoader
+    from edge_agent.errors import ModelFolderError
+
+    path = Path(args.path)
+    if not path.is_dir():
+        print(f"genedge profile: {path} is not a directory", file=sys.stderr)
+        return 2
+    if (path / "model_index.json").exists() or (path / "config.json").exists():
+        try:
+            manifests = [inspect_folder(path)]
+        except ModelFolderError as exc:
+            print(f"genedge profile: {path}: {exc.message}", file=sys.stderr)
+            return 2
+    else:
+        manifests, bad = scan_store(path)
+        for b in bad:
+            print(f"skipping {b.path}: {b.reason}", file=sys.stderr)
+        if not manifests:
+            print(f"genedge profile: no model folders under {path}", file=sys.stderr)
+            return 2
+    device = resolve_device(args.device)
+    nvml = hostmod.Nvml()
+    gpu = nvml.gpu(int(device.split(":")[1]) if ":" in device else 0) if "cuda" in device else None
+    fingerprint = hostmod.host_fingerprint(device, gpu)
+    profiler = Profiler(
+        TorchModelLoader(device, dtype=args.dtype),
+        fingerprint=fingerprint,
+        description=hostmod.host_description(device, gpu),
+        versions=hostmod.library_versions(),
+        text_tokens=args.text_tokens,
+        nvml=nvml,
+    )
+    store = ProfileStore(Path(args.profiles_dir), fingerprint) if args.profiles_dir else None
+    profiles = []
+    for m in manifests:
+        print(f"profiling {m.id} ({m.architecture}, {_fmt_bytes(m.storage_bytes)}) on {device} ...",
+              file=sys.stderr)
+        p = profiler.profile(m)
+        profiles.append(p)
+        if store is not None:
+            store.put(p)
+    header = f"{'model':<22}{'kind':<6}{'params':>12}{'disk':>13}{'resident':>13}{'peak':>13}"
+    header += f"{'cold s':>9}{'warm s':>9}{'ram s':>9}{'lib cold':>10}{'lib warm':>10}{'gen s':>9}"
+    print(f"host: {profiler.description} (fingerprint {fingerprint})")
+    print(header)
+    for p in profiles:
+        lib = p.loaders.get("library")
+        print(
+            f"{p.model_id:<22}{p.kind.value:<6}{p.params:>12,}{_fmt_bytes(p.storage_bytes):>13}"
+            f"{_fmt_bytes(p.resident_bytes):>13}{_fmt_bytes(p.peak_bytes):>13}"
+            f"{p.load_cold_s:>9.3f}{p.load_warm_s:>9.3f}{p.load_ram_s:>9.3f}"
+            f"{(lib.cold_s if lib and lib.cold_s else float('nan')):>10.3f}"
+            f"{(lib.warm_s if lib and lib.warm_s else float('nan')):>10.3f}"
+            f"{p.generation_s:>9.3f}"
+        )
+        print(f"{'':<22}generation: {p.generation_what}; memory by {p.memory_method}")
+    if args.json:
+        doc = [p.model_dump(mode="json") for p in profiles]
+        Path(args.json).write_text(json.dumps(doc[0] if len(doc) == 1 else doc, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    _setup_logging("info")
+    from edge_agent.adapters.demo_store import build_demo_store
+
+    built = build_demo_store(Path(args.dest), scale=args.scale)
+    for p in built:
+        print(p)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from genedge.demo import run_demo
+
+    return run_demo(Path(args.state), once=args.once, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genedge", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("agent", help="run an edge agent (settings: EDGE_* environment)")
+    a.add_argument("--store", help="model store directory (EDGE_STORE_DIR)")
+    a.add_argument("--profiles-dir", help="where measured profiles go (EDGE_PROFILES_DIR)")
+    a.add_argument("--host", help="bind address (EDGE_HOST)")
+    a.add_argument("--port", type=int, help="port (EDGE_PORT)")
+    a.add_argument("--device", help="auto, cpu or cuda:N (EDGE_DEVICE)")
+    a.add_argument("--host-id", help="this host's name in the fleet (EDGE_HOST_ID)")
+    a.add_argument("--no-profile", action="store_true", help="do not profile models at start")
+    a.set_defaults(func=cmd_agent)
+
+    pr = sub.add_parser("profile", help="measure a model folder (or every model in a store)")
+    pr.add_argument("path")
+    pr.add_argument("--json", help="write the profile(s) as JSON to this file")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None)
+    pr.add_argument("--text-tokens", type=int, default=16, help="new tokens in the timed generation")
+    pr.add_argument("--profiles-dir", help="also store profiles here, by host fingerprint")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_profile)
+
+    m = sub.add_parser("models", help="build the demo model store")
+    m.add_argument("dest")
+    m.add_argument("--scale", type=int, default=1, help="grow the tiny architectures")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="prepare a store, start an agent, send it real requests")
+    d.add_argument("--state", default=".genedge", help="where the store and profiles live")
+    d.add_argument("--port", type=int, default=0, help="0: pick a free loopback port")
+    d.add_argument("--once", action="store_true", help="exit after the requests")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
