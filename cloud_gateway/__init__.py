@@ -1,0 +1,1 @@
+"""The cloud gateway: routes each request by placement (issue 4; not built yet)."""

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny real models built once per session, and agents wired in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from edge_agent.adapters import tiny_models
+from edge_agent.app import create_app
+from edge_agent.settings import AgentSettings
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Pristine tiny models (never modified by tests; copy them into a store)."""
+    root = tmp_path_factory.mktemp("zoo")
+    tiny_models.build_tiny_llama(root / "tiny-llama", seed=1)
+    tiny_models.build_tiny_gpt2(root / "tiny-gpt2", seed=2)
+    tiny_models.build_tiny_sd(root / "tiny-sd", seed=3)
+    return root
+
+
+@pytest.fixture
+def store(model_zoo: Path, tmp_path: Path) -> Path:
+    """A fresh store per test with the three tiny models (copied: tests may break files)."""
+    root = tmp_path / "store"
+    shutil.copytree(model_zoo, root)
+    return root
+
+
+def agent_settings(store: Path, tmp: Path, **kw: object) -> AgentSettings:
+    base: dict[str, object] = dict(
+        host_id="edge-test",
+        store_dir=store,
+        profiles_dir=tmp / "profiles",
+        device="cpu",
+        device_budget_bytes=2 * 1024**3,
+        cache_budget_bytes=1024**3,
+        profile_on_start=False,
+        measure_bandwidth=False,
+    )
+    base.update(kw)
+    return AgentSettings(**base)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_agent(settings: AgentSettings, **app_kw: object) -> AsyncIterator[httpx.AsyncClient]:
+    """An agent app served by a real uvicorn server on an ephemeral loopback port, in the
+    test's own event loop (so tests may also look at `client.app.state`). httpx's ASGI
+    transport would buffer whole responses, which hides what streaming really does."""
+    app = create_app(settings, **app_kw)  # type: ignore[arg-type]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the start-up error
+            raise RuntimeError("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
