@@ -102,7 +102,9 @@ def build_runtime(
         manifests,
         bad,
         loader,
-        HostInfo(device=device, fingerprint=fingerprint, description=description, versions=versions),
+        HostInfo(
+            device=device, fingerprint=fingerprint, description=description, versions=versions
+        ),
         device_budget_bytes=device_budget,
         cache_budget_bytes=cache_budget,
         profiler=profiler,
@@ -124,7 +126,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = build_runtime(settings, loader=loader, profiler=profiler, clock=clock or time.time)
+        runtime = build_runtime(
+            settings, loader=loader, profiler=profiler, clock=clock or time.time
+        )
         app.state.agent = runtime
         app.state.http = http_client
         await runtime.start()

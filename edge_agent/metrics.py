@@ -24,7 +24,10 @@ class AgentMetrics:
             registry=r,
         )
         self.loads = Counter(
-            "genedge_loads_total", "Model loads by outcome.", ["model", "tier", "outcome"], registry=r
+            "genedge_loads_total",
+            "Model loads by outcome.",
+            ["model", "tier", "outcome"],
+            registry=r,
         )
         self.evictions = Counter(
             "genedge_evictions_total", "Models freed from the device.", ["model"], registry=r

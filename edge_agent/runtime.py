@@ -190,8 +190,13 @@ class AgentRuntime:
         self.host.bandwidth_measured = True
         if not cold:
             self.host.notes.append("disk probe could not drop the page cache")
-        log.info("bandwidth: disk read %.2f GB/s%s, host->%s %.2f GB/s",
-                 disk, "" if cold else " (warm)", self.host.device, h2d)
+        log.info(
+            "bandwidth: disk read %.2f GB/s%s, host->%s %.2f GB/s",
+            disk,
+            "" if cold else " (warm)",
+            self.host.device,
+            h2d,
+        )
 
     # ------------------------------------------------------------------ host facts
     def host_facts(self) -> HostFacts:

@@ -29,7 +29,9 @@ class AgentSettings(BaseSettings):
     )
 
     # Device and memory
-    device: str = Field(default="auto", description="`auto` (cuda:0 when present), `cpu`, `cuda:N`.")
+    device: str = Field(
+        default="auto", description="`auto` (cuda:0 when present), `cpu`, `cuda:N`."
+    )
     dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
         default=None, description="Cast floating weights on load; None keeps the stored dtype."
     )

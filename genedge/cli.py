@@ -64,12 +64,13 @@ def _fmt_bytes(n: int | None) -> str:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     _setup_logging("warning" if args.quiet else "info")
+    from edge_agent.adapters.torch_models import TorchModelLoader
+
     from edge_agent.adapters import host as hostmod
     from edge_agent.adapters.device import resolve_device
     from edge_agent.adapters.profile_store import ProfileStore
     from edge_agent.adapters.profiler import Profiler
     from edge_agent.adapters.store import inspect_folder, scan_store
-    from edge_agent.adapters.torch_models import TorchModelLoader
     from edge_agent.errors import ModelFolderError
 
     path = Path(args.path)
@@ -104,8 +105,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     store = ProfileStore(Path(args.profiles_dir), fingerprint) if args.profiles_dir else None
     profiles = []
     for m in manifests:
-        print(f"profiling {m.id} ({m.architecture}, {_fmt_bytes(m.storage_bytes)}) on {device} ...",
-              file=sys.stderr)
+        print(
+            f"profiling {m.id} ({m.architecture}, {_fmt_bytes(m.storage_bytes)}) on {device} ...",
+            file=sys.stderr,
+        )
         p = profiler.profile(m)
         profiles.append(p)
         if store is not None:
@@ -167,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", help="write the profile(s) as JSON to this file")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None)
-    pr.add_argument("--text-tokens", type=int, default=16, help="new tokens in the timed generation")
+    pr.add_argument(
+        "--text-tokens", type=int, default=16, help="new tokens in the timed generation"
+    )
     pr.add_argument("--profiles-dir", help="also store profiles here, by host fingerprint")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_profile)

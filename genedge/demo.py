@@ -57,18 +57,22 @@ def _mb(n: int | None) -> str:
 
 def _print_models(client: httpx.Client) -> None:
     doc = client.get("/v1/models").json()
-    print(f"\n{'model':<24}{'kind':<7}{'level':<10}{'state':<9}{'MB on device':>13}"
-          f"{'MB disk':>9}{'profile':>9}{'cold s':>8}{'warm s':>8}{'ram s':>8}{'gen s':>8}")
+    print(
+        f"\n{'model':<24}{'kind':<7}{'level':<10}{'state':<9}{'MB on device':>13}"
+        f"{'MB disk':>9}{'profile':>9}{'cold s':>8}{'warm s':>8}{'ram s':>8}{'gen s':>8}"
+    )
     for m in doc["data"]:
         p = m.get("profile") or {}
 
         def num(key: str, p: dict = p) -> str:
             return f"{p[key]:.3f}" if key in p else "-"
 
-        print(f"{m['id']:<24}{m['kind']:<7}{m['level']:<10}{m['state']:<9}"
-              f"{_mb(m['memory_bytes']):>13}{_mb(m['storage_bytes']):>9}{m['profile_status']:>9}"
-              f"{num('load_cold_s'):>8}{num('load_warm_s'):>8}{num('load_ram_s'):>8}"
-              f"{num('generation_s'):>8}")
+        print(
+            f"{m['id']:<24}{m['kind']:<7}{m['level']:<10}{m['state']:<9}"
+            f"{_mb(m['memory_bytes']):>13}{_mb(m['storage_bytes']):>9}{m['profile_status']:>9}"
+            f"{num('load_cold_s'):>8}{num('load_warm_s'):>8}{num('load_ram_s'):>8}"
+            f"{num('generation_s'):>8}"
+        )
     for b in doc.get("bad_folders", []):
         print(f"  (skipped folder {b['path']}: {b['reason']})")
 
@@ -112,8 +116,10 @@ def _requests(client: httpx.Client, models: list[str], state: Path) -> bool:
                     print(f"stream    error event: {chunk['error']}")
                 else:
                     pieces.append(chunk["choices"][0]["text"])
-        print(f"stream    tiny-gpt2 (random weights): {len(pieces)} chunks, first after "
-              f"{(first or 0) * 1000:.0f} ms, {time.perf_counter() - t0:.2f} s total, {_served(s)}")
+        print(
+            f"stream    tiny-gpt2 (random weights): {len(pieces)} chunks, first after "
+            f"{(first or 0) * 1000:.0f} ms, {time.perf_counter() - t0:.2f} s total, {_served(s)}"
+        )
 
     t0 = time.perf_counter()
     r = client.post(
@@ -124,8 +130,10 @@ def _requests(client: httpx.Client, models: list[str], state: Path) -> bool:
         png = base64.b64decode(r.json()["data"][0]["b64_json"])
         out = state / "demo-image.png"
         out.write_bytes(png)
-        print(f"image     tiny-sd (random weights): {len(png)} byte PNG -> {out}\n"
-              f"          {time.perf_counter() - t0:.2f} s, {_served(r)}")
+        print(
+            f"image     tiny-sd (random weights): {len(png)} byte PNG -> {out}\n"
+            f"          {time.perf_counter() - t0:.2f} s, {_served(r)}"
+        )
     else:
         ok = False
         print(f"image     tiny-sd: HTTP {r.status_code} {r.text}")
@@ -135,8 +143,12 @@ def _requests(client: httpx.Client, models: list[str], state: Path) -> bool:
     t0 = time.perf_counter()
     r = client.post(
         "/v1/chat/completions",
-        json={"model": text_model, "messages": [{"role": "user", "content": "Say hi."}],
-              "max_tokens": 8, "temperature": 0},
+        json={
+            "model": text_model,
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
     )
     print(f"chat      {text_model} again: {time.perf_counter() - t0:.2f} s, {_served(r)}")
     ok = ok and r.status_code == 200
@@ -153,8 +165,10 @@ def run_demo(state: Path, *, once: bool, port: int = 0) -> int:
     print(f"preparing the demo model store in {store} (built once, then reused) ...")
     t0 = time.perf_counter()
     built = build_demo_store(store)
-    print(f"  {len(built)} models ready in {time.perf_counter() - t0:.1f} s: "
-          f"{', '.join(p.name for p in built)}")
+    print(
+        f"  {len(built)} models ready in {time.perf_counter() - t0:.1f} s: "
+        f"{', '.join(p.name for p in built)}"
+    )
     port = port or _free_port()
     env = dict(os.environ)
     env.update(
@@ -187,11 +201,13 @@ def run_demo(state: Path, *, once: bool, port: int = 0) -> int:
                 time.sleep(1)
             _print_models(client)
             host = client.get("/v1/host").json()
-            print(f"\nhost {host['host_id']}: {host['description']}; device {host['device']} "
-                  f"budget {_mb(host['device_budget_bytes'])} MB, used "
-                  f"{_mb(host['device_used_bytes'])} MB; disk read "
-                  f"{host['disk_read_GBps'] or 0:.2f} GB/s, host->device "
-                  f"{host['h2d_GBps'] or 0:.2f} GB/s")
+            print(
+                f"\nhost {host['host_id']}: {host['description']}; device {host['device']} "
+                f"budget {_mb(host['device_budget_bytes'])} MB, used "
+                f"{_mb(host['device_used_bytes'])} MB; disk read "
+                f"{host['disk_read_GBps'] or 0:.2f} GB/s, host->device "
+                f"{host['h2d_GBps'] or 0:.2f} GB/s"
+            )
             if not once:
                 print(f"\nthe agent keeps serving on http://127.0.0.1:{port} (Ctrl-C stops it)")
                 proc.wait()

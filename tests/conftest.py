@@ -69,7 +69,9 @@ def agent_settings(store: Path, tmp: Path, **kw: object) -> AgentSettings:
 
 
 @asynccontextmanager
-async def running_agent(settings: AgentSettings, **app_kw: object) -> AsyncIterator[httpx.AsyncClient]:
+async def running_agent(
+    settings: AgentSettings, **app_kw: object
+) -> AsyncIterator[httpx.AsyncClient]:
     """An agent app served by a real uvicorn server on an ephemeral loopback port, in the
     test's own event loop (so tests may also look at `client.app.state`). httpx's ASGI
     transport would buffer whole responses, which hides what streaming really does."""

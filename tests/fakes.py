@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge_agent.core.ports import ImageParams, LoadReport, TextParams, TextResult
-from genedge.contract import ChatMessage, ModelKind, ModelManifest, ModelFormat
+from genedge.contract import ChatMessage, ModelFormat, ModelKind, ModelManifest
 
 
 class FakeOOM(RuntimeError):
@@ -28,7 +28,9 @@ class FakeDevice:
     def alloc(self, n: int) -> None:
         with self.lock:
             if self.allocated + n > self.capacity:
-                raise FakeOOM(f"out of memory: {n} bytes requested, {self.capacity - self.allocated} free")
+                raise FakeOOM(
+                    f"out of memory: {n} bytes requested, {self.capacity - self.allocated} free"
+                )
             self.allocated += n
 
     def free(self, n: int) -> None:
@@ -37,7 +39,9 @@ class FakeDevice:
 
 
 class FakeModel:
-    def __init__(self, model_id: str, nbytes: int, device: FakeDevice, gate: threading.Event | None):
+    def __init__(
+        self, model_id: str, nbytes: int, device: FakeDevice, gate: threading.Event | None
+    ):
         self.model_id = model_id
         self.nbytes = nbytes
         self.device = device

@@ -51,15 +51,22 @@ async def test_chat_loads_into_pool_then_hits(store: Path, tmp_path: Path) -> No
         assert float(r.headers["x-preload-ms"]) > 0 and r.headers["x-preload-tier"] == "disk"
         r2 = await c.post("/v1/chat/completions", json=CHAT)
         assert "x-preload-ms" not in r2.headers  # pool hit
-        assert r2.json()["choices"][0]["message"]["content"] == body["choices"][0]["message"]["content"]
+        assert (
+            r2.json()["choices"][0]["message"]["content"]
+            == body["choices"][0]["message"]["content"]
+        )
         models = {m["id"]: m for m in (await c.get("/v1/models")).json()["data"]}
         assert models["tiny-llama"]["level"] == "pooled"
         assert models["tiny-llama"]["memory_bytes"] > 0
         # Another model switches the pool.
-        r3 = await c.post("/v1/completions", json={"model": "tiny-gpt2", "prompt": "a b", "max_tokens": 3})
+        r3 = await c.post(
+            "/v1/completions", json={"model": "tiny-gpt2", "prompt": "a b", "max_tokens": 3}
+        )
         assert r3.status_code == 200 and r3.json()["object"] == "text_completion"
         models = {m["id"]: m for m in (await c.get("/v1/models")).json()["data"]}
-        assert models["tiny-llama"]["level"] == "stored" and models["tiny-llama"]["memory_bytes"] == 0
+        assert (
+            models["tiny-llama"]["level"] == "stored" and models["tiny-llama"]["memory_bytes"] == 0
+        )
         assert models["tiny-gpt2"]["level"] == "pooled"
 
 
@@ -82,7 +89,13 @@ async def test_streaming_chat_and_completion(store: Path, tmp_path: Path) -> Non
         text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks)
         assert text == plain["choices"][0]["message"]["content"]
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-        req = {"model": "tiny-gpt2", "prompt": "the", "max_tokens": 4, "stream": True, "temperature": 0}
+        req = {
+            "model": "tiny-gpt2",
+            "prompt": "the",
+            "max_tokens": 4,
+            "stream": True,
+            "temperature": 0,
+        }
         async with c.stream("POST", "/v1/completions", json=req) as r:
             chunks = await _sse_lines(r)
         assert all(ch["object"] == "text_completion" for ch in chunks)
@@ -92,7 +105,14 @@ async def test_image_generation(store: Path, tmp_path: Path) -> None:
     async with running_agent(agent_settings(store, tmp_path)) as c:
         r = await c.post(
             "/v1/images/generations",
-            json={"model": "tiny-sd", "prompt": "a red cube", "n": 2, "size": "64x48", "steps": 2, "seed": 1},
+            json={
+                "model": "tiny-sd",
+                "prompt": "a red cube",
+                "n": 2,
+                "size": "64x48",
+                "steps": 2,
+                "seed": 1,
+            },
         )
         assert r.status_code == 200, r.text
         data = r.json()["data"]
@@ -115,7 +135,9 @@ async def test_levels_over_http(store: Path, tmp_path: Path) -> None:
         r = await c.put("/v1/models/tiny-gpt2/level", json={"level": "resident"})
         assert r.status_code in (200, 202)
         await c.app.state.agent.manager.wait_idle()  # type: ignore[attr-defined]
-        r = await c.post("/v1/completions", json={"model": "tiny-gpt2", "prompt": "x", "max_tokens": 2})
+        r = await c.post(
+            "/v1/completions", json={"model": "tiny-gpt2", "prompt": "x", "max_tokens": 2}
+        )
         assert r.headers["x-served-level"] == "resident" and "x-preload-ms" not in r.headers
         bad = await c.put("/v1/models/tiny-gpt2/level", json={"level": "pooled"})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "level"
@@ -156,13 +178,33 @@ async def test_eviction_during_a_running_stream(store: Path, tmp_path: Path) -> 
         ("/v1/chat/completions", {**CHAT, "temperature": 5}, 422, "temperature"),
         ("/v1/chat/completions", {"model": "tiny-llama", "messages": []}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny-llama"}, 422, "messages"),
-        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "pirate", "content": "x"}]}, 422, "messages.0.role"),
-        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "x" * 40000}]}, 422, "messages"),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "messages": [{"role": "pirate", "content": "x"}]},
+            422,
+            "messages.0.role",
+        ),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "messages": [{"role": "user", "content": "x" * 40000}]},
+            422,
+            "messages",
+        ),
         ("/v1/completions", {"model": "tiny-gpt2", "prompt": 3}, 422, "prompt"),
         ("/v1/images/generations", {"model": "tiny-sd", "prompt": "x", "n": 99}, 422, "n"),
         ("/v1/images/generations", {"model": "tiny-sd", "prompt": "x", "size": "big"}, 422, "size"),
-        ("/v1/images/generations", {"model": "tiny-sd", "prompt": "x", "size": "4096x4096"}, 422, "size"),
-        ("/v1/images/generations", {"model": "tiny-sd", "prompt": "x", "size": "60x60"}, 422, "size"),
+        (
+            "/v1/images/generations",
+            {"model": "tiny-sd", "prompt": "x", "size": "4096x4096"},
+            422,
+            "size",
+        ),
+        (
+            "/v1/images/generations",
+            {"model": "tiny-sd", "prompt": "x", "size": "60x60"},
+            422,
+            "size",
+        ),
         ("/v1/images/generations", {"model": "tiny-sd", "prompt": "x", "steps": 500}, 422, "steps"),
         ("/v1/images/generations", {"model": "tiny-llama", "prompt": "x"}, 400, None),
         ("/v1/chat/completions", {**CHAT, "model": "tiny-sd"}, 400, None),
@@ -181,16 +223,25 @@ async def test_bad_requests(store: Path, tmp_path: Path, path, body, status, fie
 
 async def test_malformed_and_oversized_bodies(store: Path, tmp_path: Path) -> None:
     async with running_agent(agent_settings(store, tmp_path, max_body_bytes=2048)) as c:
-        r = await c.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        r = await c.post(
+            "/v1/chat/completions",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 422 and "error" in r.json()
-        r = await c.post("/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]})
+        r = await c.post(
+            "/v1/chat/completions",
+            json={**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]},
+        )
         assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
         r = await c.get("/v1/nowhere")
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
 
 
 async def test_queue_overflow_gives_429(store: Path, tmp_path: Path) -> None:
-    settings = agent_settings(store, tmp_path, max_concurrency_per_model=1, max_queue_per_model=1, retry_after_s=3)
+    settings = agent_settings(
+        store, tmp_path, max_concurrency_per_model=1, max_queue_per_model=1, retry_after_s=3
+    )
     async with running_agent(settings) as c:
         req = {**CHAT, "stream": True, "max_tokens": 30}
         # Hold the only slot with an open stream, fill the one queue place, then overflow.
@@ -206,7 +257,9 @@ async def test_queue_overflow_gives_429(store: Path, tmp_path: Path) -> None:
                 pass
         assert (await queued).status_code == 200
         metrics = (await c.get("/metrics")).text
-        assert 'genedge_requests_total{endpoint="chat",model="tiny-llama",status="429"} 1.0' in metrics
+        assert (
+            'genedge_requests_total{endpoint="chat",model="tiny-llama",status="429"} 1.0' in metrics
+        )
 
 
 async def test_bad_folders_reported_and_failed_load_isolated(store: Path, tmp_path: Path) -> None:
@@ -227,7 +280,9 @@ async def test_bad_folders_reported_and_failed_load_isolated(store: Path, tmp_pa
         st = (await c.get("/v1/models/tiny-llama/status")).json()
         assert st["state"] == "failed" and st["failed_reason"]
         assert (await c.get("/readyz")).json()["status"] == "degraded"
-        r = await c.post("/v1/images/generations", json={"model": "tiny-sd", "prompt": "x", "steps": 1})
+        r = await c.post(
+            "/v1/images/generations", json={"model": "tiny-sd", "prompt": "x", "steps": 1}
+        )
         assert r.status_code == 200  # other models keep serving
 
 

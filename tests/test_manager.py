@@ -61,7 +61,7 @@ async def test_every_transition_and_idempotence():
 
 
 async def test_request_on_stored_model_uses_pool_and_switches():
-    mgr, loader, dev = make()
+    mgr, _loader, dev = make()
     lease, result = await generate(mgr, "a")
     assert lease.served_from == Level.POOLED and lease.preload_tier == "disk"
     assert result.completion_tokens == 3
@@ -85,6 +85,7 @@ async def test_pool_coexists_with_resident_and_respects_budget():
     assert mgr.status("c").state == ModelState.READY  # refused, not broken
     lease, _ = await generate(mgr, "b")  # the pool still holds b
     assert lease.preload_tier is None
+
 
 async def test_resident_that_cannot_fit_is_refused():
     mgr, _, _ = make(budget=600)
@@ -172,7 +173,7 @@ async def test_pool_is_fair_between_models():
     order: list[str] = []
 
     async def tracked(model):
-        lease, _ = await generate(mgr, model)
+        _lease, _ = await generate(mgr, model)
         order.append(model)
 
     b = asyncio.create_task(tracked("b"))

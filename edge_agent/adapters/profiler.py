@@ -36,11 +36,12 @@ log = logging.getLogger("edge_agent.profiler")
 Progress = Callable[[str, float], None]
 
 # A fixed English prompt so text generation times compare across hosts and models.
-_PROMPT_WORDS = (
+_PROMPT = (
     "Edge servers near users can serve image and text generation with far less delay than "
     "the cloud, but they have little disk and GPU memory, so deciding which models to keep "
-    "loaded is a careful trade-off between storage, memory and switching delay. "
-).split()
+    "loaded is a careful trade-off between storage, memory and switching delay."
+)
+_PROMPT_WORDS = _PROMPT.split()
 
 
 def profile_prompt(words: int = 96) -> str:

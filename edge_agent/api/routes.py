@@ -46,10 +46,7 @@ from genedge.contract import (
 
 router = APIRouter()
 
-ERRORS = {
-    s: {"model": ErrorResponse}
-    for s in (400, 404, 409, 413, 422, 429, 503)
-}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 409, 413, 422, 429, 503)}
 
 
 def _rt(request: Request) -> AgentRuntime:

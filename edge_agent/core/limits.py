@@ -70,7 +70,9 @@ def image_params(
         raise _over("size", max(width, height), limits.max_image_side)
     if width % 8 or height % 8:
         # The VAE downsamples by 8; other sizes fail deep inside the UNet.
-        raise InvalidRequest(f"size {width}x{height}: both sides must be multiples of 8", field="size")
+        raise InvalidRequest(
+            f"size {width}x{height}: both sides must be multiples of 8", field="size"
+        )
     steps = req.steps if req.steps is not None else defaults.steps
     if steps > limits.max_steps:
         raise _over("steps", steps, limits.max_steps)

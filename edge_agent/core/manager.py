@@ -224,7 +224,9 @@ class ModelManager:
     def pool_bytes(self) -> int:
         return self._pool.bytes
 
-    def set_profile(self, model_id: str, profile: ModelProfile | None, status: ProfileStatus) -> None:
+    def set_profile(
+        self, model_id: str, profile: ModelProfile | None, status: ProfileStatus
+    ) -> None:
         e = self._entry(model_id)
         e.profile = profile if profile is not None else e.profile
         e.profile_status = status
@@ -316,9 +318,7 @@ class ModelManager:
         try:
             while True:
                 if e.state == ModelState.FAILED and not e.transitioning:
-                    raise ModelUnavailable(
-                        f"model {e.id!r} failed: {e.failed_reason}", model=e.id
-                    )
+                    raise ModelUnavailable(f"model {e.id!r} failed: {e.failed_reason}", model=e.id)
                 if not e.transitioning:
                     if e.level == Level.RESIDENT and e.loaded is not None:
                         e.in_flight += 1
@@ -396,8 +396,12 @@ class ModelManager:
             raise ModelUnavailable(f"model {e.id!r} failed to load: {exc}", model=e.id) from exc
         e.loaded, e.device_bytes = loaded, loaded.memory_bytes()
         self.observer.loaded(e.id, report)
-        self._set_state(e, ModelState.READY, 1.0, f"loaded by {report.loader} from {report.tier} "
-                        f"in {report.seconds:.3f} s")
+        self._set_state(
+            e,
+            ModelState.READY,
+            1.0,
+            f"loaded by {report.loader} from {report.tier} in {report.seconds:.3f} s",
+        )
         return report
 
     def _fail(self, e: _Entry, reason: str) -> None:
@@ -414,9 +418,11 @@ class ModelManager:
         owned = False
         try:
             await self._wait_until(
-                lambda: not pool.busy
-                and not self._earlier_other(ticket, reason)
-                and (pool.holder is None or pool.holder.in_flight == 0)
+                lambda: (
+                    not pool.busy
+                    and not self._earlier_other(ticket, reason)
+                    and (pool.holder is None or pool.holder.in_flight == 0)
+                )
             )
             pool.busy = owned = True
             self._waiters.pop(ticket, None)
@@ -456,7 +462,11 @@ class ModelManager:
         if level not in (Level.STORED, Level.CACHED, Level.RESIDENT):
             raise TransitionConflict(f"{level.value} is not a level one can set")
         e = self._entry(model_id)
-        if e.state != ModelState.FAILED and e.target == level and (e.level == level or e.transitioning):
+        if (
+            e.state != ModelState.FAILED
+            and e.target == level
+            and (e.level == level or e.transitioning)
+        ):
             if wait:
                 await self._wait_until(lambda: not e.transitioning)
             return self.status(model_id)
@@ -478,8 +488,12 @@ class ModelManager:
                 return
             e.transitioning = True
             e.failed_reason = None
-            self._set_state(e, e.state if e.state != ModelState.FAILED else ModelState.READY,
-                            0.0, f"moving to {target.value}")
+            self._set_state(
+                e,
+                e.state if e.state != ModelState.FAILED else ModelState.READY,
+                0.0,
+                f"moving to {target.value}",
+            )
             try:
                 if target == Level.RESIDENT:
                     await self._to_resident(e)
@@ -540,8 +554,10 @@ class ModelManager:
                 pool.busy = False
                 self._changed()
         if need > self.device_budget_bytes - self.device_used_bytes():
-            raise DoesNotFit(f"{e.id!r} needs {need} bytes of device memory; "
-                             f"{self.device_used_bytes()} of {self.device_budget_bytes} in use")
+            raise DoesNotFit(
+                f"{e.id!r} needs {need} bytes of device memory; "
+                f"{self.device_used_bytes()} of {self.device_budget_bytes} in use"
+            )
         await self._load(e, "loading to resident")
         e.level = Level.RESIDENT
         self._release_host_copy(e)

@@ -111,6 +111,8 @@ class ModelLoader(Protocol):
         """stored -> cached: read every weight file into host RAM."""
         ...
 
-    def load(self, manifest: ModelManifest, source: HostCopy | None) -> tuple[LoadedModel, LoadReport]:
+    def load(
+        self, manifest: ModelManifest, source: HostCopy | None
+    ) -> tuple[LoadedModel, LoadReport]:
         """stored/cached -> device: from `source` when given, else from disk."""
         ...
