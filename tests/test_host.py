@@ -41,7 +41,7 @@ class _Mem:
 @dataclass
 class _Proc:
     pid: int
-    usedGpuMemory: int | None  # noqa: N815 (pynvml's field name)
+    usedGpuMemory: int | None  # pynvml's field name
 
 
 class FakeNvmlModule:
@@ -53,29 +53,29 @@ class FakeNvmlModule:
         self.shutdowns = 0
         self.procs: dict[int, list[_Proc]] = {0: [], 1: []}
 
-    def nvmlInit(self) -> None:  # noqa: N802
+    def nvmlInit(self) -> None:
         self.inits += 1
         if self.fail_init:
             raise RuntimeError("NVML Shared Library Not Found")
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self.shutdowns += 1
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         return 2
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         if index not in (0, 1):
             raise RuntimeError("Invalid Argument")
         return index
 
-    def nvmlDeviceGetName(self, handle: int) -> Any:  # noqa: N802
+    def nvmlDeviceGetName(self, handle: int) -> Any:
         return b"NVIDIA H200" if handle == 0 else "NVIDIA H100 80GB HBM3"
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _Mem:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _Mem:
         return _Mem(total=150_754_820_096, free=150_000_000_000, used=754_820_096)
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[_Proc]:  # noqa: N802
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[_Proc]:
         return self.procs[handle]
 
 

@@ -47,9 +47,14 @@ def _build_llm(dest: Path) -> Path:
 
     torch.manual_seed(0)
     config = GPT2Config(
-        n_layer=1, n_embd=16, n_head=2, vocab_size=100, n_positions=32, bos_token_id=1,
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        vocab_size=100,
+        n_positions=32,
+        bos_token_id=1,
         eos_token_id=2,
-    )  # fmt: skip
+    )
     GPT2LMHeadModel(config).save_pretrained(dest)
     vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 100)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
@@ -144,6 +149,12 @@ def _raw_safetensors(header: dict[str, object], data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
+def _one_tensor(dtype: str, shape: list[int], offsets: list[int]) -> bytes:
+    """A safetensors file with one tensor `a` and as many data bytes as `offsets` claim."""
+    data = b"\0" * max(offsets[-1], 0)
+    return _raw_safetensors({"a": {"dtype": dtype, "shape": shape, "data_offsets": offsets}}, data)
+
+
 # --------------------------------------------------------------------------------------
 # Layout inference
 # --------------------------------------------------------------------------------------
@@ -186,7 +197,8 @@ def test_pipeline_defaults_fall_back_without_readable_configs(sd: Path) -> None:
 
 def test_non_variant_weights_are_preferred_and_variants_accepted(sd: Path) -> None:
     unet = sd / "unet"
-    save_file({"w": torch.zeros(2, dtype=torch.float16)}, str(unet / "diffusion_pytorch_model.fp16.safetensors"))  # fmt: skip
+    variant = unet / "diffusion_pytorch_model.fp16.safetensors"
+    save_file({"w": torch.zeros(2, dtype=torch.float16)}, str(variant))
     assert "unet/diffusion_pytorch_model.safetensors" in inspect_folder(sd).weight_files
     (unet / "diffusion_pytorch_model.safetensors").unlink()
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in inspect_folder(sd).weight_files
@@ -320,9 +332,11 @@ def test_trailing_bytes_are_corrupt(llm: Path) -> None:
         (os.urandom(4096), "model.safetensors: "),
         (struct.pack("<Q", 6) + b"\xff{oops", "not valid JSON"),
         (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
-        (_raw_safetensors({"a": {"dtype": "F17", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "unknown dtype"),  # fmt: skip
-        (_raw_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4), "needs 8"),  # fmt: skip
-        (_raw_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8), "gap"),  # fmt: skip
+        (_one_tensor("F17", [1], [0, 4]), "unknown dtype"),
+        (_one_tensor("F32", [2], [0, 4]), "needs 8"),
+        (_one_tensor("F32", [1], [4, 8]), "gap"),
+        (_one_tensor("F32", [-1], [0, 4]), "not a list of non-negative integers"),
+        (_one_tensor("F32", [1], [0]), "are not [begin, end]"),
         (
             _raw_safetensors(
                 {
@@ -333,7 +347,7 @@ def test_trailing_bytes_are_corrupt(llm: Path) -> None:
             ),
             "overlaps",
         ),
-        (_raw_safetensors({"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}}, b"\0" * 2), "byte boundary"),  # fmt: skip
+        (_one_tensor("F4", [3], [0, 2]), "byte boundary"),
     ],
 )
 def test_garbage_headers_are_corrupt(llm: Path, content: bytes, expect: str) -> None:
@@ -353,10 +367,10 @@ def test_header_reader_agrees_with_the_library(llm: Path) -> None:
     # Valid files the library writes: sub-byte-free dtypes, empty tensors, metadata.
     odd = llm / "odd.safetensors"
     save_file(
-        {"e": torch.zeros(0, 3), "b": torch.ones(3, dtype=torch.bool), "h": torch.ones(5).bfloat16()},
+        {"e": torch.zeros(0, 3), "b": torch.ones(3, dtype=torch.bool), "h": torch.ones(5).half()},
         str(odd),
         metadata={"format": "pt"},
-    )  # fmt: skip
+    )
     assert sorted(read_safetensors_header(odd).tensors) == ["b", "e", "h"]
 
 

@@ -395,7 +395,7 @@ def _pipeline_image_defaults(root: Path) -> ImageDefaults:
                 break
         else:
             return d
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return d
     if _is_uint(size) and size > 0:
         return d.model_copy(update={"width": size * factor, "height": size * factor})

@@ -133,7 +133,7 @@ def build_tiny_sd(dest: Path, *, seed: int = 0, scale: int = 1) -> Path:
             attention_head_dim=8,
             norm_num_groups=8,
         )
-        vae_channels = tuple(min(w * 2**i, 4 * w) for i in range(vae_levels))
+        vae_channels = tuple(min(w * 2**i, 2 * w) for i in range(vae_levels))
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
