@@ -56,7 +56,7 @@ class AgentMetrics:
         self.in_flight = Gauge(
             "genedge_in_flight", "Requests running per model.", ["model"], registry=r
         )
-        self.device_used = Gauge(
+        self.device_used_gauge = Gauge(
             "genedge_device_used_bytes",
             "Device memory held by resident models and the swap pool.",
             registry=r,
@@ -85,7 +85,7 @@ class AgentMetrics:
         self.in_flight.labels(model_id).set(in_flight)
 
     def device_used(self, used_bytes: int) -> None:
-        self.device_used.set(used_bytes)
+        self.device_used_gauge.set(used_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -88,25 +88,28 @@ class FakeHostCopy:
 class FakeLoader:
     device = "fake"
 
-    def __init__(self, device: FakeDevice, sizes: dict[str, int], load_s: float = 0.0):
+    def __init__(self, device: FakeDevice, sizes: dict[str, int] | None = None, load_s: float = 0.0):
         self.dev = device
-        self.sizes = sizes
+        self.sizes = sizes if sizes is not None else {}
         self.load_s = load_s
         self.fail: dict[str, str] = {}
         self.gates: dict[str, threading.Event] = {}
         self.loads: list[tuple[str, str]] = []
         self.models: list[FakeModel] = []
 
+    def size(self, manifest: ModelManifest) -> int:
+        return self.sizes.get(manifest.id, manifest.storage_bytes)
+
     def read_to_host(self, manifest: ModelManifest) -> FakeHostCopy:
-        return FakeHostCopy(manifest.id, self.sizes[manifest.id])
+        return FakeHostCopy(manifest.id, self.size(manifest))
 
     def load(self, manifest: ModelManifest, source):
         tier = "ram" if source is not None else "disk"
         time.sleep(self.load_s)
         if manifest.id in self.fail:
             raise RuntimeError(self.fail[manifest.id])
-        self.dev.alloc(self.sizes[manifest.id])
-        m = FakeModel(manifest.id, self.sizes[manifest.id], self.dev, self.gates.get(manifest.id))
+        self.dev.alloc(self.size(manifest))
+        m = FakeModel(manifest.id, self.size(manifest), self.dev, self.gates.get(manifest.id))
         self.models.append(m)
         self.loads.append((manifest.id, tier))
         return m, LoadReport(loader="fake", tier=tier, seconds=self.load_s + 1e-6)

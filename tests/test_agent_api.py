@@ -6,12 +6,14 @@ import asyncio
 import base64
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.conftest import agent_settings, running_agent
+from tests.fakes import FakeDevice, FakeLoader
 
 CHAT = {
     "model": "tiny-llama",
@@ -146,29 +148,33 @@ async def test_levels_over_http(store: Path, tmp_path: Path) -> None:
 
 
 async def test_eviction_during_a_running_stream(store: Path, tmp_path: Path) -> None:
-    """The request completes, and only then is the memory freed."""
-    async with running_agent(agent_settings(store, tmp_path)) as c:
-        mgr = c.app.state.agent.manager  # type: ignore[attr-defined]
+    """Over HTTP, with a fake model whose generation waits on a gate: the request completes,
+    and only then is the memory freed. (The same on a real model: test_real_drain.py.)"""
+    dev = FakeDevice(10**12)
+    loader = FakeLoader(dev)
+    gate = threading.Event()
+    loader.gates["tiny-llama"] = gate
+    async with running_agent(agent_settings(store, tmp_path), loader=loader) as c:
         await c.put("/v1/models/tiny-llama/level", json={"level": "resident", "wait": True})
-        loaded = mgr._entries["tiny-llama"].loaded
-        req = {**CHAT, "stream": True, "max_tokens": 40}
-        async with c.stream("POST", "/v1/chat/completions", json=req) as r:
+        held = dev.allocated
+        assert held > 0
+        async with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
             lines = r.aiter_lines()
-            first = await anext(lines)
-            assert first.startswith("data: ")
+            assert (await anext(lines)).startswith("data: ")  # the role chunk, before any token
             r2 = await c.put("/v1/models/tiny-llama/level", json={"level": "stored"})
             assert r2.status_code == 202
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
             st = (await c.get("/v1/models/tiny-llama/status")).json()
             assert st["state"] == "draining" and st["in_flight"] == 1
-            assert loaded.memory_bytes() > 0
-            rest = [line async for line in lines]
+            assert dev.allocated == held  # nothing freed under the running request
+            gate.set()
+            rest = [line async for line in lines if line]
         assert rest[-1] == "data: [DONE]"
         assert not any('"error"' in line for line in rest)
-        await mgr.wait_idle()
+        await c.app.state.agent.manager.wait_idle()  # type: ignore[attr-defined]
         st = (await c.get("/v1/models/tiny-llama/status")).json()
         assert st["level"] == "stored" and st["memory_bytes"] == 0
-        assert loaded.memory_bytes() == 0  # the model object really let go of its tensors
+        assert dev.allocated == 0
 
 
 @pytest.mark.parametrize(
@@ -242,24 +248,25 @@ async def test_queue_overflow_gives_429(store: Path, tmp_path: Path) -> None:
     settings = agent_settings(
         store, tmp_path, max_concurrency_per_model=1, max_queue_per_model=1, retry_after_s=3
     )
-    async with running_agent(settings) as c:
-        req = {**CHAT, "stream": True, "max_tokens": 30}
-        # Hold the only slot with an open stream, fill the one queue place, then overflow.
-        async with c.stream("POST", "/v1/chat/completions", json=req) as first:
-            await anext(first.aiter_lines())
-            queued = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
-            await asyncio.sleep(0.1)
-            r = await c.post("/v1/chat/completions", json=CHAT)
-            assert r.status_code == 429, r.text
-            assert r.headers["retry-after"] == "3"
-            assert r.json()["error"]["type"] == "overloaded"
-            async for _ in first.aiter_lines():
-                pass
+    loader = FakeLoader(FakeDevice(10**12))
+    gate = threading.Event()
+    loader.gates["tiny-llama"] = gate
+    async with running_agent(settings, loader=loader) as c:
+        # One request runs (held at the gate), one waits in the queue, the third overflows.
+        running = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
+        queued = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
+        await asyncio.sleep(0.2)
+        st = (await c.get("/v1/models/tiny-llama/status")).json()
+        assert (st["in_flight"], st["queued"]) == (1, 1)
+        r = await c.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 429, r.text
+        assert r.headers["retry-after"] == "3"
+        assert r.json()["error"]["type"] == "overloaded"
+        gate.set()
+        assert (await running).status_code == 200
         assert (await queued).status_code == 200
         metrics = (await c.get("/metrics")).text
-        assert (
-            'genedge_requests_total{endpoint="chat",model="tiny-llama",status="429"} 1.0' in metrics
-        )
+        assert 'genedge_requests_total{endpoint="chat",model="tiny-llama",status="429"} 1.0' in metrics
 
 
 async def test_bad_folders_reported_and_failed_load_isolated(store: Path, tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ def build_tiny_sd(dest: Path, *, seed: int = 0, scale: int = 1) -> Path:
             set_alpha_to_one=False,
             steps_offset=1,
         )
-        pipe = StableDiffusionPipeline(
+        pipe: Any = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
