@@ -136,7 +136,15 @@ class ModelProfile(BaseModel):
     storage_bytes: int
     resident_bytes: int = Field(description="Memory held after load (CUDA allocated or RSS).")
     peak_bytes: int = Field(description="Peak memory during one default generation.")
-    memory_method: Literal["cuda_allocated", "rss_delta"]
+    memory_method: Literal["cuda_allocated", "tensor_bytes+rss_growth"] = Field(
+        description="`cuda_allocated`: allocator bytes after load / peak during generation. "
+        "`tensor_bytes+rss_growth` (CPU): bytes of the model's tensors; peak adds the process "
+        "RSS growth during generation (a freed-and-reused heap makes a plain RSS delta "
+        "meaningless for a reload)."
+    )
+    rss_delta_bytes: int | None = Field(
+        default=None, description="Raw process RSS growth over the load (CPU), for reference."
+    )
     nvml_used_delta_bytes: int | None = None
     load_cold_s: float = Field(description="Preload from disk with the page cache dropped.")
     load_warm_s: float = Field(description="Preload from disk with the files in page cache.")

@@ -50,7 +50,6 @@ class MemoryMeter:
     def __init__(self, device: str) -> None:
         self.device = device
         self.cuda = is_cuda(device)
-        self.method = "cuda_allocated" if self.cuda else "rss_delta"
         self._proc = psutil.Process()
 
     def now(self) -> int:
