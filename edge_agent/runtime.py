@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from edge_agent.core.limits import Limits
 from edge_agent.core.manager import ModelManager
@@ -30,13 +31,12 @@ from genedge.contract import (
 log = logging.getLogger("edge_agent")
 
 
-class ProfilerLike:
+class ProfilerLike(Protocol):
     """What the runtime needs of a profiler (the real one is `adapters.profiler.Profiler`)."""
 
     def profile(
         self, manifest: ModelManifest, progress: Callable[[str, float], None] | None = None
-    ) -> ModelProfile:
-        raise NotImplementedError
+    ) -> ModelProfile: ...
 
 
 @dataclass

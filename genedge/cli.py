@@ -64,13 +64,12 @@ def _fmt_bytes(n: int | None) -> str:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     _setup_logging("warning" if args.quiet else "info")
-    from edge_agent.adapters.torch_models import TorchModelLoader
-
     from edge_agent.adapters import host as hostmod
     from edge_agent.adapters.device import resolve_device
     from edge_agent.adapters.profile_store import ProfileStore
     from edge_agent.adapters.profiler import Profiler
     from edge_agent.adapters.store import inspect_folder, scan_store
+    from edge_agent.adapters.torch_models import TorchModelLoader
     from edge_agent.errors import ModelFolderError
 
     path = Path(args.path)

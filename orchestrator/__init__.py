@@ -1,1 +1,1 @@
-"""The orchestrator: placement decisions from measured profiles and live rates (issue 3; not built yet)."""
+"""The orchestrator: placement from measured profiles and live rates (issue 3; not built yet)."""

@@ -88,7 +88,9 @@ class FakeHostCopy:
 class FakeLoader:
     device = "fake"
 
-    def __init__(self, device: FakeDevice, sizes: dict[str, int] | None = None, load_s: float = 0.0):
+    def __init__(
+        self, device: FakeDevice, sizes: dict[str, int] | None = None, load_s: float = 0.0
+    ):
         self.dev = device
         self.sizes = sizes if sizes is not None else {}
         self.load_s = load_s

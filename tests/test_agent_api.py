@@ -266,7 +266,9 @@ async def test_queue_overflow_gives_429(store: Path, tmp_path: Path) -> None:
         assert (await running).status_code == 200
         assert (await queued).status_code == 200
         metrics = (await c.get("/metrics")).text
-        assert 'genedge_requests_total{endpoint="chat",model="tiny-llama",status="429"} 1.0' in metrics
+        assert (
+            'genedge_requests_total{endpoint="chat",model="tiny-llama",status="429"} 1.0' in metrics
+        )
 
 
 async def test_bad_folders_reported_and_failed_load_isolated(store: Path, tmp_path: Path) -> None:

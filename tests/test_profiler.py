@@ -63,8 +63,19 @@ def test_profile_store_roundtrip_and_invalidation(model_zoo: Path, tmp_path: Pat
 
 def test_cli_profile_writes_json(model_zoo: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "p.json"
-    rc = cli_main(["profile", str(model_zoo / "tiny-gpt2"), "--json", str(out), "--device", "cpu",
-                   "--quiet", "--text-tokens", "2"])
+    rc = cli_main(
+        [
+            "profile",
+            str(model_zoo / "tiny-gpt2"),
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--text-tokens",
+            "2",
+        ]
+    )
     assert rc == 0
     doc = ModelProfile.model_validate(json.loads(out.read_text()))
     assert doc.model_id == "tiny-gpt2"
@@ -87,9 +98,13 @@ async def test_agent_profiles_in_background_and_reuses_cache(store: Path, tmp_pa
 
     async with running_agent(settings) as c:
         # Requests are served while the profiler works.
-        r = await c.post("/v1/completions", json={"model": "tiny-gpt2", "prompt": "a", "max_tokens": 2})
+        r = await c.post(
+            "/v1/completions", json={"model": "tiny-gpt2", "prompt": "a", "max_tokens": 2}
+        )
         assert r.status_code == 200
-        assert await profile_statuses(c) == dict.fromkeys(("tiny-gpt2", "tiny-llama", "tiny-sd"), "done")
+        assert await profile_statuses(c) == dict.fromkeys(
+            ("tiny-gpt2", "tiny-llama", "tiny-sd"), "done"
+        )
         m = (await c.get("/v1/models/tiny-sd/status")).json()
         assert m["profile"]["load_cold_s"] > 0
     # A restart on unchanged files reuses the profiles; a changed model is measured again.

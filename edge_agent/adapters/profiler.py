@@ -72,9 +72,9 @@ class Profiler:
     def _generate(self, model: LoadedModel, manifest: ModelManifest, warmup: bool) -> str:
         if manifest.kind == ModelKind.TEXT:
             tokens = 1 if warmup else self.text_tokens
-            params = TextParams(max_tokens=tokens, temperature=0.0, top_p=1.0, seed=0)
+            text_params = TextParams(max_tokens=tokens, temperature=0.0, top_p=1.0, seed=0)
             prompt = profile_prompt()
-            model.generate_text([ChatMessage(role="user", content=prompt)], None, params)
+            model.generate_text([ChatMessage(role="user", content=prompt)], None, text_params)
             return f"~{len(prompt.split())}-word chat prompt, {tokens} new tokens, greedy, batch 1"
         d = manifest.image_defaults or ImageDefaults()
         steps = 1 if warmup else d.steps

@@ -42,7 +42,7 @@ def error_response(
     )
 
 
-def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+def _field_of(loc: Any) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or "body"
 
@@ -74,7 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _HTTP_TYPES.get(exc.status_code, "http_error")
         return error_response(
-            exc.status_code, ErrorBody(type=kind, message=str(exc.detail)), exc.headers
+            exc.status_code,
+            ErrorBody(type=kind, message=str(exc.detail)),
+            dict(exc.headers) if exc.headers else None,
         )
 
     @app.exception_handler(Exception)

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -46,7 +47,9 @@ from genedge.contract import (
 
 router = APIRouter()
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 409, 413, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (400, 404, 409, 413, 422, 429, 503)
+}
 
 
 def _rt(request: Request) -> AgentRuntime:
@@ -142,6 +145,7 @@ async def _sse(stream: TextStream, model: str, chat: bool) -> AsyncIterator[byte
         return f"data: {json.dumps(obj)}\n\n".encode()
 
     def chunk(text: str | None, finish: str | None, role: str | None = None) -> bytes:
+        c: ChatCompletionChunk | CompletionChunk
         if chat:
             c = ChatCompletionChunk(
                 id=rid,
