@@ -97,6 +97,37 @@ def sd(cpu_loader: TorchModelLoader, sd_manifest: ModelManifest) -> Iterator[Ima
 
 
 # --------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------
+
+
+def test_builders_are_deterministic_scalable_and_leave_the_rng_alone(
+    tiny_zoo: Path, tmp_path: Path
+) -> None:
+    from edge_agent.adapters import tiny_models
+
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    again = tiny_models.build_tiny_gpt2(tmp_path / "gpt2", seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    name = "model.safetensors"
+    assert (again / name).read_bytes() == (tiny_zoo / "tiny-gpt2" / name).read_bytes()
+    bigger = tiny_models.build_tiny_llama(tmp_path / "llama2", seed=1, scale=2)
+    small = (tiny_zoo / "tiny-llama" / name).stat().st_size
+    assert (bigger / name).stat().st_size > 4 * small
+    with pytest.raises(ValueError):
+        tiny_models.build_tiny_sd(tmp_path / "sd0", scale=0)
+
+
+def test_tokenizers_round_trip_english(llama: TextModel, gpt2: TextModel) -> None:
+    text = "The quick brown fox jumps over the lazy dog. It's 50% done!"
+    for model in (llama, gpt2):
+        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) < len(text)  # merges were learnt
+        assert model.tokenizer.decode(ids) == text
+
+
+# --------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------
 

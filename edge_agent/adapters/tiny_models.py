@@ -13,7 +13,8 @@ files) that loads through exactly the same code as a real checkpoint:
 
 `scale=1` is tiny (tests: a 2-step 32x32 image or a few tokens take milliseconds on one CPU
 thread); larger scales widen and deepen the models so a demo store has real size trade-offs.
-Nothing is downloaded. Building never changes the caller's global torch RNG.
+Nothing is downloaded. The same seed and scale give byte-identical files, and building never
+changes the caller's global torch RNG.
 """
 
 from __future__ import annotations
@@ -98,9 +99,10 @@ def _clip_tokenizer(workdir: Path) -> Any:
 def build_tiny_sd(dest: Path, *, seed: int = 0, scale: int = 1) -> Path:
     """Build a random-weight Stable Diffusion pipeline folder in `dest` and return it.
 
-    scale=1: ~1 MB, default image 32x32 (latents 16x16, VAE downsampling 2); one 2-step
-    generation takes a fraction of a second on one CPU thread. Larger scales widen every
-    model (scale=4: tens of MB) and add a VAE level (default 64x64, downsampling 4).
+    scale=1: ~7 MB, default image 32x32 (latents 16x16, VAE downsampling 2); one 2-step
+    generation takes ~50 ms on one CPU thread. Larger scales widen every model; from
+    scale=4 (~60 MB) the UNet has two layers per block and the VAE a third level (default
+    image 64x64, downsampling 4).
     """
     from diffusers import (
         AutoencoderKL,
@@ -212,7 +214,9 @@ def _fast_tokenizer(vocab_size: int, special: list[str], **kw: Any) -> Any:
 
 def build_tiny_llama(dest: Path, *, seed: int = 0, scale: int = 1) -> Path:
     """Build a random-weight LlamaForCausalLM folder (untied embeddings, grouped-query
-    attention, rotary positions) with a BPE tokenizer and a chat template; returns `dest`."""
+    attention, rotary positions) with a BPE tokenizer and a chat template; returns `dest`.
+
+    Width 64*scale-32 and 2*scale layers: ~0.2 MB at scale 1, ~17 MB at scale 4."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if scale < 1:
@@ -253,7 +257,9 @@ def build_tiny_llama(dest: Path, *, seed: int = 0, scale: int = 1) -> Path:
 
 def build_tiny_gpt2(dest: Path, *, seed: int = 0, scale: int = 1) -> Path:
     """Build a random-weight GPT2LMHeadModel folder (output layer tied to the token
-    embeddings) with a BPE tokenizer and no chat template; returns `dest`."""
+    embeddings) with a BPE tokenizer and no chat template; returns `dest`.
+
+    Width 64*scale-32 and 2*scale layers: ~0.3 MB at scale 1, ~20 MB at scale 4."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if scale < 1:

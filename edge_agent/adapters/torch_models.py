@@ -677,7 +677,7 @@ class TorchModelLoader:
         reason: str | None = None
         try:
             return self.load_genedge(manifest, source)
-        except (CorruptWeights, BadModelFolder, torch.OutOfMemoryError):
+        except (CorruptWeights, BadModelFolder, torch.cuda.OutOfMemoryError):
             raise
         except Exception as exc:  # anything else: the library may know better
             reason = f"genedge loader failed ({type(exc).__name__}: {exc}); used from_pretrained"
@@ -685,7 +685,11 @@ class TorchModelLoader:
         gc.collect()
         if self._dev.type == "cuda":
             torch.cuda.empty_cache()
-        model, report = self.load_with_library(manifest)
+        try:
+            model, report = self.load_with_library(manifest)
+        except Exception as exc:
+            exc.add_note(reason)
+            raise
         report.notes.insert(0, reason)
         if source is not None:
             report.notes.append("the library loader reads from disk, not from the host copy")
