@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -66,6 +66,20 @@ def agent_settings(store: Path, tmp: Path, **kw: object) -> AgentSettings:
     )
     base.update(kw)
     return AgentSettings(**base)  # type: ignore[arg-type]
+
+
+async def poll_status(
+    client: httpx.AsyncClient, model: str, cond: Callable[[dict], bool], timeout: float = 10.0
+) -> dict:
+    """Poll a model's status until `cond` holds (no fixed sleeps: CI machines are slow)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = (await client.get(f"/v1/models/{model}/status")).json()
+        if cond(st):
+            return st
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"status of {model} never matched: {st}")
+        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager

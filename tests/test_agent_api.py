@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import agent_settings, running_agent
+from tests.conftest import agent_settings, poll_status, running_agent
 from tests.fakes import FakeDevice, FakeLoader
 
 CHAT = {
@@ -163,9 +163,8 @@ async def test_eviction_during_a_running_stream(store: Path, tmp_path: Path) -> 
             assert (await anext(lines)).startswith("data: ")  # the role chunk, before any token
             r2 = await c.put("/v1/models/tiny-llama/level", json={"level": "stored"})
             assert r2.status_code == 202
-            await asyncio.sleep(0.1)
-            st = (await c.get("/v1/models/tiny-llama/status")).json()
-            assert st["state"] == "draining" and st["in_flight"] == 1
+            st = await poll_status(c, "tiny-llama", lambda s: s["state"] == "draining")
+            assert st["in_flight"] == 1
             assert dev.allocated == held  # nothing freed under the running request
             gate.set()
             rest = [line async for line in lines if line]
@@ -255,9 +254,7 @@ async def test_queue_overflow_gives_429(store: Path, tmp_path: Path) -> None:
         # One request runs (held at the gate), one waits in the queue, the third overflows.
         running = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
         queued = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
-        await asyncio.sleep(0.2)
-        st = (await c.get("/v1/models/tiny-llama/status")).json()
-        assert (st["in_flight"], st["queued"]) == (1, 1)
+        await poll_status(c, "tiny-llama", lambda s: (s["in_flight"], s["queued"]) == (1, 1))
         r = await c.post("/v1/chat/completions", json=CHAT)
         assert r.status_code == 429, r.text
         assert r.headers["retry-after"] == "3"

@@ -30,6 +30,14 @@ def make(sizes=None, capacity=1000, budget=1000, cache=1000, **kw):
     return mgr, loader, dev
 
 
+async def until(cond, timeout: float = 10.0) -> None:
+    """Wait for a condition without fixed sleeps (CI machines are slow and busy)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
 async def generate(mgr: ModelManager, model: str):
     async with mgr.lease(model, ModelKind.TEXT) as lease:
         result = await asyncio.to_thread(lease.model.generate_text, msgs(), None, P)
@@ -111,9 +119,8 @@ async def test_eviction_waits_for_running_request_then_frees():
     while not loader.models[0].started.is_set():
         await asyncio.sleep(0.01)
     await mgr.set_level("a", Level.STORED)
-    await asyncio.sleep(0.05)
-    st = mgr.status("a")
-    assert st.state == ModelState.DRAINING and st.in_flight == 1
+    await until(lambda: mgr.status("a").state == ModelState.DRAINING)
+    assert mgr.status("a").in_flight == 1
     assert dev.allocated == 300  # nothing freed under a running request
     gate.set()
     _, result = await running  # the request completes normally
@@ -153,8 +160,7 @@ async def test_queue_overflow_gives_overloaded():
     gate = threading.Event()
     loader.gates["a"] = gate
     tasks = [asyncio.create_task(generate(mgr, "a")) for _ in range(3)]
-    await asyncio.sleep(0.1)
-    assert mgr.status("a").in_flight == 1 and mgr.status("a").queued == 2
+    await until(lambda: (mgr.status("a").in_flight, mgr.status("a").queued) == (1, 2))
     with pytest.raises(Overloaded) as info:
         await generate(mgr, "a")
     assert info.value.retry_after_s == 2.5
@@ -165,11 +171,11 @@ async def test_queue_overflow_gives_overloaded():
 
 async def test_pool_is_fair_between_models():
     """An earlier request for b is served before later requests for the pooled model a."""
-    mgr, loader, _ = make()
+    mgr, loader, _ = make(max_concurrency=2)  # a second request for a could join at once
     gate = threading.Event()
     loader.gates["a"] = gate
     first = asyncio.create_task(generate(mgr, "a"))
-    await asyncio.sleep(0.05)
+    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
     order: list[str] = []
 
     async def tracked(model):
@@ -177,9 +183,9 @@ async def test_pool_is_fair_between_models():
         order.append(model)
 
     b = asyncio.create_task(tracked("b"))
-    await asyncio.sleep(0.02)
+    await until(lambda: len(mgr._waiters) == 1)
     a2 = asyncio.create_task(tracked("a"))
-    await asyncio.sleep(0.02)
+    await until(lambda: len(mgr._waiters) == 2)
     gate.set()
     await asyncio.gather(first, b, a2)
     assert order == ["b", "a"]

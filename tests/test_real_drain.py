@@ -50,7 +50,10 @@ async def _drain_while_generating(mgr: ModelManager) -> None:
         )
         assert await asyncio.to_thread(in_token.wait, 10)
         await mgr.set_level("tiny-llama", Level.STORED)
-        await asyncio.sleep(0.1)
+        for _ in range(1000):
+            if mgr.status("tiny-llama").state == ModelState.DRAINING:
+                break
+            await asyncio.sleep(0.01)
         st = mgr.status("tiny-llama")
         assert st.state == ModelState.DRAINING and st.memory_bytes == held
         assert lease.model.memory_bytes() == held  # nothing freed under the generation
