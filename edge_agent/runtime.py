@@ -150,20 +150,29 @@ class AgentRuntime:
             raise UnknownModel("profiling is not available on this agent")
         manifest = self.manager.manifest(model_id)
         profiler = self.profiler
+        loop = asyncio.get_running_loop()
+
+        def progress(what: str, frac: float) -> None:  # called from the profiling thread
+            loop.call_soon_threadsafe(
+                self.manager.set_profile, model_id, None, ProfileStatus.RUNNING, frac, what
+            )
+
         async with self._profile_lock:
-            self.manager.set_profile(model_id, None, ProfileStatus.RUNNING)
+            self.manager.set_profile(
+                model_id, None, ProfileStatus.RUNNING, 0.0, "waiting for the swap pool"
+            )
             try:
                 async with self.manager.device_exclusive():
-                    profile = await asyncio.to_thread(profiler.profile, manifest)
+                    profile = await asyncio.to_thread(profiler.profile, manifest, progress)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("profiling %s failed: %s", model_id, exc)
-                self.manager.set_profile(model_id, None, ProfileStatus.FAILED)
+                self.manager.set_profile(model_id, None, ProfileStatus.FAILED, 1.0, str(exc))
                 return None
             if self.profile_store is not None:
                 self.profile_store.put(profile)  # type: ignore[attr-defined]
-            self.manager.set_profile(model_id, profile, ProfileStatus.DONE)
+            self.manager.set_profile(model_id, profile, ProfileStatus.DONE, 1.0, "measured")
             log.info(
                 "profiled %s: %.1f MB, resident %.1f MB, cold %.3f s, warm %.3f s, ram %.3f s",
                 model_id,

@@ -193,6 +193,8 @@ class ModelStatus(BaseModel):
     requests_total: int = 0
     last_used: float | None = None
     profile_status: ProfileStatus = ProfileStatus.PENDING
+    profile_progress: float = Field(0.0, ge=0.0, le=1.0, description="Of a profile under way.")
+    profile_detail: str = ""
     profile: ModelProfile | None = None
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_agent.adapters import tiny_models
 from edge_agent.adapters.smollm2 import convert_smollm2
+from edge_agent.adapters.torch_models import quiet_library_progress
 
 log = logging.getLogger("edge_agent.demo_store")
 
@@ -32,6 +33,7 @@ def _build(dest: Path, make: Callable[[Path], Path]) -> Path:
 def build_demo_store(root: Path, *, scale: int = 1, with_smollm2: bool = True) -> list[Path]:
     """Build (or reuse) the demo models under `root`; returns their folders."""
     root.mkdir(parents=True, exist_ok=True)
+    quiet_library_progress()
     built = [
         _build(root / "tiny-llama", lambda p: tiny_models.build_tiny_llama(p, seed=1, scale=scale)),
         _build(root / "tiny-gpt2", lambda p: tiny_models.build_tiny_gpt2(p, seed=2, scale=scale)),

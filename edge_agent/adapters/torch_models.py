@@ -637,12 +637,23 @@ def dtype_name(loaded: Any) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def quiet_library_progress() -> None:
+    """Turn off the libraries' tqdm bars: a server's log is for events, not progress bars
+    (the agent reports progress in each model's status)."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+
+
 class TorchModelLoader:
     """Moves weights between disk, host RAM and `device` (implements `ModelLoader`)."""
 
     def __init__(
         self, device: str = "cpu", *, dtype: str | None = None, pin_memory: bool | None = None
     ) -> None:
+        quiet_library_progress()
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, not {dtype!r}")
         self.device = device

@@ -118,6 +118,8 @@ class _Entry:
     last_used: float | None = None
     profile: ModelProfile | None = None
     profile_status: ProfileStatus = ProfileStatus.PENDING
+    profile_progress: float = 0.0
+    profile_detail: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -225,11 +227,20 @@ class ModelManager:
         return self._pool.bytes
 
     def set_profile(
-        self, model_id: str, profile: ModelProfile | None, status: ProfileStatus
+        self,
+        model_id: str,
+        profile: ModelProfile | None,
+        status: ProfileStatus,
+        progress: float | None = None,
+        detail: str | None = None,
     ) -> None:
         e = self._entry(model_id)
         e.profile = profile if profile is not None else e.profile
         e.profile_status = status
+        if progress is not None:
+            e.profile_progress = progress
+        if detail is not None:
+            e.profile_detail = detail
 
     def status(self, model_id: str) -> ModelStatus:
         e = self._entry(model_id)
@@ -255,6 +266,8 @@ class ModelManager:
             requests_total=e.requests_total,
             last_used=e.last_used,
             profile_status=e.profile_status,
+            profile_progress=e.profile_progress,
+            profile_detail=e.profile_detail,
             profile=e.profile,
         )
 
