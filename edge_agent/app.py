@@ -122,7 +122,8 @@ def create_app(
     loader: ModelLoader | None = None,
     profiler: ProfilerLike | None = None,
 ) -> FastAPI:
-    """Build the agent's ASGI app. `http_client` is reserved for talking to the orchestrator."""
+    """Build the agent's ASGI app. `http_client` talks to the orchestrator (tests inject one
+    wired to an in-process orchestrator)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,12 +131,15 @@ def create_app(
             settings, loader=loader, profiler=profiler, clock=clock or time.time
         )
         app.state.agent = runtime
-        app.state.http = http_client
-        await runtime.start()
+        client = http_client or httpx.AsyncClient(timeout=10.0)
+        app.state.http = client
+        await runtime.start(client)
         try:
             yield
         finally:
             await runtime.stop()
+            if http_client is None:
+                await client.aclose()
 
     app = FastAPI(
         title="genedge edge agent",

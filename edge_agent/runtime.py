@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+
 from edge_agent.core.limits import Limits
 from edge_agent.core.manager import ModelManager
 from edge_agent.core.ports import ModelLoader
@@ -68,6 +70,7 @@ class AgentRuntime:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.nvml = nvml
+        self.link: object | None = None
         self.settings = settings
         self.bad_folders = bad_folders
         self.host = host
@@ -101,11 +104,26 @@ class AgentRuntime:
         self._profile_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
+    async def start(self, http_client: httpx.AsyncClient | None = None) -> None:
         """Kick off background work; the agent serves at once (`/readyz` says when the
-        initial levels are reached)."""
+        initial levels are reached). With an orchestrator URL, register and heartbeat."""
         self._reuse_cached_profiles()
         self._jobs.append(asyncio.create_task(self._startup(), name="agent-startup"))
+        s = self.settings
+        if s.orchestrator_url and http_client is not None:
+            from edge_agent.adapters.orchestrator_client import OrchestratorLink
+
+            self.link = OrchestratorLink(
+                http_client,
+                s.orchestrator_url,
+                s.orchestrator_token,
+                s.host_id,
+                s.advertise_url or f"http://{s.host}:{s.port}",
+                s.role,
+                self.host_facts,
+                self.manager.statuses,
+            )
+            self._jobs.append(asyncio.create_task(self.link.run(), name="orchestrator-link"))
 
     async def _startup(self) -> None:
         try:

@@ -69,6 +69,13 @@ class AgentSettings(BaseSettings):
     measure_bandwidth: bool = True
     bandwidth_probe_bytes: int = Field(default=128 * MiB, ge=MiB)
 
+    # Orchestrator link (none: the agent runs alone)
+    orchestrator_url: str | None = None
+    orchestrator_token: str = Field(default="", description="Shared registration token.")
+    advertise_url: str | None = Field(
+        default=None, description="URL the orchestrator reaches us at; default http://host:port."
+    )
+
     # Server (used by `genedge agent`)
     host: str = "127.0.0.1"
     port: int = 8100

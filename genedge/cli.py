@@ -1,6 +1,7 @@
 """`genedge`: the one command-line entry point.
 
-    genedge agent    run an edge agent over a model store
+    genedge agent         run an edge agent over a model store
+    genedge orchestrator  run the orchestrator (placement decisions over REST)
     genedge profile  measure model folders on this host and print/write their profiles
     genedge models   build the demo model store (random-weight real architectures)
     genedge demo     the main job for now: prepare a store, start an agent, send it real requests
@@ -54,6 +55,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_orchestrator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from orchestrator.app import create_app
+    from orchestrator.settings import OrchestratorSettings
+
+    overrides = {
+        k: v
+        for k, v in {"db_path": args.db, "host": args.host, "port": args.port}.items()
+        if v is not None
+    }
+    settings = OrchestratorSettings(**overrides)
+    _setup_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
     )
     return 0
 
@@ -163,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--host-id", help="this host's name in the fleet (EDGE_HOST_ID)")
     a.add_argument("--no-profile", action="store_true", help="do not profile models at start")
     a.set_defaults(func=cmd_agent)
+
+    o = sub.add_parser("orchestrator", help="run the orchestrator (settings: ORCH_* environment)")
+    o.add_argument("--db", help="SQLite file (ORCH_DB_PATH)")
+    o.add_argument("--host", help="bind address (ORCH_HOST)")
+    o.add_argument("--port", type=int, help="port (ORCH_PORT)")
+    o.set_defaults(func=cmd_orchestrator)
 
     pr = sub.add_parser("profile", help="measure a model folder (or every model in a store)")
     pr.add_argument("path")

@@ -396,3 +396,135 @@ class OpenAIModel(BaseModel):
 class OpenAIModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[OpenAIModel]
+
+
+# --------------------------------------------------------------------------------------
+# Orchestrator: registration, heartbeats, arrivals, placement
+# --------------------------------------------------------------------------------------
+
+
+class PoolCounts(BaseModel):
+    hits: int = Field(0, ge=0)
+    misses: int = Field(0, ge=0)
+
+
+class AgentRegistration(BaseModel):
+    """An agent introduces itself (and re-registers after an orchestrator restart)."""
+
+    agent_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+    url: str = Field(description="Base URL where the orchestrator and gateway reach the agent.")
+    role: Literal["edge", "cloud"] = "edge"
+    facts: HostFacts
+    models: list[ModelStatus] = Field(default_factory=list)
+
+
+class RegistrationAck(BaseModel):
+    agent_id: str
+    heartbeat_interval_s: float
+    server_time: float
+
+
+class Heartbeat(BaseModel):
+    facts: HostFacts | None = None
+    models: list[ModelStatus] = Field(default_factory=list)
+    arrivals: dict[str, int] = Field(
+        default_factory=dict, description="Requests per model since the last heartbeat."
+    )
+    pool: dict[str, PoolCounts] = Field(
+        default_factory=dict, description="Swap-pool hits/misses per model since the last one."
+    )
+
+
+class HeartbeatAck(BaseModel):
+    ok: bool = True
+    known: bool = Field(True, description="False: the orchestrator lost us; register again.")
+
+
+class AgentInfo(BaseModel):
+    id: str
+    url: str
+    role: str
+    status: Literal["up", "down"]
+    registered_at: float
+    last_heartbeat: float | None
+    facts: dict[str, Any]
+    models: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AgentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AgentInfo]
+
+
+class ArrivalBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    counts: dict[str, int] = Field(description="Requests per model in this batch.")
+    at: float | None = Field(default=None, description="When (unix s); default: on receipt.")
+    source: str = "gateway"
+
+    @field_validator("counts")
+    @classmethod
+    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
+        if any(c < 0 for c in v.values()):
+            raise ValueError("counts must be non-negative")
+        if len(v) > 10_000:
+            raise ValueError("at most 10000 models per batch")
+        return v
+
+
+class CostTerms(BaseModel):
+    delay: float
+    resource: float
+    cloud: float
+    transition: float
+    total: float
+
+
+class PlacementEntry(BaseModel):
+    model: str
+    kind: str | None = None
+    rate_rps: float
+    target_host: str | None = Field(description="None: the cloud.")
+    target_level: str | None
+    actual: dict[str, str] = Field(
+        default_factory=dict, description="Level on each live host now (host -> level)."
+    )
+    cost: CostTerms
+    why: str = ""
+
+
+class Placement(BaseModel):
+    algorithm: str
+    computed_at: float | None
+    seconds: float = 0.0
+    optimal: bool | None = None
+    cost: CostTerms | None
+    entries: list[PlacementEntry] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    trigger: str = ""
+    pending_commands: int = 0
+
+
+class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rates: dict[str, float] | None = Field(
+        default=None, description="Requests/s per model; default: the current estimates."
+    )
+    algorithm: str | None = None
+
+
+class OptionCostDoc(BaseModel):
+    host: str | None
+    level: str | None
+    cost: CostTerms
+    feasible: bool
+    chosen: bool = False
+    note: str = ""
+
+
+class Explanation(BaseModel):
+    model: str
+    rate_rps: float
+    options: list[OptionCostDoc]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -82,16 +84,19 @@ async def poll_status(
         await asyncio.sleep(0.02)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @asynccontextmanager
-async def running_agent(
-    settings: AgentSettings, **app_kw: object
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An agent app served by a real uvicorn server on an ephemeral loopback port, in the
-    test's own event loop (so tests may also look at `client.app.state`). httpx's ASGI
-    transport would buffer whole responses, which hides what streaming really does."""
-    app = create_app(settings, **app_kw)  # type: ignore[arg-type]
+async def serving(app: Any, port: int = 0) -> AsyncIterator[httpx.AsyncClient]:
+    """Serve `app` with a real uvicorn server on a loopback port, in the test's own event
+    loop (so tests may also look at `client.app.state`). httpx's ASGI transport would buffer
+    whole responses, which hides what streaming really does."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -103,7 +108,18 @@ async def running_agent(
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             client.app = app  # type: ignore[attr-defined]
+            client.server = server  # type: ignore[attr-defined]
             yield client
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def running_agent(
+    settings: AgentSettings, **app_kw: object
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An agent app served on a real loopback port (`settings.port`, 0 for any)."""
+    app = create_app(settings, **app_kw)  # type: ignore[arg-type]
+    async with serving(app, settings.port if settings.port != 8100 else 0) as client:
+        yield client

@@ -1,0 +1,166 @@
+"""Orchestrator routes: agents, arrivals, profiles, placement. Errors mapped in one place."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from genedge.contract import (
+    AgentList,
+    AgentRegistration,
+    ArrivalBatch,
+    ErrorBody,
+    ErrorResponse,
+    Explanation,
+    Health,
+    Heartbeat,
+    HeartbeatAck,
+    Placement,
+    PlanRequest,
+    RegistrationAck,
+)
+from orchestrator.errors import OrchestratorError, Unauthorized
+from orchestrator.service import Orchestrator
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (401, 404, 422, 503)
+}
+
+
+def _orch(request: Request) -> Orchestrator:
+    o: Orchestrator = request.app.state.orchestrator
+    return o
+
+
+def _check_token(request: Request, authorization: str | None) -> None:
+    token = _orch(request).settings.token
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("missing or wrong agent token (Authorization: Bearer ...)")
+
+
+@router.post("/v1/agents/register", response_model=RegistrationAck, responses=ERRORS)
+async def register(
+    request: Request, body: AgentRegistration, authorization: str | None = Header(None)
+) -> RegistrationAck:
+    _check_token(request, authorization)
+    o = _orch(request)
+    o.register(body)
+    return RegistrationAck(
+        agent_id=body.agent_id,
+        heartbeat_interval_s=o.settings.heartbeat_interval_s,
+        server_time=o.clock(),
+    )
+
+
+@router.post("/v1/agents/{agent_id}/heartbeat", response_model=HeartbeatAck, responses=ERRORS)
+async def heartbeat(
+    request: Request, agent_id: str, body: Heartbeat, authorization: str | None = Header(None)
+) -> HeartbeatAck:
+    _check_token(request, authorization)
+    known = _orch(request).heartbeat(agent_id, body)
+    return HeartbeatAck(ok=known, known=known)
+
+
+@router.get("/v1/agents", response_model=AgentList)
+async def agents(request: Request) -> AgentList:
+    return AgentList(data=_orch(request).agents())
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """Every model on any registered agent, with where it is and its estimated rate."""
+    o = _orch(request)
+    rates = o.rates.rates()
+    out: dict[str, dict[str, Any]] = {}
+    for a in o.agents():
+        for m in a.models:
+            e = out.setdefault(
+                m["id"],
+                {"id": m["id"], "kind": m.get("kind"), "rate_rps": rates.get(m["id"], 0.0),
+                 "hosts": {}},
+            )
+            e["hosts"][a.id] = {"level": m.get("level"), "state": m.get("state"),
+                                "agent_status": a.status}
+    return {"object": "list", "data": sorted(out.values(), key=lambda e: e["id"])}
+
+
+@router.get("/v1/profiles")
+async def profiles(request: Request) -> dict[str, Any]:
+    rows = _orch(request).registry.profiles()
+    return {"object": "list", "data": [{"agent": a, "model": m, "profile": p} for a, m, p in rows]}
+
+
+@router.post("/v1/arrivals", status_code=202, responses=ERRORS)
+async def arrivals(request: Request, body: ArrivalBatch) -> dict[str, Any]:
+    _orch(request).arrivals(body)
+    return {"accepted": sum(body.counts.values())}
+
+
+@router.get("/v1/placement", response_model=Placement)
+async def get_placement(request: Request) -> Placement:
+    return _orch(request).placement()
+
+
+@router.post("/v1/placement/plan", response_model=Placement, responses=ERRORS)
+async def plan(request: Request, body: PlanRequest) -> Placement:
+    """What-if: the decision for the given rates and/or algorithm, with no side effects."""
+    return await _orch(request).what_if(body.rates, body.algorithm)
+
+
+@router.get("/v1/placement/explain/{model_id:path}", response_model=Explanation, responses=ERRORS)
+async def explain(request: Request, model_id: str) -> Explanation:
+    return _orch(request).explain(model_id)
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health)
+async def readyz(request: Request) -> Health:
+    o = _orch(request)
+    up = sum(1 for a in o.registry.agents() if a.status == "up" and a.role == "edge")
+    return Health(status="ok" if up else "degraded", detail=f"{up} live edge agent(s)")
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _error(status: int, body: ErrorBody) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=body).model_dump(exclude_none=True), status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OrchestratorError)
+    async def _own(_: Request, exc: OrchestratorError) -> JSONResponse:
+        return _error(exc.status, ErrorBody(type=exc.type, message=exc.message, field=exc.field))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        loc = [str(p) for p in (errs[0].get("loc", ()) if errs else ()) if p not in ("body",)]
+        field = ".".join(loc) or "body"
+        msg = errs[0].get("msg", "invalid") if errs else "invalid request"
+        return _error(422, ErrorBody(type="invalid_request", message=f"{field}: {msg}", field=field))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, ErrorBody(type=kind, message=str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("orchestrator.api").exception("unhandled error")
+        return _error(500, ErrorBody(type="internal_error", message=f"internal error ({type(exc).__name__})"))

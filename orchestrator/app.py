@@ -1,0 +1,70 @@
+"""App factory of the orchestrator: `create_app(settings, *, http_client=None, clock=None)`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from orchestrator.adapters.registry import Registry
+from orchestrator.api.routes import install_error_handlers, router
+from orchestrator.service import Orchestrator
+from orchestrator.settings import OrchestratorSettings
+
+
+class OrchestratorMetrics:
+    def __init__(self, orch: Orchestrator) -> None:
+        self.registry = CollectorRegistry()
+        self.orch = orch
+        self.agents_up = Gauge("genedge_orch_agents_up", "Live agents.", registry=self.registry)
+        self.cost = Gauge("genedge_orch_decision_cost", "Total cost of the last decision.",
+                          registry=self.registry)
+        self.pending = Gauge("genedge_orch_pending_commands", "Level commands not yet done.",
+                             registry=self.registry)
+        self.rate = Gauge("genedge_orch_rate_rps", "Estimated request rate.", ["model"],
+                          registry=self.registry)
+
+    def render(self) -> bytes:
+        o = self.orch
+        self.agents_up.set(sum(1 for a in o.registry.agents() if a.status == "up"))
+        if o.last is not None:
+            self.cost.set(o.last.decision.cost.total)
+        self.pending.set(len(o.pending))
+        for m, r in o.rates.rates().items():
+            self.rate.labels(m).set(r)
+        return generate_latest(self.registry)
+
+
+def create_app(
+    settings: OrchestratorSettings,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    clock: Callable[[], float] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if str(settings.db_path) != ":memory:":
+            Path(settings.db_path).parent.mkdir(parents=True, exist_ok=True)
+        registry = Registry(settings.db_path)
+        client = http_client or httpx.AsyncClient(timeout=30.0)
+        orch = Orchestrator(settings, registry, client, clock=clock or time.time)
+        app.state.orchestrator = orch
+        app.state.metrics = OrchestratorMetrics(orch)
+        await orch.start()
+        try:
+            yield
+        finally:
+            await orch.stop()
+            registry.close()
+            if http_client is None:
+                await client.aclose()
+
+    app = FastAPI(title="genedge orchestrator", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,414 @@
+"""Request-rate estimation per model, and the pool-miss probability π per (model, host).
+
+Pure Python with an injected clock, so a trace can be replayed with a fake clock.
+
+`RateEstimator` turns arrivals (the gateway's batches, the agents' counters) into a rate
+λ_m in requests per second:
+
+- Arrivals accumulate in the current *slot* (default 60 s, the planning slot τ). When a slot
+  ends, its observed rate ``count / slot_s`` is blended into an exponentially weighted moving
+  average (EWMA) with ``alpha = 1 - 2 ** (-slot_s / half_life_s)``. The half-life means: an
+  old rate keeps half its weight after ``half_life_s`` seconds of new slots. If the true rate
+  changes from r1 to r2, the gap ``estimate - r2`` halves every ``half_life_s`` (exactly, at
+  slot boundaries), and a model that stops being requested decays to half its rate after
+  ``half_life_s`` of empty slots.
+- The EWMA is slow on purpose (it keeps the placement from thrashing), so *surges* are handled
+  separately: when a model's rate in the still-open slot (its count divided by the elapsed
+  time, once at least ``min(slot_s, 10 s)`` have elapsed, to avoid noise) exceeds
+  ``surge_factor`` times its estimate at the start of the slot, and its count is at least
+  ``surge_min_count``, the estimate jumps to the observed rate at once. The same test is
+  applied to a whole slot when it closes (a surge nobody polled for is still caught); a model
+  seen for the first time with enough requests therefore gets its real rate immediately
+  instead of ramping up from zero.
+
+`PoolStats` estimates π_{m,e}, the probability that a request for model m on host e finds the
+host's swap pool holding another model (so it pays a preload), from the pool hits and misses
+the agents report.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["PoolStats", "RateEstimator"]
+
+SNAPSHOT_VERSION = 1
+
+# Below this the open-slot rate is too noisy to call a surge (also capped by the slot length).
+_MIN_SURGE_ELAPSED_S = 10.0
+
+
+def _check_model_id(model_id: str) -> None:
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError("model_id must be a non-empty string")
+
+
+def _check_host_id(host_id: str) -> None:
+    if not isinstance(host_id, str) or not host_id:
+        raise ValueError("host_id must be a non-empty string")
+
+
+def _check_count(name: str, value: int) -> None:
+    # bool is an int subclass; a True count is a bug in the caller, not one arrival.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+class RateEstimator:
+    """Per-model request rates (req/s): slot counts, an EWMA across slots, fast surges.
+
+    Time is the injected ``clock`` (seconds, e.g. ``time.time``) unless a method is given an
+    explicit ``now``/``at``; explicit times are on the same clock. Time only moves forward:
+    an arrival stamped before the open slot began counts in the open slot (its own slot is
+    closed and cannot be revised).
+
+    Thread-safe: every method takes one internal lock.
+    """
+
+    def __init__(
+        self,
+        slot_s: float = 60.0,
+        half_life_s: float = 300.0,
+        surge_factor: float = 3.0,
+        surge_min_count: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not (slot_s > 0 and math.isfinite(slot_s)):
+            raise ValueError("slot_s must be a positive number of seconds")
+        if not (half_life_s > 0 and math.isfinite(half_life_s)):
+            raise ValueError("half_life_s must be a positive number of seconds")
+        if not (surge_factor > 0 and math.isfinite(surge_factor)):
+            raise ValueError("surge_factor must be positive")
+        if isinstance(surge_min_count, bool) or not isinstance(surge_min_count, int):
+            raise ValueError("surge_min_count must be an integer")
+        if surge_min_count < 1:
+            raise ValueError("surge_min_count must be at least 1")
+        self.slot_s = float(slot_s)
+        self.half_life_s = float(half_life_s)
+        self.surge_factor = float(surge_factor)
+        self.surge_min_count = surge_min_count
+        self.clock = clock
+        self.alpha = 1.0 - 2.0 ** (-self.slot_s / self.half_life_s)
+        self._lock = threading.Lock()
+        self._slot_start = float(clock())
+        self._rate: dict[str, float] = {}  # current estimate (may have jumped in this slot)
+        self._base: dict[str, float] = {}  # estimate when the open slot began
+        self._counts: dict[str, int] = {}  # arrivals in the open slot
+        self._surged: set[str] = set()  # surged in the open slot (reported or pending)
+        self._pending: list[str] = []  # surged, not yet returned by roll/check_surges
+
+    # ---------------------------------------------------------------- inputs
+
+    def observe(self, model_id: str, count: int = 1, at: float | None = None) -> None:
+        """Record ``count`` arrivals of ``model_id`` at time ``at`` (default: now).
+
+        Slots that ended before ``at`` are closed first, so the arrivals land in the right
+        slot. A zero count still makes the model known (rate 0).
+        """
+        _check_model_id(model_id)
+        _check_count("count", count)
+        with self._lock:
+            when = self._now(at)
+            self._advance(when)
+            self._counts[model_id] = self._counts.get(model_id, 0) + count
+            self._rate.setdefault(model_id, 0.0)
+            self._base.setdefault(model_id, 0.0)
+
+    def roll(self, now: float | None = None) -> list[str]:
+        """Close every slot that has ended by ``now`` and update the rates.
+
+        Several slots are closed if time jumped; the empty ones count as zero arrivals (the
+        rates decay). Returns the models that surged and were not reported yet, whether the
+        surge was seen when a slot closed or in the open slot at ``now`` (sorted).
+        """
+        with self._lock:
+            when = self._now(now)
+            self._advance(when)
+            self._check_open(when)
+            return self._take_pending()
+
+    def check_surges(self, now: float | None = None) -> list[str]:
+        """Models that newly surged (sorted), each reported once per slot.
+
+        Cheap enough to call on every arrival batch; closes ended slots first, like `roll`.
+        """
+        return self.roll(now)
+
+    # ---------------------------------------------------------------- reads
+
+    def rate(self, model_id: str) -> float:
+        """The estimated rate of ``model_id`` in requests per second (0 when unknown)."""
+        with self._lock:
+            return self._rate.get(model_id, 0.0)
+
+    def rates(self) -> dict[str, float]:
+        """Estimated rates (req/s) of every known model."""
+        with self._lock:
+            return dict(self._rate)
+
+    def counts_in_slot(self) -> dict[str, int]:
+        """Arrivals per model in the open slot (models with none are left out)."""
+        with self._lock:
+            return {m: c for m, c in self._counts.items() if c > 0}
+
+    def models(self) -> set[str]:
+        """Every model ever observed (or restored)."""
+        with self._lock:
+            return set(self._rate)
+
+    @property
+    def slot_start(self) -> float:
+        """When the open slot began (clock seconds)."""
+        with self._lock:
+            return self._slot_start
+
+    # ---------------------------------------------------------------- persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serialisable copy of the state (settings, rates, the open slot)."""
+        with self._lock:
+            return {
+                "version": SNAPSHOT_VERSION,
+                "slot_s": self.slot_s,
+                "half_life_s": self.half_life_s,
+                "surge_factor": self.surge_factor,
+                "surge_min_count": self.surge_min_count,
+                "slot_start": self._slot_start,
+                "rates": dict(self._rate),
+                "base": dict(self._base),
+                "counts": dict(self._counts),
+                "surged": sorted(self._surged),
+                "pending": list(self._pending),
+            }
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any], **kwargs: Any) -> RateEstimator:
+        """Rebuild an estimator from `snapshot`; ``kwargs`` override its settings (and give
+        the clock).
+
+        If the clock is still inside the snapshot's open slot, that slot continues with its
+        counts. Otherwise the rates are kept as they were and a fresh slot starts now: the
+        time the orchestrator was down is *not* counted as silence (nobody was listening),
+        and the partial slot's counts are dropped (their duration is unknown).
+        """
+        version = snapshot.get("version")
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported rate snapshot version {version!r}")
+        params: dict[str, Any] = {
+            k: snapshot[k]
+            for k in ("slot_s", "half_life_s", "surge_factor", "surge_min_count")
+            if k in snapshot
+        }
+        params.update(kwargs)
+        est = cls(**params)
+        rates = {str(m): float(r) for m, r in snapshot.get("rates", {}).items()}
+        base = {str(m): float(r) for m, r in snapshot.get("base", {}).items()}
+        counts = {str(m): int(c) for m, c in snapshot.get("counts", {}).items()}
+        slot_start = float(snapshot.get("slot_start", est._slot_start))
+        now = est._slot_start  # the constructor read the clock
+        with est._lock:
+            for m in set(rates) | set(base) | set(counts):
+                est._rate[m] = rates.get(m, base.get(m, 0.0))
+                est._base[m] = base.get(m, est._rate[m])
+            if slot_start <= now < slot_start + est.slot_s:
+                est._slot_start = slot_start
+                est._counts = counts
+                est._surged = {str(m) for m in snapshot.get("surged", [])}
+                est._pending = [str(m) for m in snapshot.get("pending", [])]
+            else:
+                # Fresh slot at `now`: jumps of the lost slot become the baseline.
+                est._base = dict(est._rate)
+                est._pending = [str(m) for m in snapshot.get("pending", [])]
+        return est
+
+    # ---------------------------------------------------------------- internals
+
+    def _now(self, now: float | None) -> float:
+        return float(self.clock()) if now is None else float(now)
+
+    def _advance(self, now: float) -> None:
+        """Close the slots that ended by ``now`` (lock held)."""
+        end = self._slot_start + self.slot_s
+        if now < end:
+            return
+        self._close_slot()
+        self._slot_start = end
+        # The remaining whole slots are empty: decay in closed form, whatever the gap.
+        empty = int((now - self._slot_start) // self.slot_s)
+        if empty > 0:
+            keep = (1.0 - self.alpha) ** empty
+            for m in self._rate:
+                self._rate[m] *= keep
+            self._base = dict(self._rate)
+            self._slot_start += empty * self.slot_s
+
+    def _close_slot(self) -> None:
+        """Fold the open slot into the EWMA (lock held)."""
+        for m in self._rate:
+            count = self._counts.get(m, 0)
+            observed = count / self.slot_s
+            base = self._base.get(m, 0.0)
+            if self._is_surge(count, observed, base):
+                new = observed
+                if m not in self._surged:
+                    self._surged.add(m)
+                    self._pending.append(m)
+            else:
+                # A mid-slot jump the whole slot does not confirm is undone here.
+                new = base + self.alpha * (observed - base)
+            self._rate[m] = new
+        self._base = dict(self._rate)
+        self._counts = {}
+        self._surged = set()
+
+    def _check_open(self, now: float) -> None:
+        """Jump the estimate of models surging in the open slot (lock held)."""
+        elapsed = now - self._slot_start
+        if elapsed < min(self.slot_s, _MIN_SURGE_ELAPSED_S):
+            return
+        for m, count in self._counts.items():
+            observed = count / elapsed
+            if not self._is_surge(count, observed, self._base.get(m, 0.0)):
+                continue
+            # Keep following a surge that is still growing, but report it only once.
+            self._rate[m] = max(self._rate.get(m, 0.0), observed)
+            if m not in self._surged:
+                self._surged.add(m)
+                self._pending.append(m)
+
+    def _is_surge(self, count: int, observed: float, base: float) -> bool:
+        return count >= self.surge_min_count and observed > self.surge_factor * base
+
+    def _take_pending(self) -> list[str]:
+        out = sorted(set(self._pending))
+        self._pending = []
+        return out
+
+
+class PoolStats:
+    """π_{m,e}: the probability that a request for model m on host e finds the swap pool
+    holding another model, estimated from the pool hits and misses agents report.
+
+    Keeps exponentially decayed counts of hits and misses per (model, host); the estimate is
+    their ratio ``misses / (hits + misses)``, i.e. an EWMA-smoothed miss ratio weighted by
+    traffic. Call `roll` once per slot: it decays the counts so that evidence ``half_life_slots``
+    slots old has half the weight of new evidence. Without any evidence the estimate is 1.0
+    (the cost model's pessimistic default: every pooled request pays a preload).
+
+    Agents report cumulative counters (`ModelStatus.pool_hits`/`pool_misses`);
+    `observe_totals` turns them into increments, `observe` takes increments directly.
+    Thread-safe.
+    """
+
+    def __init__(self, half_life_slots: float = 5.0) -> None:
+        if not (half_life_slots > 0 and math.isfinite(half_life_slots)):
+            raise ValueError("half_life_slots must be positive")
+        self.half_life_slots = float(half_life_slots)
+        self.keep = 2.0 ** (-1.0 / self.half_life_slots)  # weight kept per roll
+        self._lock = threading.Lock()
+        self._hits: dict[tuple[str, str], float] = {}
+        self._misses: dict[tuple[str, str], float] = {}
+        self._totals: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def observe(self, model_id: str, host_id: str, hits: int, misses: int) -> None:
+        """Add ``hits`` and ``misses`` seen since the previous observation of (model, host)."""
+        _check_model_id(model_id)
+        _check_host_id(host_id)
+        _check_count("hits", hits)
+        _check_count("misses", misses)
+        if hits == 0 and misses == 0:
+            return
+        key = (model_id, host_id)
+        with self._lock:
+            self._hits[key] = self._hits.get(key, 0.0) + hits
+            self._misses[key] = self._misses.get(key, 0.0) + misses
+
+    def observe_totals(self, model_id: str, host_id: str, hits_total: int, misses_total: int) -> None:
+        """Observe an agent's cumulative counters; the increments since the last call count.
+
+        The first report of a (model, host) only sets the baseline (its history is of unknown
+        age). A counter that went down means the agent restarted: the new totals count whole.
+        """
+        _check_model_id(model_id)
+        _check_host_id(host_id)
+        _check_count("hits_total", hits_total)
+        _check_count("misses_total", misses_total)
+        key = (model_id, host_id)
+        with self._lock:
+            last = self._totals.get(key)
+            self._totals[key] = (hits_total, misses_total)
+        if last is None:
+            return
+        if hits_total < last[0] or misses_total < last[1]:
+            self.observe(model_id, host_id, hits_total, misses_total)
+        else:
+            self.observe(model_id, host_id, hits_total - last[0], misses_total - last[1])
+
+    def roll(self) -> None:
+        """Age the evidence by one slot."""
+        with self._lock:
+            for key in self._hits:
+                self._hits[key] *= self.keep
+                self._misses[key] *= self.keep
+
+    def miss_probability(self, model_id: str, host_id: str) -> float:
+        """Estimated π for (model, host); 1.0 without evidence."""
+        with self._lock:
+            return self._ratio((model_id, host_id))
+
+    def all(self) -> dict[tuple[str, str], float]:
+        """π for every (model, host) with evidence."""
+        with self._lock:
+            return {key: self._ratio(key) for key in self._hits}
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serialisable copy of the state."""
+        with self._lock:
+            entries = []
+            for key in sorted(set(self._hits) | set(self._totals)):
+                entry: dict[str, Any] = {"model": key[0], "host": key[1]}
+                if key in self._hits:
+                    entry["hits"] = self._hits[key]
+                    entry["misses"] = self._misses[key]
+                if key in self._totals:
+                    entry["totals"] = list(self._totals[key])
+                entries.append(entry)
+            return {
+                "version": SNAPSHOT_VERSION,
+                "half_life_slots": self.half_life_slots,
+                "entries": entries,
+            }
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any], **kwargs: Any) -> PoolStats:
+        """Rebuild from `snapshot`; ``kwargs`` override its settings."""
+        version = snapshot.get("version")
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported pool-stats snapshot version {version!r}")
+        params: dict[str, Any] = {}
+        if "half_life_slots" in snapshot:
+            params["half_life_slots"] = snapshot["half_life_slots"]
+        params.update(kwargs)
+        stats = cls(**params)
+        for entry in snapshot.get("entries", []):
+            key = (str(entry["model"]), str(entry["host"]))
+            if "hits" in entry:
+                stats._hits[key] = float(entry["hits"])
+                stats._misses[key] = float(entry["misses"])
+            if "totals" in entry:
+                h, m = entry["totals"]
+                stats._totals[key] = (int(h), int(m))
+        return stats
+
+    def _ratio(self, key: tuple[str, str]) -> float:
+        hits = self._hits.get(key, 0.0)
+        misses = self._misses.get(key, 0.0)
+        total = hits + misses
+        # Decayed to nothing (e.g. after a very long idle) is the same as unknown.
+        if total <= 1e-12:
+            return 1.0
+        return misses / total

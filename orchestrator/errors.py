@@ -1,0 +1,42 @@
+"""Errors of the orchestrator, mapped to HTTP in `orchestrator.api.routes` (one place).
+
+Hierarchy::
+
+    OrchestratorError          500 internal_error
+    ├── Unauthorized           401 unauthorized      (missing or wrong agent token)
+    ├── NotFound               404 not_found         (unknown agent or model)
+    ├── InvalidRequest         422 invalid_request   (e.g. unknown algorithm)
+    └── NoHosts                503 no_hosts          (nothing to plan on)
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class Unauthorized(OrchestratorError):
+    status = 401
+    type = "unauthorized"
+
+
+class NotFound(OrchestratorError):
+    status = 404
+    type = "not_found"
+
+
+class InvalidRequest(OrchestratorError):
+    status = 422
+    type = "invalid_request"
+
+
+class NoHosts(OrchestratorError):
+    status = 503
+    type = "no_hosts"

@@ -1,0 +1,472 @@
+"""The orchestrator's running state: registry, rates, liveness, the planner and the reconciler.
+
+- Agents register (shared token) and heartbeat with their facts, model states, request
+  counts and swap-pool hits; after `missed_heartbeats` silent intervals a host is down.
+- Rates: per-model arrivals (gateway batches; agents' own counters while no gateway reports)
+  feed an EWMA estimator with a fast surge reaction.
+- The planner runs every slot and on events (host joins or goes down, rate surge): it builds
+  an `Instance` from the live hosts' measured profiles, runs the configured algorithm and
+  stores the decision; the reconciler sends `PUT level` commands (free before load), retried
+  with backoff. Everything needed to resume is in SQLite: agents, profiles, rates, decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from genedge.contract import (
+    AgentInfo,
+    AgentRegistration,
+    ArrivalBatch,
+    CostTerms,
+    Explanation,
+    Heartbeat,
+    OptionCostDoc,
+    Placement,
+    PlacementEntry,
+)
+from orchestrator.adapters.registry import Registry
+from orchestrator.core import algorithms, describe, placement
+from orchestrator.core.placement import (
+    CloudSpec,
+    CostBreakdown,
+    Decision,
+    HostSpec,
+    Instance,
+    ModelSpec,
+    Option,
+    Perf,
+    Prices,
+)
+from orchestrator.core.rates import PoolStats, RateEstimator
+from orchestrator.core.reconcile import Command, plan_commands, settled_level
+from orchestrator.errors import InvalidRequest, NoHosts, NotFound
+from orchestrator.settings import OrchestratorSettings
+
+log = logging.getLogger("orchestrator")
+
+_DEFAULT_INFER_S = 1.0
+
+
+def _terms(c: CostBreakdown) -> CostTerms:
+    return CostTerms(
+        delay=c.delay, resource=c.resource, cloud=c.cloud, transition=c.transition, total=c.total
+    )
+
+
+@dataclass
+class LastPlan:
+    decision: Decision
+    instance: Instance
+    computed_at: float
+    trigger: str
+    kinds: dict[str, str] = field(default_factory=dict)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: OrchestratorSettings,
+        registry: Registry,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.http = http
+        self.clock = clock
+        snap = registry.load_state("rates")
+        kw = dict(
+            slot_s=settings.slot_s,
+            half_life_s=settings.rate_half_life_s,
+            surge_factor=settings.surge_factor,
+            surge_min_count=settings.surge_min_count,
+            clock=clock,
+        )
+        self.rates = RateEstimator.restore(snap, **kw) if snap else RateEstimator(**kw)  # type: ignore[arg-type]
+        pool_snap = registry.load_state("pool")
+        self.pool = PoolStats.restore(pool_snap) if pool_snap else PoolStats()
+        self.last: LastPlan | None = None
+        self.restored_decision: dict[str, Any] | None = None
+        saved = registry.last_decision()
+        if saved is not None:
+            self.restored_decision = saved[2]
+        self.gateway_seen_at: float | None = None
+        self.pending: list[Command] = []
+        self._replan = asyncio.Event()
+        self._trigger = "start"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self._plan_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._planner_loop(), name="planner"),
+            asyncio.create_task(self._liveness_loop(), name="liveness"),
+        ]
+
+    async def stop(self) -> None:
+        for t in [*self._tasks, *([self._reconcile_task] if self._reconcile_task else [])]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reconcile_task is not None:
+            await asyncio.gather(self._reconcile_task, return_exceptions=True)
+        self._persist_rates()
+
+    def request_replan(self, trigger: str) -> None:
+        self._trigger = trigger
+        self._replan.set()
+
+    # ------------------------------------------------------------------ agents
+    def register(self, reg: AgentRegistration) -> None:
+        now = self.clock()
+        known = self.registry.agent(reg.agent_id)
+        self.registry.upsert_agent(
+            reg.agent_id, reg.url, reg.role, reg.facts.model_dump(mode="json"), now
+        )
+        self.registry.heartbeat(
+            reg.agent_id,
+            reg.facts.model_dump(mode="json"),
+            [m.model_dump(mode="json") for m in reg.models],
+            now,
+        )
+        self._store_profiles(reg.agent_id, reg.models, now)
+        log.info("agent %s %sregistered at %s (%s, %d models)", reg.agent_id,
+                 "re-" if known else "", reg.url, reg.role, len(reg.models))
+        self.request_replan(f"host {reg.agent_id} joined")
+
+    def _store_profiles(self, agent_id: str, models: list[Any], now: float) -> None:
+        for m in models:
+            if m.profile is not None:
+                self.registry.put_profile(agent_id, m.id, m.profile.model_dump(mode="json"), now)
+
+    def heartbeat(self, agent_id: str, hb: Heartbeat) -> bool:
+        """False when the agent is unknown or was marked down: it must register again."""
+        now = self.clock()
+        rec = self.registry.agent(agent_id)
+        if rec is None or rec.status == "down":
+            return False
+        facts = hb.facts.model_dump(mode="json") if hb.facts is not None else None
+        self.registry.heartbeat(agent_id, facts, [m.model_dump(mode="json") for m in hb.models], now)
+        self._store_profiles(agent_id, hb.models, now)
+        if not self._gateway_active(now):
+            for model, n in hb.arrivals.items():
+                if n:
+                    self.rates.observe(model, n, now)
+        for model, pc in hb.pool.items():
+            if pc.hits or pc.misses:
+                self.pool.observe(model, agent_id, pc.hits, pc.misses)
+        self._check_surges()
+        return True
+
+    def _gateway_active(self, now: float) -> bool:
+        return self.gateway_seen_at is not None and now - self.gateway_seen_at < 2 * self.settings.slot_s
+
+    def arrivals(self, batch: ArrivalBatch) -> None:
+        now = self.clock()
+        if batch.source == "gateway":
+            self.gateway_seen_at = now
+        for model, n in batch.counts.items():
+            if n:
+                self.rates.observe(model, n, batch.at if batch.at is not None else now)
+        self._check_surges()
+
+    def _check_surges(self) -> None:
+        surged = self.rates.check_surges()
+        if surged:
+            log.info("rate surge: %s", ", ".join(surged))
+            self.request_replan(f"rate surge of {', '.join(surged)}")
+
+    def agents(self) -> list[AgentInfo]:
+        return [
+            AgentInfo(
+                id=a.id,
+                url=a.url,
+                role=a.role,
+                status=a.status,  # type: ignore[arg-type]
+                registered_at=a.registered_at,
+                last_heartbeat=a.last_heartbeat,
+                facts=a.facts,
+                models=self.registry.agent_models(a.id),
+            )
+            for a in self.registry.agents()
+        ]
+
+    async def _liveness_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        limit = interval * self.settings.missed_heartbeats
+        while True:
+            await asyncio.sleep(min(interval, 1.0))
+            now = self.clock()
+            for a in self.registry.agents():
+                if a.status == "up" and (a.last_heartbeat or a.registered_at) < now - limit:
+                    log.warning("agent %s missed %d heartbeats: marking it down",
+                                a.id, self.settings.missed_heartbeats)
+                    self.registry.set_agent_status(a.id, "down")
+                    self.request_replan(f"host {a.id} down")
+
+    # ------------------------------------------------------------------ instance
+    def _live(self, role: str) -> list[Any]:
+        return [a for a in self.registry.agents() if a.status == "up" and a.role == role]
+
+    def build_instance(self, rates: dict[str, float] | None = None) -> tuple[Instance, dict[str, str]]:
+        """The decision problem for the next slot, from live hosts and measured profiles."""
+        s = self.settings
+        hosts: list[HostSpec] = []
+        models: dict[str, ModelSpec] = {}
+        kinds: dict[str, str] = {}
+        perf: dict[tuple[str, str], Perf] = {}
+        current: dict[tuple[str, str], str] = {}
+        for a in self._live("edge"):
+            f = a.facts
+            statuses = self.registry.agent_models(a.id)
+            on_disk = sum(int(m.get("storage_bytes", 0)) for m in statuses)
+            hosts.append(
+                HostSpec(
+                    id=a.id,
+                    disk_bytes=int(f.get("disk_free_bytes", 0)) + on_disk,
+                    ram_bytes=int(f.get("cache_budget_bytes", 0)),
+                    gpu_bytes=int(f.get("device_budget_bytes", 0)),
+                    rho_max=s.rho_max,
+                    backhaul_Bps=s.backhaul_Bps,
+                )
+            )
+            disk_bw = float(f.get("disk_read_GBps") or 1.0) * 1e9
+            h2d_bw = float(f.get("h2d_GBps") or 5.0) * 1e9
+            for m in statuses:
+                mid, size = m["id"], int(m.get("storage_bytes", 0))
+                models.setdefault(mid, ModelSpec(id=mid, kind=m.get("kind", "text"), storage_bytes=size))
+                kinds[mid] = m.get("kind", "text")
+                p = m.get("profile") or self.registry.profile(a.id, mid)
+                if p:
+                    perf[(mid, a.id)] = Perf(
+                        vram_bytes=int(max(p["peak_bytes"], p["resident_bytes"])),
+                        load_disk_s=float(p["load_cold_s"]),
+                        load_ram_s=float(p["load_ram_s"]),
+                        infer_s=float(p["generation_s"]),
+                    )
+                else:  # not measured yet: estimate from size and the host's bandwidths
+                    perf[(mid, a.id)] = Perf(
+                        vram_bytes=size,
+                        load_disk_s=size / disk_bw,
+                        load_ram_s=size / h2d_bw,
+                        infer_s=_DEFAULT_INFER_S,
+                    )
+                level = settled_level(m.get("level", "stored"), int(m.get("host_ram_bytes", 0)))
+                if level in ("stored", "cached", "resident"):
+                    current[(mid, a.id)] = level
+        if not hosts:
+            raise NoHosts("no live edge agents to plan on")
+        cloud_infer: dict[str, float] = {}
+        for a in self._live("cloud"):
+            for m in self.registry.agent_models(a.id):
+                p = m.get("profile")
+                if p:
+                    cloud_infer[m["id"]] = float(p["generation_s"])
+        rate_map = rates if rates is not None else self.rates.rates()
+        instance = Instance(
+            hosts=hosts,
+            models=sorted(models.values(), key=lambda m: m.id),
+            perf=perf,
+            rates={m: float(rate_map.get(m, 0.0)) for m in models},
+            slot_s=s.slot_s,
+            cloud=CloudSpec(wan_rtt_s=s.wan_rtt_s, infer_s=cloud_infer),
+            prices=Prices(
+                delay_weight=s.delay_weight,
+                disk_per_GB=s.disk_per_GB,
+                ram_per_GB=s.ram_per_GB,
+                vram_per_GB=s.vram_per_GB,
+                cloud_per_request=s.cloud_per_request,
+            ),
+            pool_miss=self.pool.all(),
+            current=current,
+        )
+        return instance, kinds
+
+    def _solve(self, instance: Instance, algorithm: str | None) -> Decision:
+        name = algorithm or self.settings.algorithm
+        if name not in algorithms.ALGORITHMS:
+            raise InvalidRequest(
+                f"unknown algorithm {name!r}; known: {sorted(algorithms.ALGORITHMS)}",
+                field="algorithm",
+            )
+        return algorithms.solve(name, instance, time_limit_s=self.settings.exact_time_limit_s)
+
+    # ------------------------------------------------------------------ planning
+    async def plan_now(self, trigger: str) -> LastPlan:
+        async with self._plan_lock:
+            self.rates.roll()
+            instance, kinds = self.build_instance()
+            decision = await asyncio.to_thread(self._solve, instance, None)
+            now = self.clock()
+            self.last = LastPlan(decision, instance, now, trigger, kinds)
+            self.registry.save_decision(self.placement().model_dump(mode="json"), now)
+            self._persist_rates()
+            log.info("planned (%s) with %s in %.3f s: cost %.2f, %s", trigger, decision.algorithm,
+                     decision.seconds, decision.cost.total, self._summary(decision))
+            self._start_reconcile()
+            return self.last
+
+    @staticmethod
+    def _summary(d: Decision) -> str:
+        parts = [f"{m}->{o.host or 'cloud'}{'/' + o.level if o.level else ''}"
+                 for m, o in sorted(d.assignment.items())]
+        return ", ".join(parts)
+
+    def _persist_rates(self) -> None:
+        self.registry.save_state("rates", self.rates.snapshot())
+        self.registry.save_state("pool", self.pool.snapshot())
+
+    async def _planner_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._replan.wait(), self.settings.slot_s)
+                trigger = self._trigger
+            except TimeoutError:
+                trigger = "slot"
+            self._replan.clear()
+            try:
+                await self.plan_now(trigger)
+            except NoHosts:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("planning failed")
+
+    # ------------------------------------------------------------------ reconciling
+    def _actual(self) -> dict[tuple[str, str], str]:
+        actual: dict[tuple[str, str], str] = {}
+        for a in self._live("edge"):
+            for m in self.registry.agent_models(a.id):
+                lvl = settled_level(m.get("level", "stored"), int(m.get("host_ram_bytes", 0)))
+                actual[(m["id"], a.id)] = lvl
+        return actual
+
+    def _start_reconcile(self) -> None:
+        if self._reconcile_task is not None and not self._reconcile_task.done():
+            self._reconcile_task.cancel()
+        self._reconcile_task = asyncio.create_task(self._reconcile(), name="reconcile")
+
+    async def _reconcile(self) -> None:
+        assert self.last is not None
+        target = {
+            (m, o.host): o.level
+            for m, o in self.last.decision.assignment.items()
+            if o.host is not None and o.level is not None
+        }
+        cmds = plan_commands(target, self._actual())
+        self.pending = list(cmds)
+        frees = [c for c in cmds if c.frees]
+        takes = [c for c in cmds if not c.frees]
+        # Everything that frees memory, on every host, before anything that takes it.
+        for batch in (frees, takes):
+            await asyncio.gather(*(self._run_host(h, [c for c in batch if c.host == h])
+                                   for h in sorted({c.host for c in batch})))
+
+    async def _run_host(self, host: str, cmds: list[Command]) -> None:
+        rec = self.registry.agent(host)
+        if rec is None:
+            return
+        for c in cmds:
+            await self._send(rec.url, c)
+            if c in self.pending:
+                self.pending.remove(c)
+
+    async def _send(self, url: str, c: Command) -> bool:
+        delay = self.settings.command_backoff_s
+        for attempt in range(self.settings.command_retries + 1):
+            try:
+                r = await self.http.put(
+                    f"{url.rstrip('/')}/v1/models/{c.model}/level",
+                    json={"level": c.level, "wait": True},
+                    timeout=self.settings.command_timeout_s,
+                )
+                if r.status_code in (200, 202):
+                    log.info("%s: %s %s -> %s", c.host, c.model, c.was, c.level)
+                    return True
+                if r.status_code in (404, 409, 422):  # will not get better by retrying
+                    log.warning("%s: %s -> %s refused: %s", c.host, c.model, c.level, r.text[:200])
+                    return False
+                log.warning("%s: %s -> %s: HTTP %d (attempt %d)", c.host, c.model, c.level,
+                            r.status_code, attempt + 1)
+            except httpx.HTTPError as exc:
+                log.warning("%s: %s -> %s: %s (attempt %d)", c.host, c.model, c.level, exc,
+                            attempt + 1)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        return False
+
+    # ------------------------------------------------------------------ views
+    def _placement_of(self, plan: LastPlan, actual: dict[tuple[str, str], str]) -> Placement:
+        d, inst = plan.decision, plan.instance
+        entries = []
+        for m in inst.models:
+            o = d.assignment.get(m.id, placement.CLOUD)
+            cost, why = describe.option_cost(inst, d.assignment, m.id)
+            entries.append(
+                PlacementEntry(
+                    model=m.id,
+                    kind=plan.kinds.get(m.id),
+                    rate_rps=inst.rates.get(m.id, 0.0),
+                    target_host=o.host,
+                    target_level=o.level,
+                    actual={h: lvl for (mid, h), lvl in actual.items() if mid == m.id},
+                    cost=_terms(cost),
+                    why=why,
+                )
+            )
+        return Placement(
+            algorithm=d.algorithm,
+            computed_at=plan.computed_at,
+            seconds=d.seconds,
+            optimal=d.optimal,
+            cost=_terms(d.cost),
+            entries=entries,
+            hosts=[h.id for h in inst.hosts],
+            trigger=plan.trigger,
+            pending_commands=len(self.pending),
+        )
+
+    def placement(self) -> Placement:
+        if self.last is None:
+            if self.restored_decision is not None:
+                return Placement.model_validate(self.restored_decision)
+            return Placement(algorithm=self.settings.algorithm, computed_at=None, cost=None)
+        return self._placement_of(self.last, self._actual())
+
+    async def what_if(self, rates: dict[str, float] | None, algorithm: str | None) -> Placement:
+        instance, kinds = self.build_instance(rates)
+        decision = await asyncio.to_thread(self._solve, instance, algorithm)
+        plan = LastPlan(decision, instance, self.clock(), "what-if", kinds)
+        return self._placement_of(plan, self._actual())
+
+    def explain(self, model_id: str) -> Explanation:
+        if self.last is None:
+            instance, _ = self.build_instance()
+            assignment: dict[str, Option] = {}
+        else:
+            instance, assignment = self.last.instance, self.last.decision.assignment
+        if model_id not in {m.id for m in instance.models}:
+            raise NotFound(f"model {model_id!r} is on no live host")
+        chosen = assignment.get(model_id)
+        options = [
+            OptionCostDoc(
+                host=oc.option.host,
+                level=oc.option.level,
+                cost=_terms(oc.cost),
+                feasible=oc.feasible,
+                chosen=oc.option == chosen,
+                note=oc.note,
+            )
+            for oc in placement.explain(instance, model_id, assignment)
+        ]
+        return Explanation(model=model_id, rate_rps=instance.rates.get(model_id, 0.0), options=options)

@@ -1,0 +1,201 @@
+"""The orchestrator wired to real edge agents (real tiny models, real HTTP on loopback):
+registration and liveness, placement following rates, a dead agent's models moving,
+state surviving a restart, and the documented errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.app import create_app as create_orchestrator
+from orchestrator.settings import OrchestratorSettings
+from tests.conftest import agent_settings, free_port, running_agent, serving
+
+TOKEN = "test-token"
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def orch_settings(tmp: Path, **kw: Any) -> OrchestratorSettings:
+    base: dict[str, Any] = dict(
+        db_path=tmp / "orch.sqlite",
+        token=TOKEN,
+        heartbeat_interval_s=0.2,
+        missed_heartbeats=3,
+        slot_s=60.0,
+        command_backoff_s=0.05,
+    )
+    base.update(kw)
+    return OrchestratorSettings(**base)
+
+
+async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition never held")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def agent(store: Path, tmp: Path, name: str, orch_port: int) -> AsyncIterator[httpx.AsyncClient]:
+    port = free_port()
+    settings = agent_settings(
+        store,
+        tmp / name,
+        host_id=name,
+        port=port,
+        orchestrator_url=f"http://127.0.0.1:{orch_port}",
+        orchestrator_token=TOKEN,
+        advertise_url=f"http://127.0.0.1:{port}",
+    )
+    async with running_agent(settings) as c:
+        yield c
+
+
+async def live_agents(o: httpx.AsyncClient) -> set[str]:
+    return {a["id"] for a in (await o.get("/v1/agents")).json()["data"] if a["status"] == "up"}
+
+
+@pytest.fixture
+def two_stores(model_zoo: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    a, b = tmp_path / "store-a", tmp_path / "store-b"
+    shutil.copytree(model_zoo, a)
+    shutil.copytree(model_zoo, b)
+    return a, b
+
+
+async def test_placement_follows_rates_and_survives_faults(
+    two_stores: tuple[Path, Path], tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    settings = orch_settings(tmp_path)
+    orch_port = free_port()
+    async with AsyncExitStack() as stack:
+        o = await stack.enter_async_context(
+            serving(create_orchestrator(settings, clock=clock), orch_port)
+        )
+        orch = o.app.state.orchestrator  # type: ignore[attr-defined]
+        a = await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
+        b_stack = AsyncExitStack()
+        await b_stack.enter_async_context(agent(two_stores[1], tmp_path, "edge-b", orch_port))
+
+        async def both_up() -> bool:
+            clock.t += 0.05
+            return await live_agents(o) == {"edge-a", "edge-b"}
+
+        await until(both_up)
+
+        # Heavy demand for tiny-llama, none for the others: it goes to the edge.
+        for _ in range(3):
+            r = await o.post("/v1/arrivals", json={"counts": {"tiny-llama": 600}, "source": "gateway"})
+            assert r.status_code == 202
+            clock.t += settings.slot_s
+        await orch.plan_now("test: llama demand")
+        p = (await o.get("/v1/placement")).json()
+        entries = {e["model"]: e for e in p["entries"]}
+        assert set(entries) == {"tiny-llama", "tiny-gpt2", "tiny-sd"}
+        assert entries["tiny-llama"]["target_host"] in ("edge-a", "edge-b")
+        assert entries["tiny-llama"]["rate_rps"] > 1
+        assert p["cost"]["total"] > 0 and p["algorithm"] == "mlds"
+        llama_host, llama_level = entries["tiny-llama"]["target_host"], entries["tiny-llama"]["target_level"]
+
+        # The reconciler carries it out on the real agent.
+        agent_client = a if llama_host == "edge-a" else None
+
+        async def llama_at_target() -> bool:
+            clock.t += 0.05
+            p = (await o.get("/v1/placement")).json()
+            e = {x["model"]: x for x in p["entries"]}["tiny-llama"]
+            return e["actual"].get(llama_host) == llama_level
+
+        await until(llama_at_target)
+        if agent_client is not None:
+            st = (await a.get("/v1/models/tiny-llama/status")).json()
+            assert st["level"] == llama_level
+
+        # What-if: demand shifts to tiny-gpt2; no side effects on the stored decision.
+        before = (await o.get("/v1/placement")).json()["computed_at"]
+        w = await o.post("/v1/placement/plan", json={"rates": {"tiny-gpt2": 10.0, "tiny-llama": 0.0}})
+        assert w.status_code == 200
+        we = {e["model"]: e for e in w.json()["entries"]}
+        assert we["tiny-gpt2"]["target_host"] is not None
+        assert we["tiny-llama"]["target_level"] != "resident"
+        assert (await o.get("/v1/placement")).json()["computed_at"] == before
+
+        # Explain lists every option with its cost; the chosen one is marked.
+        ex = (await o.get("/v1/placement/explain/tiny-llama")).json()
+        assert any(opt["host"] is None for opt in ex["options"])  # the cloud
+        assert sum(opt["chosen"] for opt in ex["options"]) == 1
+
+        # edge-b dies: after 3 missed heartbeats it is down and nothing is placed on it.
+        await b_stack.aclose()
+
+        async def b_down() -> bool:
+            clock.t += 0.3
+            return await live_agents(o) == {"edge-a"}
+
+        await until(b_down)
+
+        async def replanned_without_b() -> bool:
+            p = (await o.get("/v1/placement")).json()
+            return p["hosts"] == ["edge-a"] and all(
+                e["target_host"] in (None, "edge-a") for e in p["entries"]
+            )
+
+        await until(replanned_without_b)
+
+    # Restart: agents, profiles, rates and the last decision come back from SQLite.
+    async with serving(create_orchestrator(settings, clock=clock)) as o2:
+        agents = {x["id"]: x["status"] for x in (await o2.get("/v1/agents")).json()["data"]}
+        assert agents == {"edge-a": "up", "edge-b": "down"} or agents["edge-b"] == "down"
+        p = (await o2.get("/v1/placement")).json()
+        assert p["computed_at"] is not None and p["entries"]
+        rate = o2.app.state.orchestrator.rates.rate("tiny-llama")  # type: ignore[attr-defined]
+        assert rate > 1
+
+
+async def test_orchestrator_errors(tmp_path: Path) -> None:
+    async with serving(create_orchestrator(orch_settings(tmp_path))) as o:
+        facts = {
+            "host_id": "x", "hostname": "x", "fingerprint": "f", "description": "d",
+            "device": "cpu", "device_budget_bytes": 1, "device_used_bytes": 0,
+            "ram_total_bytes": 1, "ram_available_bytes": 1, "cache_budget_bytes": 1,
+            "cache_used_bytes": 0, "disk_total_bytes": 1, "disk_free_bytes": 1,
+        }
+        reg = {"agent_id": "x", "url": "http://127.0.0.1:1", "facts": facts}
+        r = await o.post("/v1/agents/register", json=reg)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        r = await o.post("/v1/agents/register", json=reg, headers={"authorization": "Bearer nope"})
+        assert r.status_code == 401
+        r = await o.post("/v1/agents/register", json={**reg, "agent_id": "bad id!"},
+                         headers={"authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "agent_id"
+        r = await o.post("/v1/agents/ghost/heartbeat", json={}, headers={"authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and r.json()["known"] is False
+        r = await o.post("/v1/arrivals", json={"counts": {"m": -1}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "counts"
+        assert (await o.get("/v1/placement")).json()["computed_at"] is None
+        r = await o.post("/v1/placement/plan", json={})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "no_hosts"
+        r = await o.get("/v1/placement/explain/nothing")
+        assert r.status_code in (404, 503)
+        assert (await o.get("/readyz")).json()["status"] == "degraded"
+        assert "genedge_orch_agents_up" in (await o.get("/metrics")).text
