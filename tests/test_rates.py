@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -226,6 +227,10 @@ def test_invalid_inputs_are_refused() -> None:
     with pytest.raises(ValueError):
         est.observe("m", -1)
     with pytest.raises(ValueError):
+        est.observe("m", 1, at=math.nan)
+    with pytest.raises(ValueError):
+        est.roll(now=math.inf)
+    with pytest.raises(ValueError):
         RateEstimator(slot_s=0)
     with pytest.raises(ValueError):
         RateEstimator(half_life_s=math.inf)
@@ -251,7 +256,7 @@ def test_pool_stats_default_to_one_and_converge() -> None:
         stats.observe("m", "e1", hits=40, misses=0)
         stats.roll()
         history.append(stats.miss_probability("m", "e1"))
-    assert all(a > b for a, b in zip(history, history[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(history))
     assert history[-1] < 0.01
     # After one half-life (5 slots) of the new regime the old evidence has half its weight.
     old_weight = 40 * sum(stats.keep**k for k in range(1, 21)) * 0.5

@@ -228,7 +228,10 @@ class RateEstimator:
     # ---------------------------------------------------------------- internals
 
     def _now(self, now: float | None) -> float:
-        return float(self.clock()) if now is None else float(now)
+        when = float(self.clock()) if now is None else float(now)
+        if not math.isfinite(when):
+            raise ValueError(f"time must be finite, got {when!r}")
+        return when
 
     def _advance(self, now: float) -> None:
         """Close the slots that ended by ``now`` (lock held)."""
@@ -327,7 +330,9 @@ class PoolStats:
             self._hits[key] = self._hits.get(key, 0.0) + hits
             self._misses[key] = self._misses.get(key, 0.0) + misses
 
-    def observe_totals(self, model_id: str, host_id: str, hits_total: int, misses_total: int) -> None:
+    def observe_totals(
+        self, model_id: str, host_id: str, hits_total: int, misses_total: int
+    ) -> None:
         """Observe an agent's cumulative counters; the increments since the last call count.
 
         The first report of a (model, host) only sets the baseline (its history is of unknown

@@ -1,0 +1,1 @@
+"""Adapters of the orchestrator: the SQLite registry and the httpx clients of its peers."""

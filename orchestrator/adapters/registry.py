@@ -1,0 +1,363 @@
+"""The orchestrator's registry: agents, their models, profiles, saved state and decisions.
+
+One SQLite file (or ``":memory:"``) through the standard library's `sqlite3`:
+
+- WAL journal, so readers (e.g. ``sqlite3`` on the command line) never block the writer;
+  ``synchronous=NORMAL``: every commit is atomic and the file stays consistent after a crash
+  of the process or the machine (a power cut may lose only the last commits).
+- One connection shared by all threads (``check_same_thread=False``), guarded by one
+  `threading.Lock`; every write runs in its own ``BEGIN IMMEDIATE`` ... ``COMMIT``
+  transaction, rolled back on any error, so nothing is ever half-written.
+- JSON documents (facts, model status, profiles, state, decisions) are stored as TEXT.
+- The schema is created on open and its version recorded in ``schema_version``; a file
+  written by a newer schema is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AGENT_ROLES", "AGENT_STATUSES", "KEEP_DECISIONS", "AgentRecord", "Registry"]
+
+SCHEMA_VERSION = 1
+KEEP_DECISIONS = 100
+AGENT_ROLES = ("edge", "cloud")
+AGENT_STATUSES = ("up", "down")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    role TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    status TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_heartbeat REAL
+);
+CREATE TABLE IF NOT EXISTS agent_models (
+    agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (agent_id, model_id)
+);
+CREATE TABLE IF NOT EXISTS profiles (
+    agent_id TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (agent_id, model_id)
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """A registered agent as the registry last heard of it.
+
+    ``facts`` is the agent's `genedge.contract.HostFacts` as a JSON document; ``status`` is
+    ``"up"`` or ``"down"``; times are the orchestrator's clock (seconds). Registering counts
+    as a heartbeat, so ``last_heartbeat`` is set from the first registration on.
+    """
+
+    id: str
+    url: str
+    role: str
+    facts: dict[str, Any]
+    status: str
+    registered_at: float
+    last_heartbeat: float | None
+
+
+def _dumps(doc: Any, what: str) -> str:
+    if not isinstance(doc, dict):
+        raise TypeError(f"{what} must be a dict, got {type(doc).__name__}")
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _loads(text: str) -> dict[str, Any]:
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("stored document is not a JSON object")
+    return doc
+
+
+class Registry:
+    """The SQLite registry (see the module docstring). Thread-safe; use as a context manager
+    or call `close`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: no implicit transactions; `_write` opens them explicitly.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _setup(self) -> None:
+        with self._lock:
+            conn = self._conn
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+        with self._write() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            found = row[0] if row else None
+            if found is not None and found > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"registry {self.path} has schema version {found}, newer than this "
+                    f"orchestrator's {SCHEMA_VERSION}; upgrade the orchestrator"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            if found is None:
+                cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        """Close the connection (idempotent); later calls raise `sqlite3.ProgrammingError`."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        """The schema version of the open file."""
+        row = self._read_one("SELECT MAX(version) FROM schema_version", ())
+        return int(row[0]) if row and row[0] is not None else 0
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction under the lock: committed whole, or rolled back whole."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _read_all(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _read_one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        with self._lock:
+            row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
+            return row
+
+    # ---------------------------------------------------------------- agents
+
+    def upsert_agent(self, agent_id: str, url: str, role: str, facts: dict, now: float) -> None:
+        """Register ``agent_id``, or re-register it (after a restart of either side).
+
+        Sets url, role, facts, ``registered_at = last_heartbeat = now`` and status ``"up"``.
+        The agent's model list is kept until its next heartbeat replaces it.
+        """
+        if not agent_id:
+            raise ValueError("agent_id must be non-empty")
+        if role not in AGENT_ROLES:
+            raise ValueError(f"role must be one of {AGENT_ROLES}, got {role!r}")
+        facts_text = _dumps(facts, "facts")
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO agents (id, url, role, facts, status, registered_at, last_heartbeat)"
+                " VALUES (?, ?, ?, ?, 'up', ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET url = excluded.url, role = excluded.role,"
+                " facts = excluded.facts, status = 'up',"
+                " registered_at = excluded.registered_at,"
+                " last_heartbeat = excluded.last_heartbeat",
+                (agent_id, url, role, facts_text, float(now), float(now)),
+            )
+
+    def heartbeat(self, agent_id: str, facts: dict | None, models: list[dict], now: float) -> bool:
+        """Record a heartbeat: ``last_heartbeat = now``, status ``"up"``, the agent's models.
+
+        ``models`` (status documents, `genedge.contract.ModelStatus` as JSON, each with an
+        ``"id"``) replaces the stored list whole; ``facts`` replaces the stored facts unless
+        it is None. Returns False, writing nothing, if the agent is not registered.
+        """
+        facts_text = None if facts is None else _dumps(facts, "facts")
+        rows = []
+        for position, doc in enumerate(models):
+            model_id = doc.get("id") if isinstance(doc, dict) else None
+            if not isinstance(model_id, str) or not model_id:
+                raise ValueError(f"model status #{position} has no string 'id'")
+            rows.append((agent_id, position, model_id, _dumps(doc, "model status")))
+        with self._write() as cur:
+            found = cur.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            if found is None:
+                return False
+            cur.execute(
+                "UPDATE agents SET last_heartbeat = ?, status = 'up',"
+                " facts = COALESCE(?, facts) WHERE id = ?",
+                (float(now), facts_text, agent_id),
+            )
+            cur.execute("DELETE FROM agent_models WHERE agent_id = ?", (agent_id,))
+            # A repeated id keeps its last document (and that document's position).
+            cur.executemany(
+                "INSERT OR REPLACE INTO agent_models (agent_id, position, model_id, doc)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+        return True
+
+    def set_agent_status(self, agent_id: str, status: str) -> None:
+        """Mark an agent ``"up"`` or ``"down"``; raises KeyError for an unknown agent."""
+        if status not in AGENT_STATUSES:
+            raise ValueError(f"status must be one of {AGENT_STATUSES}, got {status!r}")
+        with self._write() as cur:
+            cur.execute("UPDATE agents SET status = ? WHERE id = ?", (status, agent_id))
+            if cur.rowcount == 0:
+                raise KeyError(agent_id)
+
+    def agents(self) -> list[AgentRecord]:
+        """Every registered agent, by id."""
+        rows = self._read_all(
+            "SELECT id, url, role, facts, status, registered_at, last_heartbeat"
+            " FROM agents ORDER BY id",
+            (),
+        )
+        return [self._agent(row) for row in rows]
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        """One agent, or None if it never registered."""
+        row = self._read_one(
+            "SELECT id, url, role, facts, status, registered_at, last_heartbeat"
+            " FROM agents WHERE id = ?",
+            (agent_id,),
+        )
+        return None if row is None else self._agent(row)
+
+    def agent_models(self, agent_id: str) -> list[dict]:
+        """The model status documents of the agent's last heartbeat, in its order
+        (empty for an unknown agent or before the first heartbeat)."""
+        rows = self._read_all(
+            "SELECT doc FROM agent_models WHERE agent_id = ? ORDER BY position", (agent_id,)
+        )
+        return [_loads(row[0]) for row in rows]
+
+    @staticmethod
+    def _agent(row: tuple[Any, ...]) -> AgentRecord:
+        return AgentRecord(
+            id=row[0],
+            url=row[1],
+            role=row[2],
+            facts=_loads(row[3]),
+            status=row[4],
+            registered_at=float(row[5]),
+            last_heartbeat=None if row[6] is None else float(row[6]),
+        )
+
+    # ---------------------------------------------------------------- profiles
+
+    def put_profile(self, agent_id: str, model_id: str, profile: dict, now: float) -> None:
+        """Store (or replace) the profile of ``model_id`` measured on ``agent_id``.
+
+        The agent need not be registered (profiles may come from the profiles directory).
+        """
+        if not agent_id or not model_id:
+            raise ValueError("agent_id and model_id must be non-empty")
+        text = _dumps(profile, "profile")
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO profiles (agent_id, model_id, doc, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(agent_id, model_id) DO UPDATE SET doc = excluded.doc,"
+                " updated_at = excluded.updated_at",
+                (agent_id, model_id, text, float(now)),
+            )
+
+    def profiles(self) -> list[tuple[str, str, dict]]:
+        """Every profile as (agent id, model id, profile document), by agent then model."""
+        rows = self._read_all(
+            "SELECT agent_id, model_id, doc FROM profiles ORDER BY agent_id, model_id", ()
+        )
+        return [(row[0], row[1], _loads(row[2])) for row in rows]
+
+    def profile(self, agent_id: str, model_id: str) -> dict | None:
+        """One profile document, or None."""
+        row = self._read_one(
+            "SELECT doc FROM profiles WHERE agent_id = ? AND model_id = ?", (agent_id, model_id)
+        )
+        return None if row is None else _loads(row[0])
+
+    # ---------------------------------------------------------------- state
+
+    def save_state(self, key: str, doc: dict) -> None:
+        """Store a JSON document under ``key`` (e.g. the rate estimator's snapshot)."""
+        if not key:
+            raise ValueError("key must be non-empty")
+        text = _dumps(doc, "state")
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO state (key, doc) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET doc = excluded.doc",
+                (key, text),
+            )
+
+    def load_state(self, key: str) -> dict | None:
+        """The document saved under ``key``, or None."""
+        row = self._read_one("SELECT doc FROM state WHERE key = ?", (key,))
+        return None if row is None else _loads(row[0])
+
+    # ---------------------------------------------------------------- decisions
+
+    def save_decision(self, doc: dict, now: float) -> int:
+        """Append a placement decision made at ``now``; returns its id (ids only grow).
+
+        Only the last `KEEP_DECISIONS` (100) decisions are kept.
+        """
+        text = _dumps(doc, "decision")
+        with self._write() as cur:
+            cur.execute("INSERT INTO decisions (at, doc) VALUES (?, ?)", (float(now), text))
+            new_id = cur.lastrowid
+            if new_id is None:  # cannot happen after an INSERT; keeps the type exact
+                raise RuntimeError("SQLite returned no id for the new decision")
+            cur.execute("DELETE FROM decisions WHERE id <= ?", (new_id - KEEP_DECISIONS,))
+        return int(new_id)
+
+    def last_decision(self) -> tuple[int, float, dict] | None:
+        """The latest decision as (id, time, document), or None."""
+        row = self._read_one("SELECT id, at, doc FROM decisions ORDER BY id DESC LIMIT 1", ())
+        return None if row is None else (int(row[0]), float(row[1]), _loads(row[2]))
+
+    def decisions(self, limit: int = KEEP_DECISIONS) -> list[tuple[int, float, dict]]:
+        """The latest ``limit`` decisions as (id, time, document), newest first."""
+        rows = self._read_all(
+            "SELECT id, at, doc FROM decisions ORDER BY id DESC LIMIT ?", (int(limit),)
+        )
+        return [(int(r[0]), float(r[1]), _loads(r[2])) for r in rows]

@@ -1,0 +1,255 @@
+"""The SQLite registry: round trips, restart from the file, threads, decision retention."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.adapters.registry import KEEP_DECISIONS, AgentRecord, Registry
+from orchestrator.core.rates import PoolStats, RateEstimator
+
+FACTS = {"host_id": "e1", "hostname": "box", "device": "cuda:0", "gpu_total_bytes": 80 << 30}
+
+
+def model_doc(model_id: str, level: str = "stored", **kw: object) -> dict:
+    return {"id": model_id, "kind": "text", "level": level, "pool_hits": 0, **kw}
+
+
+@pytest.fixture
+def reg() -> Iterator[Registry]:
+    r = Registry(":memory:")
+    yield r
+    r.close()
+
+
+def test_agents_round_trip(reg: Registry) -> None:
+    assert reg.agents() == []
+    assert reg.agent("e1") is None
+    reg.upsert_agent("e1", "http://e1:9000", "edge", FACTS, now=10.0)
+    reg.upsert_agent("cloud", "http://cloud:9000", "cloud", {"host_id": "cloud"}, now=11.0)
+    assert reg.agent("e1") == AgentRecord(
+        id="e1",
+        url="http://e1:9000",
+        role="edge",
+        facts=FACTS,
+        status="up",
+        registered_at=10.0,
+        last_heartbeat=10.0,
+    )
+    assert [a.id for a in reg.agents()] == ["cloud", "e1"]
+    assert reg.agent_models("e1") == []
+
+    models = [model_doc("sd", "resident", memory_bytes=123), model_doc("llm")]
+    assert reg.heartbeat("e1", None, models, now=15.0) is True
+    rec = reg.agent("e1")
+    assert rec is not None and rec.last_heartbeat == 15.0 and rec.facts == FACTS
+    assert reg.agent_models("e1") == models  # the agent's order, whole documents
+
+    # A heartbeat replaces the model list whole and, when given, the facts.
+    reg.set_agent_status("e1", "down")
+    assert reg.agent("e1").status == "down"  # type: ignore[union-attr]
+    new_facts = {**FACTS, "gpu_free_bytes": 5}
+    assert reg.heartbeat("e1", new_facts, [model_doc("llm", "cached")], now=20.0)
+    rec = reg.agent("e1")
+    assert rec is not None
+    assert (rec.status, rec.last_heartbeat, rec.facts) == ("up", 20.0, new_facts)
+    assert reg.agent_models("e1") == [model_doc("llm", "cached")]
+    assert reg.heartbeat("e1", None, [], now=21.0)
+    assert reg.agent_models("e1") == []
+
+    # Re-registration: new url and facts, up again, registered_at moves.
+    reg.set_agent_status("e1", "down")
+    reg.upsert_agent("e1", "http://e1:9001", "edge", {"host_id": "e1"}, now=30.0)
+    rec = reg.agent("e1")
+    assert rec is not None
+    assert (rec.url, rec.status, rec.registered_at, rec.facts) == (
+        "http://e1:9001",
+        "up",
+        30.0,
+        {"host_id": "e1"},
+    )
+
+
+def test_unknown_agent_and_bad_input(reg: Registry) -> None:
+    assert reg.heartbeat("ghost", FACTS, [model_doc("sd")], now=1.0) is False
+    assert reg.agents() == []
+    assert reg.agent_models("ghost") == []
+    with pytest.raises(KeyError):
+        reg.set_agent_status("ghost", "down")
+    reg.upsert_agent("e1", "http://e1", "edge", {}, now=1.0)
+    with pytest.raises(ValueError):
+        reg.set_agent_status("e1", "sideways")
+    with pytest.raises(ValueError):
+        reg.upsert_agent("e2", "http://e2", "fog", {}, now=1.0)
+    with pytest.raises(ValueError):
+        reg.heartbeat("e1", None, [{"level": "stored"}], now=2.0)  # no id
+    with pytest.raises(TypeError):
+        reg.upsert_agent("e1", "http://e1", "edge", {"x": object()}, now=2.0)
+    with pytest.raises(TypeError):
+        reg.save_state("k", [1, 2])  # type: ignore[arg-type]
+    # The refused writes left nothing behind.
+    rec = reg.agent("e1")
+    assert rec is not None and rec.last_heartbeat == 1.0 and rec.facts == {}
+    assert reg.load_state("k") is None
+
+
+def test_profiles_round_trip(reg: Registry) -> None:
+    assert reg.profiles() == []
+    assert reg.profile("e1", "sd") is None
+    p1 = {"model_id": "sd", "load_cold_s": 1.5, "peak_bytes": 7 << 30, "notes": ["a"]}
+    reg.put_profile("e1", "sd", p1, now=1.0)
+    reg.put_profile("e1", "llm", {"model_id": "llm"}, now=1.0)
+    reg.put_profile("e0", "sd", {"model_id": "sd", "host": "e0"}, now=1.0)
+    assert reg.profile("e1", "sd") == p1
+    assert [(a, m) for a, m, _ in reg.profiles()] == [("e0", "sd"), ("e1", "llm"), ("e1", "sd")]
+    p2 = {**p1, "load_cold_s": 1.2}
+    reg.put_profile("e1", "sd", p2, now=2.0)
+    assert reg.profile("e1", "sd") == p2
+    assert len(reg.profiles()) == 3
+
+
+def test_state_round_trip(reg: Registry) -> None:
+    assert reg.load_state("rates") is None
+    clock = lambda: 100.0  # noqa: E731
+    est = RateEstimator(clock=clock)
+    est.observe("sd", 7)
+    pool = PoolStats()
+    pool.observe("sd", "e1", 3, 1)
+    reg.save_state("rates", est.snapshot())
+    reg.save_state("pool", pool.snapshot())
+    back = RateEstimator.restore(reg.load_state("rates") or {}, clock=clock)
+    assert back.counts_in_slot() == {"sd": 7}
+    assert PoolStats.restore(reg.load_state("pool") or {}).miss_probability("sd", "e1") == 0.25
+    reg.save_state("rates", {"v": 2})
+    assert reg.load_state("rates") == {"v": 2}
+
+
+def test_decisions_keep_only_the_last_100(reg: Registry) -> None:
+    assert reg.last_decision() is None
+    ids = [
+        reg.save_decision({"n": n, "placement": {"sd": ["e1", "resident"]}}, now=n)
+        for n in range(250)
+    ]
+    assert ids == sorted(ids) and len(set(ids)) == 250
+    last = reg.last_decision()
+    assert last == (ids[-1], 249.0, {"n": 249, "placement": {"sd": ["e1", "resident"]}})
+    kept = reg.decisions(limit=1000)
+    assert len(kept) == KEEP_DECISIONS == 100
+    assert [d[2]["n"] for d in kept] == list(range(249, 149, -1))
+    assert reg.decisions(limit=3)[0] == last
+
+
+def test_reopen_restores_everything(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "orch.sqlite"
+    with Registry(path) as reg:
+        reg.upsert_agent("e1", "http://e1", "edge", FACTS, now=1.0)
+        reg.heartbeat("e1", None, [model_doc("sd", "resident")], now=2.0)
+        reg.set_agent_status("e1", "down")
+        reg.put_profile("e1", "sd", {"model_id": "sd", "generation_s": 0.5}, now=3.0)
+        reg.save_state("rates", {"rates": {"sd": 1.5}})
+        for n in range(3):
+            did = reg.save_decision({"n": n}, now=10.0 + n)
+        assert reg.schema_version() == 1
+    assert path.exists()
+
+    reg = Registry(path)  # the orchestrator restarts
+    try:
+        rec = reg.agent("e1")
+        assert rec == AgentRecord("e1", "http://e1", "edge", FACTS, "down", 1.0, 2.0)
+        assert reg.agent_models("e1") == [model_doc("sd", "resident")]
+        assert reg.profiles() == [("e1", "sd", {"model_id": "sd", "generation_s": 0.5})]
+        assert reg.load_state("rates") == {"rates": {"sd": 1.5}}
+        assert reg.last_decision() == (did, 12.0, {"n": 2})
+        assert reg.save_decision({"n": 3}, now=13.0) == did + 1
+        mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode.lower() == "wal"
+    finally:
+        reg.close()
+    reg.close()  # idempotent
+    with pytest.raises(sqlite3.ProgrammingError):
+        reg.agents()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "orch.sqlite"
+    Registry(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        Registry(path)
+
+
+def test_a_failed_write_is_rolled_back_whole(reg: Registry) -> None:
+    reg.upsert_agent("e1", "http://e1", "edge", {}, now=1.0)
+    reg.heartbeat("e1", None, [model_doc("sd")], now=2.0)
+
+    class Boom(Exception):
+        pass
+
+    # Fail in the middle of a transaction (after the DELETE of the model list).
+    with pytest.raises(Boom), reg._write() as cur:
+        cur.execute("DELETE FROM agent_models WHERE agent_id = 'e1'")
+        cur.execute("UPDATE agents SET last_heartbeat = 99 WHERE id = 'e1'")
+        raise Boom
+    assert reg.agent_models("e1") == [model_doc("sd")]
+    assert reg.agent("e1").last_heartbeat == 2.0  # type: ignore[union-attr]
+    reg.save_state("still", {"ok": True})  # the connection is usable afterwards
+    assert reg.load_state("still") == {"ok": True}
+
+
+def test_concurrent_writes_do_not_corrupt(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "orch.sqlite")
+    n_threads, n_ops = 8, 40
+    errors: list[BaseException] = []
+    start = threading.Barrier(n_threads)
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            agent = f"e{t}"
+            reg.upsert_agent(agent, f"http://{agent}", "edge", {"t": t}, now=0.0)
+            for i in range(n_ops):
+                models = [model_doc(f"m{j}", progress=i) for j in range(5)]
+                assert reg.heartbeat(agent, {"t": t, "i": i}, models, now=float(i))
+                reg.put_profile(agent, f"m{i % 5}", {"i": i}, now=float(i))
+                reg.save_state(f"k{t}", {"i": i})
+                reg.save_decision({"t": t, "i": i}, now=float(i))
+                reg.agents()
+                reg.last_decision()
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    try:
+        assert len(reg.agents()) == n_threads
+        for t in range(n_threads):
+            rec = reg.agent(f"e{t}")
+            assert rec is not None and rec.facts == {"t": t, "i": n_ops - 1}
+            docs = reg.agent_models(f"e{t}")
+            assert [d["id"] for d in docs] == [f"m{j}" for j in range(5)]
+            assert all(d["progress"] == n_ops - 1 for d in docs)
+            assert reg.load_state(f"k{t}") == {"i": n_ops - 1}
+        assert len(reg.profiles()) == n_threads * 5
+        decisions = reg.decisions(limit=1000)
+        assert len(decisions) == KEEP_DECISIONS
+        assert decisions[0][0] == n_threads * n_ops
+    finally:
+        reg.close()
+    conn = sqlite3.connect(tmp_path / "orch.sqlite")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert json.loads(conn.execute("SELECT doc FROM state WHERE key = 'k0'").fetchone()[0]) == {
+        "i": n_ops - 1
+    }
+    conn.close()
