@@ -22,12 +22,15 @@ class OrchestratorMetrics:
         self.registry = CollectorRegistry()
         self.orch = orch
         self.agents_up = Gauge("genedge_orch_agents_up", "Live agents.", registry=self.registry)
-        self.cost = Gauge("genedge_orch_decision_cost", "Total cost of the last decision.",
-                          registry=self.registry)
-        self.pending = Gauge("genedge_orch_pending_commands", "Level commands not yet done.",
-                             registry=self.registry)
-        self.rate = Gauge("genedge_orch_rate_rps", "Estimated request rate.", ["model"],
-                          registry=self.registry)
+        self.cost = Gauge(
+            "genedge_orch_decision_cost", "Total cost of the last decision.", registry=self.registry
+        )
+        self.pending = Gauge(
+            "genedge_orch_pending_commands", "Level commands not yet done.", registry=self.registry
+        )
+        self.rate = Gauge(
+            "genedge_orch_rate_rps", "Estimated request rate.", ["model"], registry=self.registry
+        )
 
     def render(self) -> bytes:
         o = self.orch

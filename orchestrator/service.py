@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,8 +139,14 @@ class Orchestrator:
             now,
         )
         self._store_profiles(reg.agent_id, reg.models, now)
-        log.info("agent %s %sregistered at %s (%s, %d models)", reg.agent_id,
-                 "re-" if known else "", reg.url, reg.role, len(reg.models))
+        log.info(
+            "agent %s %sregistered at %s (%s, %d models)",
+            reg.agent_id,
+            "re-" if known else "",
+            reg.url,
+            reg.role,
+            len(reg.models),
+        )
         self.request_replan(f"host {reg.agent_id} joined")
 
     def _store_profiles(self, agent_id: str, models: list[Any], now: float) -> None:
@@ -155,7 +161,9 @@ class Orchestrator:
         if rec is None or rec.status == "down":
             return False
         facts = hb.facts.model_dump(mode="json") if hb.facts is not None else None
-        self.registry.heartbeat(agent_id, facts, [m.model_dump(mode="json") for m in hb.models], now)
+        self.registry.heartbeat(
+            agent_id, facts, [m.model_dump(mode="json") for m in hb.models], now
+        )
         self._store_profiles(agent_id, hb.models, now)
         if not self._gateway_active(now):
             for model, n in hb.arrivals.items():
@@ -168,7 +176,10 @@ class Orchestrator:
         return True
 
     def _gateway_active(self, now: float) -> bool:
-        return self.gateway_seen_at is not None and now - self.gateway_seen_at < 2 * self.settings.slot_s
+        return (
+            self.gateway_seen_at is not None
+            and now - self.gateway_seen_at < 2 * self.settings.slot_s
+        )
 
     def arrivals(self, batch: ArrivalBatch) -> None:
         now = self.clock()
@@ -208,8 +219,11 @@ class Orchestrator:
             now = self.clock()
             for a in self.registry.agents():
                 if a.status == "up" and (a.last_heartbeat or a.registered_at) < now - limit:
-                    log.warning("agent %s missed %d heartbeats: marking it down",
-                                a.id, self.settings.missed_heartbeats)
+                    log.warning(
+                        "agent %s missed %d heartbeats: marking it down",
+                        a.id,
+                        self.settings.missed_heartbeats,
+                    )
                     self.registry.set_agent_status(a.id, "down")
                     self.request_replan(f"host {a.id} down")
 
@@ -217,7 +231,9 @@ class Orchestrator:
     def _live(self, role: str) -> list[Any]:
         return [a for a in self.registry.agents() if a.status == "up" and a.role == role]
 
-    def build_instance(self, rates: dict[str, float] | None = None) -> tuple[Instance, dict[str, str]]:
+    def build_instance(
+        self, rates: dict[str, float] | None = None
+    ) -> tuple[Instance, dict[str, str]]:
         """The decision problem for the next slot, from live hosts and measured profiles."""
         s = self.settings
         hosts: list[HostSpec] = []
@@ -243,7 +259,9 @@ class Orchestrator:
             h2d_bw = float(f.get("h2d_GBps") or 5.0) * 1e9
             for m in statuses:
                 mid, size = m["id"], int(m.get("storage_bytes", 0))
-                models.setdefault(mid, ModelSpec(id=mid, kind=m.get("kind", "text"), storage_bytes=size))
+                models.setdefault(
+                    mid, ModelSpec(id=mid, kind=m.get("kind", "text"), storage_bytes=size)
+                )
                 kinds[mid] = m.get("kind", "text")
                 p = m.get("profile") or self.registry.profile(a.id, mid)
                 if p:
@@ -279,17 +297,26 @@ class Orchestrator:
             rates={m: float(rate_map.get(m, 0.0)) for m in models},
             slot_s=s.slot_s,
             cloud=CloudSpec(wan_rtt_s=s.wan_rtt_s, infer_s=cloud_infer),
-            prices=Prices(
-                delay_weight=s.delay_weight,
-                disk_per_GB=s.disk_per_GB,
-                ram_per_GB=s.ram_per_GB,
-                vram_per_GB=s.vram_per_GB,
-                cloud_per_request=s.cloud_per_request,
-            ),
+            prices=self.prices(),
             pool_miss=self.pool.all(),
             current=current,
         )
         return instance, kinds
+
+    def prices(self) -> Prices:
+        fields = (
+            "delay_weight",
+            "disk_per_GB",
+            "ram_per_GB",
+            "vram_per_GB",
+            "cloud_per_request",
+            "fetch_weight",
+            "load_weight",
+        )
+        given = {
+            f: getattr(self.settings, f) for f in fields if getattr(self.settings, f) is not None
+        }
+        return Prices(**given)
 
     def _solve(self, instance: Instance, algorithm: str | None) -> Decision:
         name = algorithm or self.settings.algorithm
@@ -304,21 +331,31 @@ class Orchestrator:
     async def plan_now(self, trigger: str) -> LastPlan:
         async with self._plan_lock:
             self.rates.roll()
+            if trigger == "slot":
+                self.pool.roll()  # age the pool-hit evidence once per slot
             instance, kinds = self.build_instance()
             decision = await asyncio.to_thread(self._solve, instance, None)
             now = self.clock()
             self.last = LastPlan(decision, instance, now, trigger, kinds)
             self.registry.save_decision(self.placement().model_dump(mode="json"), now)
             self._persist_rates()
-            log.info("planned (%s) with %s in %.3f s: cost %.2f, %s", trigger, decision.algorithm,
-                     decision.seconds, decision.cost.total, self._summary(decision))
+            log.info(
+                "planned (%s) with %s in %.3f s: cost %.2f, %s",
+                trigger,
+                decision.algorithm,
+                decision.seconds,
+                decision.cost.total,
+                self._summary(decision),
+            )
             self._start_reconcile()
             return self.last
 
     @staticmethod
     def _summary(d: Decision) -> str:
-        parts = [f"{m}->{o.host or 'cloud'}{'/' + o.level if o.level else ''}"
-                 for m, o in sorted(d.assignment.items())]
+        parts = [
+            f"{m}->{o.host or 'cloud'}{'/' + o.level if o.level else ''}"
+            for m, o in sorted(d.assignment.items())
+        ]
         return ", ".join(parts)
 
     def _persist_rates(self) -> None:
@@ -369,8 +406,12 @@ class Orchestrator:
         takes = [c for c in cmds if not c.frees]
         # Everything that frees memory, on every host, before anything that takes it.
         for batch in (frees, takes):
-            await asyncio.gather(*(self._run_host(h, [c for c in batch if c.host == h])
-                                   for h in sorted({c.host for c in batch})))
+            await asyncio.gather(
+                *(
+                    self._run_host(h, [c for c in batch if c.host == h])
+                    for h in sorted({c.host for c in batch})
+                )
+            )
 
     async def _run_host(self, host: str, cmds: list[Command]) -> None:
         rec = self.registry.agent(host)
@@ -396,11 +437,18 @@ class Orchestrator:
                 if r.status_code in (404, 409, 422):  # will not get better by retrying
                     log.warning("%s: %s -> %s refused: %s", c.host, c.model, c.level, r.text[:200])
                     return False
-                log.warning("%s: %s -> %s: HTTP %d (attempt %d)", c.host, c.model, c.level,
-                            r.status_code, attempt + 1)
+                log.warning(
+                    "%s: %s -> %s: HTTP %d (attempt %d)",
+                    c.host,
+                    c.model,
+                    c.level,
+                    r.status_code,
+                    attempt + 1,
+                )
             except httpx.HTTPError as exc:
-                log.warning("%s: %s -> %s: %s (attempt %d)", c.host, c.model, c.level, exc,
-                            attempt + 1)
+                log.warning(
+                    "%s: %s -> %s: %s (attempt %d)", c.host, c.model, c.level, exc, attempt + 1
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
         return False
@@ -452,21 +500,22 @@ class Orchestrator:
     def explain(self, model_id: str) -> Explanation:
         if self.last is None:
             instance, _ = self.build_instance()
-            assignment: dict[str, Option] = {}
+            assignment: Mapping[str, Option] = {}
         else:
             instance, assignment = self.last.instance, self.last.decision.assignment
         if model_id not in {m.id for m in instance.models}:
             raise NotFound(f"model {model_id!r} is on no live host")
-        chosen = assignment.get(model_id)
         options = [
             OptionCostDoc(
                 host=oc.option.host,
                 level=oc.option.level,
-                cost=_terms(oc.cost),
-                feasible=oc.feasible,
-                chosen=oc.option == chosen,
-                note=oc.note,
+                cost=_terms(oc.breakdown),
+                feasible=oc.fits,
+                chosen=oc.chosen if assignment else False,
+                note="; ".join(oc.reasons),
             )
             for oc in placement.explain(instance, model_id, assignment)
         ]
-        return Explanation(model=model_id, rate_rps=instance.rates.get(model_id, 0.0), options=options)
+        return Explanation(
+            model=model_id, rate_rps=instance.rates.get(model_id, 0.0), options=options
+        )

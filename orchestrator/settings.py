@@ -34,11 +34,15 @@ class OrchestratorSettings(BaseSettings):
     wan_rtt_s: float = Field(default=0.08, ge=0, description="Round trip to the cloud backend.")
     backhaul_Bps: float = Field(default=1.25e9, gt=0, description="Fetch bandwidth to hosts.")
     rho_max: float = Field(default=0.9, gt=0, le=1, description="Compute utilisation cap.")
-    delay_weight: float = 1.0
-    disk_per_GB: float = 0.01
-    ram_per_GB: float = 0.2
-    vram_per_GB: float = 2.0
-    cloud_per_request: float = 0.05
+    # Prices of the cost model; None keeps the documented default of
+    # `orchestrator.core.placement.Prices` (one place for the numbers and their reasons).
+    delay_weight: float | None = None
+    disk_per_GB: float | None = None
+    ram_per_GB: float | None = None
+    vram_per_GB: float | None = None
+    cloud_per_request: float | None = None
+    fetch_weight: float | None = None
+    load_weight: float | None = None
 
     # Reconciler
     command_retries: int = Field(default=5, ge=0)

@@ -20,14 +20,6 @@ from tests.conftest import agent_settings, free_port, running_agent, serving
 TOKEN = "test-token"
 
 
-class FakeClock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def orch_settings(tmp: Path, **kw: Any) -> OrchestratorSettings:
     base: dict[str, Any] = dict(
         db_path=tmp / "orch.sqlite",
@@ -53,7 +45,9 @@ async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
 
 
 @asynccontextmanager
-async def agent(store: Path, tmp: Path, name: str, orch_port: int) -> AsyncIterator[httpx.AsyncClient]:
+async def agent(
+    store: Path, tmp: Path, name: str, orch_port: int
+) -> AsyncIterator[httpx.AsyncClient]:
     port = free_port()
     settings = agent_settings(
         store,
@@ -63,6 +57,8 @@ async def agent(store: Path, tmp: Path, name: str, orch_port: int) -> AsyncItera
         orchestrator_url=f"http://127.0.0.1:{orch_port}",
         orchestrator_token=TOKEN,
         advertise_url=f"http://127.0.0.1:{port}",
+        profile_on_start=True,
+        profile_text_tokens=2,
     )
     async with running_agent(settings) as c:
         yield c
@@ -85,29 +81,33 @@ def two_stores(model_zoo: Path, tmp_path: Path) -> tuple[Path, Path]:
 async def test_placement_follows_rates_and_survives_faults(
     two_stores: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    clock = FakeClock()
-    settings = orch_settings(tmp_path)
+    settings = orch_settings(tmp_path, slot_s=1.0)
     orch_port = free_port()
     async with AsyncExitStack() as stack:
-        o = await stack.enter_async_context(
-            serving(create_orchestrator(settings, clock=clock), orch_port)
-        )
+        o = await stack.enter_async_context(serving(create_orchestrator(settings), orch_port))
         orch = o.app.state.orchestrator  # type: ignore[attr-defined]
         a = await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
         b_stack = AsyncExitStack()
         await b_stack.enter_async_context(agent(two_stores[1], tmp_path, "edge-b", orch_port))
 
         async def both_up() -> bool:
-            clock.t += 0.05
             return await live_agents(o) == {"edge-a", "edge-b"}
 
         await until(both_up)
 
-        # Heavy demand for tiny-llama, none for the others: it goes to the edge.
+        async def profiled() -> bool:
+            data = (await o.get("/v1/profiles")).json()["data"]
+            return len(data) == 6  # 3 models x 2 agents, measured by the agents themselves
+
+        await until(profiled, timeout=120)
+
+        # Steady demand for tiny-llama, none for the others: it goes to the edge.
         for _ in range(3):
-            r = await o.post("/v1/arrivals", json={"counts": {"tiny-llama": 600}, "source": "gateway"})
+            r = await o.post(
+                "/v1/arrivals", json={"counts": {"tiny-llama": 5}, "source": "gateway"}
+            )
             assert r.status_code == 202
-            clock.t += settings.slot_s
+            await asyncio.sleep(settings.slot_s)
         await orch.plan_now("test: llama demand")
         p = (await o.get("/v1/placement")).json()
         entries = {e["model"]: e for e in p["entries"]}
@@ -115,13 +115,15 @@ async def test_placement_follows_rates_and_survives_faults(
         assert entries["tiny-llama"]["target_host"] in ("edge-a", "edge-b")
         assert entries["tiny-llama"]["rate_rps"] > 1
         assert p["cost"]["total"] > 0 and p["algorithm"] == "mlds"
-        llama_host, llama_level = entries["tiny-llama"]["target_host"], entries["tiny-llama"]["target_level"]
+        llama_host, llama_level = (
+            entries["tiny-llama"]["target_host"],
+            entries["tiny-llama"]["target_level"],
+        )
 
         # The reconciler carries it out on the real agent.
         agent_client = a if llama_host == "edge-a" else None
 
         async def llama_at_target() -> bool:
-            clock.t += 0.05
             p = (await o.get("/v1/placement")).json()
             e = {x["model"]: x for x in p["entries"]}["tiny-llama"]
             return e["actual"].get(llama_host) == llama_level
@@ -133,7 +135,9 @@ async def test_placement_follows_rates_and_survives_faults(
 
         # What-if: demand shifts to tiny-gpt2; no side effects on the stored decision.
         before = (await o.get("/v1/placement")).json()["computed_at"]
-        w = await o.post("/v1/placement/plan", json={"rates": {"tiny-gpt2": 10.0, "tiny-llama": 0.0}})
+        w = await o.post(
+            "/v1/placement/plan", json={"rates": {"tiny-gpt2": 10.0, "tiny-llama": 0.0}}
+        )
         assert w.status_code == 200
         we = {e["model"]: e for e in w.json()["entries"]}
         assert we["tiny-gpt2"]["target_host"] is not None
@@ -149,7 +153,6 @@ async def test_placement_follows_rates_and_survives_faults(
         await b_stack.aclose()
 
         async def b_down() -> bool:
-            clock.t += 0.3
             return await live_agents(o) == {"edge-a"}
 
         await until(b_down)
@@ -163,7 +166,7 @@ async def test_placement_follows_rates_and_survives_faults(
         await until(replanned_without_b)
 
     # Restart: agents, profiles, rates and the last decision come back from SQLite.
-    async with serving(create_orchestrator(settings, clock=clock)) as o2:
+    async with serving(create_orchestrator(settings)) as o2:
         agents = {x["id"]: x["status"] for x in (await o2.get("/v1/agents")).json()["data"]}
         assert agents == {"edge-a": "up", "edge-b": "down"} or agents["edge-b"] == "down"
         p = (await o2.get("/v1/placement")).json()
@@ -175,20 +178,34 @@ async def test_placement_follows_rates_and_survives_faults(
 async def test_orchestrator_errors(tmp_path: Path) -> None:
     async with serving(create_orchestrator(orch_settings(tmp_path))) as o:
         facts = {
-            "host_id": "x", "hostname": "x", "fingerprint": "f", "description": "d",
-            "device": "cpu", "device_budget_bytes": 1, "device_used_bytes": 0,
-            "ram_total_bytes": 1, "ram_available_bytes": 1, "cache_budget_bytes": 1,
-            "cache_used_bytes": 0, "disk_total_bytes": 1, "disk_free_bytes": 1,
+            "host_id": "x",
+            "hostname": "x",
+            "fingerprint": "f",
+            "description": "d",
+            "device": "cpu",
+            "device_budget_bytes": 1,
+            "device_used_bytes": 0,
+            "ram_total_bytes": 1,
+            "ram_available_bytes": 1,
+            "cache_budget_bytes": 1,
+            "cache_used_bytes": 0,
+            "disk_total_bytes": 1,
+            "disk_free_bytes": 1,
         }
         reg = {"agent_id": "x", "url": "http://127.0.0.1:1", "facts": facts}
         r = await o.post("/v1/agents/register", json=reg)
         assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
         r = await o.post("/v1/agents/register", json=reg, headers={"authorization": "Bearer nope"})
         assert r.status_code == 401
-        r = await o.post("/v1/agents/register", json={**reg, "agent_id": "bad id!"},
-                         headers={"authorization": f"Bearer {TOKEN}"})
+        r = await o.post(
+            "/v1/agents/register",
+            json={**reg, "agent_id": "bad id!"},
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
         assert r.status_code == 422 and r.json()["error"]["field"] == "agent_id"
-        r = await o.post("/v1/agents/ghost/heartbeat", json={}, headers={"authorization": f"Bearer {TOKEN}"})
+        r = await o.post(
+            "/v1/agents/ghost/heartbeat", json={}, headers={"authorization": f"Bearer {TOKEN}"}
+        )
         assert r.status_code == 200 and r.json()["known"] is False
         r = await o.post("/v1/arrivals", json={"counts": {"m": -1}})
         assert r.status_code == 422 and r.json()["error"]["field"] == "counts"

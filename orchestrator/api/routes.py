@@ -83,11 +83,18 @@ async def models(request: Request) -> dict[str, Any]:
         for m in a.models:
             e = out.setdefault(
                 m["id"],
-                {"id": m["id"], "kind": m.get("kind"), "rate_rps": rates.get(m["id"], 0.0),
-                 "hosts": {}},
+                {
+                    "id": m["id"],
+                    "kind": m.get("kind"),
+                    "rate_rps": rates.get(m["id"], 0.0),
+                    "hosts": {},
+                },
             )
-            e["hosts"][a.id] = {"level": m.get("level"), "state": m.get("state"),
-                                "agent_status": a.status}
+            e["hosts"][a.id] = {
+                "level": m.get("level"),
+                "state": m.get("state"),
+                "agent_status": a.status,
+            }
     return {"object": "list", "data": sorted(out.values(), key=lambda e: e["id"])}
 
 
@@ -151,7 +158,9 @@ def install_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in (errs[0].get("loc", ()) if errs else ()) if p not in ("body",)]
         field = ".".join(loc) or "body"
         msg = errs[0].get("msg", "invalid") if errs else "invalid request"
-        return _error(422, ErrorBody(type="invalid_request", message=f"{field}: {msg}", field=field))
+        return _error(
+            422, ErrorBody(type="invalid_request", message=f"{field}: {msg}", field=field)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -163,4 +172,6 @@ def install_error_handlers(app: FastAPI) -> None:
         import logging
 
         logging.getLogger("orchestrator.api").exception("unhandled error")
-        return _error(500, ErrorBody(type="internal_error", message=f"internal error ({type(exc).__name__})"))
+        return _error(
+            500, ErrorBody(type="internal_error", message=f"internal error ({type(exc).__name__})")
+        )

@@ -1,0 +1,590 @@
+"""Placement algorithms behind one interface, registered by name.
+
+`solve(name, instance, seed=..., time_limit_s=...)` runs one of `ALGORITHMS` and returns a
+`Decision` that is always feasible (checked with `placement.violations`; a model an
+algorithm cannot place is moved to the cloud, and the decision's notes say so) with its
+cost from `placement.evaluate`.
+
+- `exact`: the MILP of DESIGN.md with scipy's HiGHS: binary x_{m,o}, one option per model,
+  the pool max linearised as P_e ≥ h_{m,e}·(x_{m,e,stored} + x_{m,e,cached}), P_e ≥ 0.
+  `optimal=True` only when HiGHS proved optimality; at the time limit its incumbent is
+  returned with `optimal=False`, or `mlds`'s answer when it has none.
+- `mlds` (the default): model-level decision selection. From all-cloud, repeatedly apply
+  model-level moves with the best cost reduction per unit of scarce resource (each
+  resource use divided by what the host has left, so prices rise as hosts fill; a pooled
+  model is charged only the growth of the pool). Then local improvement: single-model moves
+  (best improvement) and pairwise moves (two models re-assigned at once: swaps, evictions,
+  pool shrinks) until none helps. Moves are priced for all models and options at once
+  with numpy (`compiled.State.move_table`); moves on disjoint hosts are applied in the same
+  round. Small instances get several greedy variants and a seeded perturbation phase.
+- `ga`: a seeded genetic algorithm over per-model options with repair (infeasible hosts
+  drop their lowest-value placements to the cloud), the approach of Liang et al. 2024.
+- baselines: `cloud-only`; `popularity` (most requested first: resident where it fits,
+  then stored, else cloud); `lru` (no planning: resident models stay, everything else is
+  loaded on demand from disk on the host with most free disk, as Ollama, Ray Serve
+  multiplexing and LocalAI do); `random` (a seeded random feasible assignment).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from .compiled import CACHED, RESIDENT, STORED, Compiled, IntArray, State
+from .placement import GB, Decision, Instance, evaluate, violations
+
+# An algorithm body: (instance, arrays, seed, time limit) -> (options, optimal, notes).
+Body = Callable[[Instance, Compiled, int, float], tuple[IntArray, bool | None, list[str]]]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A registered placement algorithm. Call it like `solve` (minus the name)."""
+
+    name: str
+    summary: str
+    body: Body
+
+    def __call__(
+        self, instance: Instance, *, seed: int = 0, time_limit_s: float = 10.0
+    ) -> Decision:
+        t0 = time.perf_counter()
+        cm = Compiled(instance)
+        opt, optimal, notes = self.body(instance, cm, seed, time_limit_s)
+        opt, fixes = _make_feasible(instance, cm, opt)
+        if fixes:
+            notes = [*notes, *fixes]
+            optimal = False if optimal else optimal
+        assignment = cm.to_assignment(opt)
+        cost = evaluate(instance, assignment)
+        return Decision(
+            assignment=assignment,
+            cost=cost,
+            algorithm=self.name,
+            seconds=time.perf_counter() - t0,
+            optimal=optimal,
+            notes=notes,
+        )
+
+
+def solve(
+    name: str, instance: Instance, *, seed: int = 0, time_limit_s: float = 10.0
+) -> Decision:
+    """Run the algorithm registered as `name`; KeyError (listing the names) if unknown."""
+    try:
+        algorithm = ALGORITHMS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown placement algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}"
+        ) from None
+    return algorithm(instance, seed=seed, time_limit_s=time_limit_s)
+
+
+# ---------------------------------------------------------------------------------------
+# Feasibility: repair and the final check
+# ---------------------------------------------------------------------------------------
+
+
+def _repair(cm: Compiled, opt: IntArray, keep: int = -1) -> IntArray:
+    """Drop placements to the cloud on every over-full host until all fit, least valuable
+    per unit of the broken resources first. Value = what the model saves against the
+    cloud; only models that give back some of a broken resource are dropped (for the GPU:
+    residents and the pool's largest members); model `keep` is never dropped (when it alone
+    breaks a host, the host stays broken)."""
+    opt = opt.copy()
+    over = cm.over(opt)
+    cloud = cm.cloud_k
+    ar = np.arange(cm.M)
+    value = cm.cost[:, cloud] - cm.cost[ar, np.minimum(opt, cloud)]
+    for e in np.flatnonzero(over):
+        e = int(e)
+        while True:
+            on = np.flatnonzero((opt < cloud) & (opt // 3 == e))
+            if on.size == 0:
+                break
+            lvl = opt[on] % 3
+            disk = cm.s[on].sum()
+            ram = cm.s[on[lvl == CACHED]].sum()
+            pooled = lvl != RESIDENT
+            pool = cm.h[on[pooled], e].max() if pooled.any() else 0.0
+            gpu = cm.h[on[~pooled], e].sum() + pool
+            comp = cm.nI[on, e].sum()
+            slack = 1 + 1e-11
+            bad_disk = disk > cm.disk_cap[e] * slack
+            bad_ram = ram > cm.ram_cap[e] * slack
+            bad_gpu = gpu > cm.gpu_cap[e] * slack
+            bad_comp = comp > cm.comp_cap[e] * slack
+            if not (bad_disk or bad_ram or bad_gpu or bad_comp):
+                break
+            # what each model gives back of the broken resources, relative to capacity
+            freed = np.zeros(on.size)
+            if bad_disk:
+                freed += cm.s[on] / max(cm.disk_cap[e], 1.0)
+            if bad_comp:
+                freed += cm.nI[on, e] / max(cm.comp_cap[e], 1e-9)
+            if bad_ram:
+                freed += np.where(lvl == CACHED, cm.s[on], 0.0) / max(cm.ram_cap[e], 1.0)
+            if bad_gpu:
+                h = cm.h[on, e]
+                freed += np.where(~pooled | (h >= pool), h, 0.0) / max(cm.gpu_cap[e], 1.0)
+            useful = (freed > 0) & (on != keep)
+            if not useful.any():
+                break
+            cands = on[useful]
+            density = value[cands] / freed[useful]
+            drop = cands[int(np.argmin(density))]
+            opt[drop] = cloud
+    return opt
+
+
+def _make_feasible(instance: Instance, cm: Compiled, opt: IntArray) -> tuple[IntArray, list[str]]:
+    """The last word on feasibility is `placement.violations`, not the arrays."""
+    problems = violations(instance, cm.to_assignment(opt))
+    if not problems:
+        return opt, []
+    fixed = _repair(cm, opt)
+    moved = [cm.model_ids[m] for m in np.flatnonzero(fixed != opt)]
+    notes = [f"infeasible answer repaired ({'; '.join(problems)}): moved to cloud: {moved}"]
+    if violations(instance, cm.to_assignment(fixed)):
+        # Cannot happen unless the arrays and `violations` disagree: all-cloud is safe.
+        notes.append("repair failed: all models on the cloud")
+        return cm.all_cloud(), notes
+    return fixed, notes
+
+
+# ---------------------------------------------------------------------------------------
+# exact: the MILP
+# ---------------------------------------------------------------------------------------
+
+
+def _exact(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[IntArray, bool | None, list[str]]:
+    M, E, cloud = cm.M, cm.E, cm.cloud_k
+    var_m, var_k = np.nonzero(cm.fits_alone & np.isfinite(cm.cost))
+    nx = var_m.size
+    nv = nx + E
+    host_var = var_k < cloud
+    ve = np.where(host_var, var_k // 3, 0)
+    vl = var_k % 3
+    s_gb = cm.s / GB
+    h_gb = cm.h / GB
+
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    lb: list[np.ndarray] = []
+    ub: list[np.ndarray] = []
+    n_rows = 0
+
+    def add(r: np.ndarray, c: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        nonlocal n_rows
+        rows.append(r + n_rows)
+        cols.append(c)
+        vals.append(v)
+        lb.append(lo)
+        ub.append(hi)
+        n_rows += lo.size
+
+    xs = np.arange(nx)
+    hv = xs[host_var]
+    # one option per model
+    add(var_m, xs, np.ones(nx), np.ones(M), np.ones(M))
+    # disk, RAM, compute per host
+    add(ve[hv], hv, s_gb[var_m[hv]], np.full(E, -np.inf), cm.disk_cap / GB)
+    cv = hv[vl[hv] == CACHED]
+    add(ve[cv], cv, s_gb[var_m[cv]], np.full(E, -np.inf), cm.ram_cap / GB)
+    add(ve[hv], hv, cm.nI[var_m[hv], ve[hv]], np.full(E, -np.inf), cm.comp_cap)
+    # GPU: residents + P_e
+    rv = hv[vl[hv] == RESIDENT]
+    add(
+        np.concatenate([ve[rv], np.arange(E)]),
+        np.concatenate([rv, nx + np.arange(E)]),
+        np.concatenate([h_gb[var_m[rv], ve[rv]], np.ones(E)]),
+        np.full(E, -np.inf),
+        cm.gpu_cap / GB,
+    )
+    # pool: h·(x_stored + x_cached) − P_e ≤ 0, one row per (model, host) pair
+    pv = hv[vl[hv] != RESIDENT]
+    pair = var_m[pv] * E + ve[pv]
+    uniq, pair_row = np.unique(pair, return_inverse=True)
+    pm, pe = uniq // E, uniq % E
+    add(
+        np.concatenate([pair_row, np.arange(uniq.size)]),
+        np.concatenate([pv, nx + pe]),
+        np.concatenate([h_gb[var_m[pv], ve[pv]], -np.ones(uniq.size)]),
+        np.full(uniq.size, -np.inf),
+        np.zeros(uniq.size),
+    )
+    del pm
+    A = sparse.csr_array(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, nv)
+    )
+    c = np.concatenate([cm.cost[var_m, var_k], np.full(E, cm.pool_price * GB)])
+    integrality = np.concatenate([np.ones(nx), np.zeros(E)])
+    bounds = Bounds(np.zeros(nv), np.concatenate([np.ones(nx), cm.gpu_cap / GB]))
+    res = milp(
+        c,
+        constraints=LinearConstraint(A, np.concatenate(lb), np.concatenate(ub)),
+        integrality=integrality,
+        bounds=bounds,
+        options={"time_limit": float(time_limit_s), "mip_rel_gap": 1e-7},
+    )
+    if res.x is None:
+        opt, _, notes = _mlds(instance, cm, seed, time_limit_s)
+        return opt, False, [f"MILP gave no solution ({res.message}); mlds answer", *notes]
+    x = res.x[:nx]
+    opt = cm.all_cloud()
+    best = np.full(M, -1.0)
+    for j in np.argsort(x, kind="stable"):
+        m = var_m[j]
+        if x[j] > best[m]:
+            best[m] = x[j]
+            opt[m] = var_k[j]
+    notes = [] if res.status == 0 else [f"MILP stopped: {res.message}"]
+    return opt, res.status == 0, notes
+
+
+# ---------------------------------------------------------------------------------------
+# mlds: model-level decision selection
+# ---------------------------------------------------------------------------------------
+
+_EPS_W = 1e-6
+
+
+def _tol(state: State) -> float:
+    return 1e-9 * (1.0 + abs(state.total()))
+
+
+def _descend(
+    state: State, alpha: float, tol: float, rng: np.random.Generator | None = None
+) -> int:
+    """Apply improving single-model moves until none is left; returns how many.
+
+    alpha = 0: best improvement per model. alpha > 0: best improvement per unit of scarce
+    resource, (−Δcost) / weight^alpha, the greedy's ratio. Each round prices every move of
+    every model, then applies the best ones in order of score as long as they touch hosts
+    no earlier move of the round touched (so each applied move is priced exactly). With
+    `rng`, scores get random noise (a randomised greedy, to diversify restarts).
+    """
+    cm = state.cm
+    cloud = cm.cloud_k
+    applied = 0
+    ar = np.arange(cm.M)
+    while True:
+        delta, weight = state.move_table(with_weights=alpha > 0)
+        improving = delta < -tol
+        if not improving.any():
+            return applied
+        if weight is not None:
+            score = np.where(improving, -delta / (weight + _EPS_W) ** alpha, -np.inf)
+        else:
+            score = np.where(improving, -delta, -np.inf)
+        if rng is not None:
+            score *= rng.lognormal(0.0, 0.5, size=score.shape)
+        best_k = score.argmax(axis=1)
+        best = score[ar, best_k]
+        cands = np.flatnonzero(best > -np.inf)
+        order = cands[np.argsort(-best[cands], kind="stable")]
+        touched = np.zeros(cm.E + 1, dtype=bool)  # index E: the cloud, never blocks
+        for m in order:
+            k = int(best_k[m])
+            old = int(state.opt[m])
+            e_old = old // 3 if old != cloud else cm.E
+            e_new = k // 3 if k != cloud else cm.E
+            if (e_old < cm.E and touched[e_old]) or (e_new < cm.E and touched[e_new]):
+                continue
+            state.move(int(m), k)
+            touched[e_old] = touched[e_new] = True
+            applied += 1
+
+
+def _all_pairs(state: State) -> Iterator[tuple[int, int]]:
+    """Every pair that might improve (see `State.pair_lower_bounds`)."""
+    cm = state.cm
+    live = np.flatnonzero((state.opt != cm.cloud_k) | (cm.n > 0))
+    bound = state.pair_lower_bounds()
+    tol = _tol(state)
+    for i, a in enumerate(live):
+        rest = live[i + 1 :]
+        for b in rest[bound[a] + bound[rest] < -tol]:
+            yield int(a), int(b)
+
+
+def _blocked_pairs(state: State, max_b: int, max_a: int) -> Iterator[tuple[int, int]]:
+    """Pairs worth pricing on large instances: a model b whose best option ignoring
+    capacity does not fit, with the models a on that option's host that lose least by
+    leaving it."""
+    cm = state.cm
+    delta, _ = state.move_table()
+    ar = np.arange(cm.M)
+    best_feasible = np.minimum(delta.min(axis=1), 0.0)
+    free = cm.cost - cm.cost[ar, state.opt][:, None]
+    free[~cm.fits_alone] = np.inf
+    free[ar, state.opt] = np.inf
+    k_star = free.argmin(axis=1)
+    blocked = best_feasible - free[ar, k_star]
+    cands = np.flatnonzero((blocked > _tol(state)) & (k_star != cm.cloud_k))
+    cands = cands[np.argsort(-blocked[cands], kind="stable")][:max_b]
+    to_cloud = delta[:, cm.cloud_k]
+    for b in cands:
+        e = int(k_star[b]) // 3
+        on = np.flatnonzero((state.opt != cm.cloud_k) & (state.opt // 3 == e))
+        on = on[on != b]
+        on = on[np.argsort(to_cloud[on], kind="stable")][:max_a]
+        for a in on:
+            yield int(a), int(b)
+
+
+def _pair_search(
+    state: State, small: bool, budget: int, deadline: float
+) -> tuple[bool, int]:
+    """Apply improving two-model moves (then single moves) until none; (improved, budget)."""
+    cm = state.cm
+    improved_any = False
+    while budget > 0 and time.perf_counter() < deadline:
+        improved = False
+        pairs = _all_pairs(state) if small else _blocked_pairs(state, 40, 6)
+        tol = _tol(state)
+        for a, b in pairs:
+            budget -= 1
+            if budget <= 0 or time.perf_counter() >= deadline:
+                break
+            D = state.pair_deltas(a, b)
+            j = int(np.argmin(D))
+            if D.flat[j] < -tol:
+                ka, kb = divmod(j, cm.K)
+                state.move(a, ka)
+                state.move(b, kb)
+                _descend(state, 0.0, tol)
+                improved = improved_any = True
+        if not improved:
+            break
+    return improved_any, budget
+
+
+def _mlds(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[IntArray, bool | None, list[str]]:
+    deadline = time.perf_counter() + time_limit_s
+    size = cm.M * cm.E
+    # Greedy variants: the ratio greedy (alpha 1), softer and harder resource prices, and
+    # plain best-gain; small instances try all, large ones the two that matter most.
+    alphas = [1.0, 0.5, 0.0, 2.0] if size <= _SMALL_SIZE else [1.0, 0.0]
+    best: State | None = None
+    for alpha in alphas:
+        state = State(cm)
+        _descend(state, alpha, _tol(state))
+        _descend(state, 0.0, _tol(state))
+        if best is None or state.total() < best.total() - _tol(state):
+            best = state
+        if time.perf_counter() >= deadline:
+            break
+    assert best is not None
+    notes: list[str] = []
+    if size <= _SMALL_SIZE and time.perf_counter() < deadline:
+        rng = np.random.default_rng(seed)
+        best = _perturb(best, rng, _ILS_ROUNDS, _ILS_PATIENCE, deadline)
+    all_pairs = cm.M <= _ALL_PAIRS_MAX_MODELS
+    _pair_search(best, all_pairs, 50_000 if all_pairs else 2_000, deadline)
+    if time.perf_counter() >= deadline:
+        notes.append("time limit reached: local search cut short")
+    return best.opt, None, notes
+
+
+_SMALL_SIZE = 2_000  # models × hosts up to which mlds runs every greedy variant and ILS
+_ALL_PAIRS_MAX_MODELS = 40  # up to this many models, pairwise moves try every pair
+_ILS_ROUNDS = 400  # at most this many perturbations ...
+_ILS_PATIENCE = 150  # ... stopping after this many in a row that found nothing better
+
+
+def _force(state: State, m: int, k: int) -> None:
+    """Give model m option k even if it does not fit, then evict the least valuable other
+    models from that host to the cloud until it does (an ejection move)."""
+    cm = state.cm
+    state.move(m, k)
+    if k == cm.cloud_k:
+        return
+    fixed = _repair(cm, state.opt, keep=m)
+    for x in np.flatnonzero(fixed != state.opt):
+        state.move(int(x), cm.cloud_k)
+
+
+def _perturb(
+    best: State, rng: np.random.Generator, rounds: int, patience: int, deadline: float
+) -> State:
+    """Iterated local search: force one model onto a random option it does not have
+    (evicting others) or kick a few edge models to the cloud, re-descend, keep the result
+    when it is cheaper."""
+    cm = best.cm
+    live = np.flatnonzero(cm.n > 0)
+    if live.size == 0:
+        return best
+    stale = 0
+    for _ in range(rounds):
+        if time.perf_counter() >= deadline or stale >= patience:
+            break
+        stale += 1
+        state = best.copy()
+        placed = np.flatnonzero(best.opt != cm.cloud_k)
+        u = rng.random()
+        if placed.size and u < 0.2:
+            kick = rng.choice(placed, size=min(placed.size, int(rng.integers(1, 4))), replace=False)
+            for x in kick:
+                state.move(int(x), cm.cloud_k)
+        elif placed.size and u < 0.4:
+            # ruin and recreate: empty one or two hosts, rebuild with a randomised greedy
+            hosts = rng.choice(cm.E, size=min(cm.E, int(rng.integers(1, 3))), replace=False)
+            for x in placed:
+                if int(best.opt[x]) // 3 in hosts:
+                    state.move(int(x), cm.cloud_k)
+            _descend(state, float(rng.choice([0.5, 1.0, 2.0])), _tol(state), rng)
+        else:
+            m = int(rng.choice(live))
+            ks = np.flatnonzero(cm.fits_alone[m, : cm.cloud_k])
+            ks = ks[ks != state.opt[m]]
+            if ks.size == 0:
+                continue
+            _force(state, m, int(rng.choice(ks)))
+        if rng.random() < 0.5:
+            _descend(state, 1.0, _tol(state))
+        _descend(state, 0.0, _tol(state))
+        if state.total() < best.total() - _tol(best):
+            best = state
+            stale = 0
+    return best
+
+
+# ---------------------------------------------------------------------------------------
+# ga: genetic algorithm with repair
+# ---------------------------------------------------------------------------------------
+
+
+def _ga(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[IntArray, bool | None, list[str]]:
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    M, cloud = cm.M, cm.cloud_k
+    pop_size, generations, elite = 40, 60, 2
+    allowed = [np.flatnonzero(cm.fits_alone[m]) for m in range(M)]
+
+    def random_gene(m: int) -> int:
+        if rng.random() < 0.4 or allowed[m].size == 1:
+            return cloud
+        return int(rng.choice(allowed[m]))
+
+    def fitness(opt: IntArray) -> tuple[IntArray, float]:
+        if not cm.feasible(opt):
+            opt = _repair(cm, opt)
+        return opt, cm.total(opt)
+
+    greedy = cm.cost.copy()
+    greedy[~cm.fits_alone] = np.inf
+    seeds = [cm.all_cloud(), greedy.argmin(axis=1).astype(np.int64)]
+    pop = [fitness(o) for o in seeds]
+    while len(pop) < pop_size:
+        pop.append(fitness(np.array([random_gene(m) for m in range(M)], dtype=np.int64)))
+    notes: list[str] = []
+    for gen in range(generations):
+        if time.perf_counter() - t0 > time_limit_s:
+            notes.append(f"time limit after {gen} generations")
+            break
+        pop.sort(key=lambda p: p[1])
+        costs = np.array([p[1] for p in pop])
+        nxt = pop[:elite]
+        while len(nxt) < pop_size:
+            i = rng.integers(0, pop_size, size=3)
+            j = rng.integers(0, pop_size, size=3)
+            pa = pop[int(i[np.argmin(costs[i])])][0]
+            pb = pop[int(j[np.argmin(costs[j])])][0]
+            child = np.where(rng.random(M) < 0.5, pa, pb) if rng.random() < 0.9 else pa.copy()
+            for m in np.flatnonzero(rng.random(M) < 1.5 / M):
+                child[m] = random_gene(int(m))
+            nxt.append(fitness(child))
+        pop = nxt
+    pop.sort(key=lambda p: p[1])
+    return pop[0][0], None, notes
+
+
+# ---------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------
+
+
+def _cloud_only(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[IntArray, bool | None, list[str]]:
+    return cm.all_cloud(), None, []
+
+
+def _popularity(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[IntArray, bool | None, list[str]]:
+    """Most requested first: resident on the host where it fits (cheapest such host),
+    then stored while disk (and the pool) allows, else the cloud."""
+    state = State(cm)
+    for m in np.argsort(-cm.n, kind="stable"):
+        m = int(m)
+        if cm.n[m] <= 0:
+            break
+        for level in (RESIDENT, STORED):
+            ks = [3 * e + level for e in range(cm.E) if state.fits(m, 3 * e + level)]
+            if ks:
+                state.move(m, min(ks, key=lambda k: state.marginal_cost(m, k)))
+                break
+    return state.opt, None, []
+
+
+def _lru(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[IntArray, bool | None, list[str]]:
+    """No planning: what is resident now stays resident; every other requested model is
+    loaded on demand from disk (level stored) on the host with the most free disk."""
+    state = State(cm)
+    for m in range(cm.M):
+        for e in range(cm.E):
+            if cm.current[m, e] == RESIDENT and state.fits(m, 3 * e + RESIDENT):
+                state.move(m, 3 * e + RESIDENT)
+                break
+    for m in range(cm.M):
+        if state.opt[m] != cm.cloud_k or cm.n[m] <= 0:
+            continue
+        for e in np.argsort(-(cm.disk_cap - state.disk_u), kind="stable"):
+            if state.fits(m, 3 * int(e) + STORED):
+                state.move(m, 3 * int(e) + STORED)
+                break
+    return state.opt, None, []
+
+
+def _random(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[IntArray, bool | None, list[str]]:
+    """Models in random order, each given a random option among those that still fit."""
+    rng = np.random.default_rng(seed)
+    state = State(cm)
+    for m in rng.permutation(cm.M):
+        m = int(m)
+        ks = [int(k) for k in np.flatnonzero(cm.fits_alone[m]) if state.fits(m, int(k))]
+        state.move(m, int(rng.choice(ks)))
+    return state.opt, None, []
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm("exact", "MILP with HiGHS (optimal within the time limit)", _exact),
+        Algorithm("mlds", "model-level decision selection (greedy + local search)", _mlds),
+        Algorithm("ga", "genetic algorithm with repair", _ga),
+        Algorithm("cloud-only", "every model on the cloud", _cloud_only),
+        Algorithm("popularity", "most requested first: resident, then stored", _popularity),
+        Algorithm("lru", "on-demand loading from disk, residents stay (LRU-like)", _lru),
+        Algorithm("random", "seeded random feasible assignment", _random),
+    )
+}
+DEFAULT_ALGORITHM = "mlds"

@@ -1,0 +1,477 @@
+"""An `Instance` as numpy arrays, and the incremental host state the fast algorithms share.
+
+Options are numbered per model: k = 3·e + ℓ for host index e and level index ℓ (0 stored,
+1 cached, 2 resident), and k = 3·E for the cloud (K = 3·E + 1 options). `Compiled.cost[m, k]`
+is the option's cost *without* the shared pool term (placement.option_cost), +inf where the
+model has no Perf on the host. `State` keeps per-host usage and the pool size P_e (with the
+top two pooled VRAM needs per host, so removing a model tells at once how far the pool
+shrinks) and prices moves of one model (`move_table`, vectorised over all models and
+options) or of two models at once (`pair_deltas`), exactly as `placement.evaluate` would.
+
+Float arithmetic here is only a guide: every algorithm re-checks its answer with
+`placement.violations` and reports `placement.evaluate`. Capacity checks here are slightly
+stricter than `violations` (relative slack 1e-11 against 1e-9) so they never disagree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from .placement import CLOUD, GB, Instance, Level, Option
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+LEVELS = Level.ALL
+STORED, CACHED, RESIDENT = 0, 1, 2
+_SLACK = 1e-11
+
+
+class Compiled:
+    """Arrays of one instance (see the module docstring for the option numbering)."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.model_ids = [m.id for m in instance.models]
+        self.host_ids = [h.id for h in instance.hosts]
+        M, E = len(self.model_ids), len(self.host_ids)
+        self.M, self.E, self.K = M, E, 3 * E + 1
+        self.cloud_k = 3 * E
+        midx = {m: i for i, m in enumerate(self.model_ids)}
+        hidx = {h: j for j, h in enumerate(self.host_ids)}
+        self.midx, self.hidx = midx, hidx
+        pr = instance.prices
+
+        self.n = np.array([instance.requests(m) for m in self.model_ids], dtype=np.float64)
+        self.s = np.array([m.storage_bytes for m in instance.models], dtype=np.float64)
+        self.disk_cap = np.array([h.disk_bytes for h in instance.hosts], dtype=np.float64)
+        self.ram_cap = np.array([h.ram_bytes for h in instance.hosts], dtype=np.float64)
+        self.gpu_cap = np.array([h.gpu_bytes for h in instance.hosts], dtype=np.float64)
+        self.comp_cap = np.array(
+            [h.rho_max * instance.slot_s for h in instance.hosts], dtype=np.float64
+        )
+        backhaul = np.array([h.backhaul_Bps for h in instance.hosts], dtype=np.float64)
+
+        self.avail = np.zeros((M, E), dtype=bool)
+        self.h = np.zeros((M, E))
+        infer = np.zeros((M, E))
+        l_disk = np.zeros((M, E))
+        l_ram = np.zeros((M, E))
+        for (m, e), p in instance.perf.items():
+            i, j = midx[m], hidx[e]
+            self.avail[i, j] = True
+            self.h[i, j] = p.vram_bytes
+            infer[i, j] = p.infer_s
+            l_disk[i, j] = p.load_disk_s
+            l_ram[i, j] = p.load_ram_s
+        miss = np.ones((M, E))
+        for (m, e), p_miss in instance.pool_miss.items():
+            miss[midx[m], hidx[e]] = p_miss
+        # current level code: -1 absent, else the level index
+        cur = np.full((M, E), -1, dtype=np.int64)
+        for (m, e), level in instance.current.items():
+            cur[midx[m], hidx[e]] = LEVELS.index(level)
+        self.current = cur
+        self.nI = self.n[:, None] * infer
+
+        n = self.n[:, None]
+        disk_res = pr.disk_per_GB * self.s / GB
+        fetch = np.where(cur < 0, pr.fetch_weight * self.s[:, None] / backhaul[None, :], 0.0)
+        load = np.where(cur == CACHED, l_ram, l_disk)
+        cost = np.empty((M, E, 3))
+        cost[:, :, STORED] = n * (infer + miss * l_disk) * pr.delay_weight
+        cost[:, :, CACHED] = n * (infer + miss * l_ram) * pr.delay_weight
+        cost[:, :, CACHED] += pr.ram_per_GB * self.s[:, None] / GB
+        cost[:, :, RESIDENT] = n * infer * pr.delay_weight + pr.vram_per_GB * self.h / GB
+        cost[:, :, RESIDENT] += np.where(cur == RESIDENT, 0.0, pr.load_weight * load)
+        cost += (disk_res[:, None] + fetch)[:, :, None]
+        cost[~self.avail] = np.inf
+        cloud_infer = np.array([instance.cloud_infer_s(m) for m in self.model_ids])
+        cloud = (
+            self.n * (instance.cloud.wan_rtt_s + cloud_infer) * pr.delay_weight
+            + self.n * pr.cloud_per_request
+        )
+        self.cost = np.concatenate([cost.reshape(M, 3 * E), cloud[:, None]], axis=1)
+        self.cost3 = self.cost[:, : 3 * E].reshape(M, E, 3)  # a view
+        self.pool_price = pr.vram_per_GB / GB
+        self.slack_disk = _SLACK * np.maximum(1.0, self.disk_cap)
+        self.slack_ram = _SLACK * np.maximum(1.0, self.ram_cap)
+        self.slack_gpu = _SLACK * np.maximum(1.0, self.gpu_cap)
+        self.slack_comp = _SLACK * np.maximum(1.0, self.comp_cap)
+
+        # an option that cannot fit even on an empty host is never offered
+        tol = _SLACK * np.maximum(1.0, self.disk_cap)
+        fits = self.avail & (self.s[:, None] <= self.disk_cap + tol)
+        fits &= self.h <= self.gpu_cap * (1 + _SLACK)
+        fits &= self.nI <= self.comp_cap * (1 + _SLACK)
+        fits3 = np.repeat(fits[:, :, None], 3, axis=2)
+        fits3[:, :, CACHED] &= self.s[:, None] <= self.ram_cap * (1 + _SLACK)
+        self.fits_alone = np.concatenate(
+            [fits3.reshape(M, 3 * E), np.ones((M, 1), dtype=bool)], axis=1
+        )
+
+    # -- conversions --------------------------------------------------------------------
+
+    def option(self, k: int) -> Option:
+        if k == self.cloud_k:
+            return CLOUD
+        return Option(self.host_ids[k // 3], LEVELS[k % 3])
+
+    def to_assignment(self, opt: IntArray) -> dict[str, Option]:
+        return {m: self.option(int(k)) for m, k in zip(self.model_ids, opt, strict=True)}
+
+    def from_assignment(self, assignment: dict[str, Option]) -> IntArray:
+        opt = np.full(self.M, self.cloud_k, dtype=np.int64)
+        for m, o in assignment.items():
+            if o.host is not None and o.level is not None:
+                opt[self.midx[m]] = 3 * self.hidx[o.host] + LEVELS.index(o.level)
+        return opt
+
+    def all_cloud(self) -> IntArray:
+        return np.full(self.M, self.cloud_k, dtype=np.int64)
+
+    # -- whole-vector evaluation (GA, checks) -----------------------------------------------
+
+    def usage(self, opt: IntArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Per host: disk, RAM, GPU (residents + pool) and compute used by `opt`."""
+        E = self.E
+        placed = opt < self.cloud_k
+        m = np.flatnonzero(placed)
+        e = opt[m] // 3
+        lvl = opt[m] % 3
+        disk = np.bincount(e, weights=self.s[m], minlength=E)
+        ram = np.bincount(e[lvl == CACHED], weights=self.s[m[lvl == CACHED]], minlength=E)
+        comp = np.bincount(e, weights=self.nI[m, e], minlength=E)
+        res = lvl == RESIDENT
+        gpu = np.bincount(e[res], weights=self.h[m[res], e[res]], minlength=E)
+        pool = np.zeros(E)
+        np.maximum.at(pool, e[~res], self.h[m[~res], e[~res]])
+        return disk, ram, gpu + pool, comp
+
+    def pool_sizes(self, opt: IntArray) -> FloatArray:
+        placed = opt < self.cloud_k
+        pooled = placed & (opt % 3 != RESIDENT)
+        m = np.flatnonzero(pooled)
+        e = opt[m] // 3
+        pool = np.zeros(self.E)
+        np.maximum.at(pool, e, self.h[m, e])
+        return pool
+
+    def total(self, opt: IntArray) -> float:
+        base = float(self.cost[np.arange(self.M), opt].sum())
+        return base + self.pool_price * float(self.pool_sizes(opt).sum())
+
+    def over(self, opt: IntArray) -> BoolArray:
+        """Per host: True where `opt` breaks a capacity."""
+        disk, ram, gpu, comp = self.usage(opt)
+        return (
+            (disk > self.disk_cap * (1 + _SLACK))
+            | (ram > self.ram_cap * (1 + _SLACK))
+            | (gpu > self.gpu_cap * (1 + _SLACK))
+            | (comp > self.comp_cap * (1 + _SLACK))
+        )
+
+    def feasible(self, opt: IntArray) -> bool:
+        return not bool(self.over(opt).any())
+
+
+_STATE_ARRAYS = (
+    "opt",
+    "disk_u",
+    "ram_u",
+    "res_u",
+    "comp_u",
+    "pooled",
+    "P",
+    "top1_m",
+    "top2",
+    "top2_m",
+    "own_s",
+    "own_ram",
+    "own_comp",
+    "own_res",
+    "pool_adj",
+)
+
+
+class State:
+    """A mutable assignment (`opt`) with its per-host usage kept up to date."""
+
+    def __init__(self, cm: Compiled, opt: IntArray | None = None) -> None:
+        self.cm = cm
+        E = cm.E
+        self.opt = cm.all_cloud()
+        self.disk_u = np.zeros(E)
+        self.ram_u = np.zeros(E)
+        self.res_u = np.zeros(E)
+        self.comp_u = np.zeros(E)
+        self.pooled = np.zeros((cm.M, E), dtype=bool)
+        self.P = np.zeros(E)
+        self.top1_m = np.full(E, -1, dtype=np.int64)
+        self.top2 = np.zeros(E)
+        self.top2_m = np.full(E, -1, dtype=np.int64)
+        # Each model's own use of its current host ([M, E], one nonzero column per row), so
+        # that "the host without this model" is one array operation for all models.
+        self.own_s = np.zeros((cm.M, E))
+        self.own_ram = np.zeros((cm.M, E))
+        self.own_comp = np.zeros((cm.M, E))
+        self.own_res = np.zeros((cm.M, E))
+        # P_e(without m) − P_e: nonzero only for the model that sets its host's pool size
+        self.pool_adj = np.zeros((cm.M, E))
+        grid = 3 * np.arange(E)[None, None, :]
+        self._ia = grid + np.arange(3)[:, None, None] + np.zeros((1, 3, 1), dtype=np.int64)
+        self._ib = grid + np.arange(3)[None, :, None] + np.zeros((3, 1, 1), dtype=np.int64)
+        if opt is not None:
+            for m in np.flatnonzero(opt < cm.cloud_k):
+                self.move(int(m), int(opt[m]))
+
+    def copy(self) -> State:
+        new = State.__new__(State)
+        new.cm = self.cm
+        new._ia, new._ib = self._ia, self._ib
+        for name in _STATE_ARRAYS:
+            setattr(new, name, getattr(self, name).copy())
+        return new
+
+    def total(self) -> float:
+        cm = self.cm
+        return float(cm.cost[np.arange(cm.M), self.opt].sum()) + cm.pool_price * float(
+            self.P.sum()
+        )
+
+    # -- moves --------------------------------------------------------------------------
+
+    def _recompute_pool(self, e: int) -> None:
+        old_top = int(self.top1_m[e])
+        if old_top >= 0:
+            self.pool_adj[old_top, e] = 0.0
+        members = np.flatnonzero(self.pooled[:, e])
+        self.top2_m[e] = -1
+        if members.size == 0:
+            self.P[e], self.top1_m[e], self.top2[e] = 0.0, -1, 0.0
+            return
+        vals = self.cm.h[members, e]
+        i = int(np.argmax(vals))
+        self.P[e] = vals[i]
+        self.top1_m[e] = members[i]
+        if members.size > 1:
+            vals[i] = -np.inf
+            j = int(np.argmax(vals))
+            self.top2[e] = float(vals[j])
+            self.top2_m[e] = members[j]
+        else:
+            self.top2[e] = 0.0
+        self.pool_adj[members[i], e] = self.top2[e] - self.P[e]
+
+    def pair_lower_bounds(self) -> FloatArray:
+        """Per model, a lower bound on its part of any two-model move's cost change: its
+        cheapest option ignoring capacity and pool growth, minus its current cost, minus the
+        whole pool of its host if it is one of the two largest pooled there (removing two
+        models shrinks a pool only through its two largest members). A pair (a, b) with
+        bound[a] + bound[b] ≥ 0 cannot improve."""
+        cm = self.cm
+        ar = np.arange(cm.M)
+        best = np.where(cm.fits_alone, cm.cost, np.inf).min(axis=1)
+        bound = best - cm.cost[ar, self.opt]
+        for e in range(cm.E):
+            for x in (self.top1_m[e], self.top2_m[e]):
+                if x >= 0:
+                    bound[x] -= cm.pool_price * self.P[e]
+        return bound
+
+    def pool_without(self, m: int, e: int) -> float:
+        """P_e if model m left host e's pool."""
+        return float(self.top2[e]) if self.top1_m[e] == m else float(self.P[e])
+
+    def _apply(self, m: int, k: int, sign: float) -> int:
+        cm = self.cm
+        e, lvl = divmod(k, 3)
+        on = sign > 0
+        self.disk_u[e] += sign * cm.s[m]
+        self.comp_u[e] += sign * cm.nI[m, e]
+        self.own_s[m, e] = cm.s[m] if on else 0.0
+        self.own_comp[m, e] = cm.nI[m, e] if on else 0.0
+        if lvl == CACHED:
+            self.ram_u[e] += sign * cm.s[m]
+            self.own_ram[m, e] = cm.s[m] if on else 0.0
+        if lvl == RESIDENT:
+            self.res_u[e] += sign * cm.h[m, e]
+            self.own_res[m, e] = cm.h[m, e] if on else 0.0
+            return -1
+        self.pooled[m, e] = on
+        return e
+
+    def move(self, m: int, k: int) -> None:
+        """Give model m option k (no feasibility check)."""
+        old = int(self.opt[m])
+        if old == k:
+            return
+        dirty = set()
+        if old != self.cm.cloud_k:
+            dirty.add(self._apply(m, old, -1.0))
+        if k != self.cm.cloud_k:
+            dirty.add(self._apply(m, k, +1.0))
+        self.opt[m] = k
+        for e in dirty:
+            if e >= 0:
+                self._recompute_pool(e)
+
+    def fits(self, m: int, k: int) -> bool:
+        """Whether model m (now on the cloud) can take option k given everybody else."""
+        cm = self.cm
+        if k == cm.cloud_k:
+            return True
+        if not cm.fits_alone[m, k]:
+            return False
+        e, lvl = divmod(k, 3)
+        if self.disk_u[e] + cm.s[m] > cm.disk_cap[e] * (1 + _SLACK):
+            return False
+        if self.comp_u[e] + cm.nI[m, e] > cm.comp_cap[e] * (1 + _SLACK):
+            return False
+        if lvl == CACHED and self.ram_u[e] + cm.s[m] > cm.ram_cap[e] * (1 + _SLACK):
+            return False
+        h = cm.h[m, e]
+        gpu = self.res_u[e] + (self.P[e] + h if lvl == RESIDENT else max(self.P[e], h))
+        return bool(gpu <= cm.gpu_cap[e] * (1 + _SLACK))
+
+    def marginal_cost(self, m: int, k: int) -> float:
+        """Cost of option k for model m now on the cloud, pool growth included."""
+        cm = self.cm
+        c = float(cm.cost[m, k])
+        if k != cm.cloud_k and k % 3 != RESIDENT:
+            e = k // 3
+            c += cm.pool_price * max(0.0, cm.h[m, e] - self.P[e])
+        return c
+
+    # -- move tables --------------------------------------------------------------------
+
+    def move_table(self, with_weights: bool = False) -> tuple[FloatArray, FloatArray | None]:
+        """Cost change of moving each model to each option, +inf where it does not fit.
+
+        Returns (delta[M, K], weight[M, K] or None). The weight of a move is its use of
+        each host resource divided by what the host has left (without the moving model):
+        the "price" of scarce resources, rising as a host fills. The current option of a
+        model has delta +inf (it is not a move).
+        """
+        cm = self.cm
+        M, E = cm.M, cm.E
+        ar = np.arange(M)
+        # each host as the moving model would find it (itself removed)
+        free_disk = (cm.disk_cap - self.disk_u) + self.own_s
+        free_comp = (cm.comp_cap - self.comp_u) + self.own_comp
+        free_ram = (cm.ram_cap - self.ram_u) + self.own_ram
+        pool = self.P + self.pool_adj
+        free_gpu = (cm.gpu_cap - self.res_u - self.P) + self.own_res - self.pool_adj
+        removal = cm.cost[ar, self.opt] - cm.pool_price * self.pool_adj.sum(axis=1)
+
+        h, s = cm.h, cm.s[:, None]
+        growth = np.maximum(h - pool, 0.0)
+        base_ok = cm.avail & (s <= free_disk + cm.slack_disk)
+        base_ok &= cm.nI <= free_comp + cm.slack_comp
+        room = free_gpu + cm.slack_gpu
+        ok_pool = base_ok & (growth <= room)
+        ok_cached = ok_pool & (s <= free_ram + cm.slack_ram)
+        ok_res = base_ok & (h <= room)
+        pool_cost = cm.pool_price * growth - removal[:, None]
+
+        delta = np.empty((M, cm.K))
+        d3 = delta[:, : 3 * E].reshape(M, E, 3)
+        c3 = cm.cost3
+        d3[:, :, STORED] = np.where(ok_pool, c3[:, :, STORED] + pool_cost, np.inf)
+        d3[:, :, CACHED] = np.where(ok_cached, c3[:, :, CACHED] + pool_cost, np.inf)
+        d3[:, :, RESIDENT] = np.where(ok_res, c3[:, :, RESIDENT] - removal[:, None], np.inf)
+        delta[:, cm.cloud_k] = cm.cost[:, cm.cloud_k] - removal
+        delta[ar, self.opt] = np.inf
+
+        weight = None
+        if with_weights:
+            tiny = 1.0  # one byte: avoids 0/0 on full hosts
+            base_w = s / np.maximum(free_disk, tiny) + cm.nI / np.maximum(free_comp, 1e-9)
+            fg = np.maximum(free_gpu, tiny)
+            weight = np.zeros((M, cm.K))
+            w3 = weight[:, : 3 * E].reshape(M, E, 3)
+            w3[:, :, STORED] = base_w + growth / fg
+            w3[:, :, CACHED] = w3[:, :, STORED] + s / np.maximum(free_ram, tiny)
+            w3[:, :, RESIDENT] = base_w + h / fg
+        return delta, weight
+
+    def pair_deltas(self, a: int, b: int) -> FloatArray:
+        """Cost change of giving models a and b options (k_a, k_b) at once: a [K, K] array,
+        +inf where the pair does not fit; (current, current) is 0."""
+        cm = self.cm
+        E, K = cm.E, cm.K
+        opt = self.opt
+        fd = cm.disk_cap - self.disk_u
+        fr = cm.ram_cap - self.ram_u
+        fc = cm.comp_cap - self.comp_u
+        res = self.res_u.copy()
+        pool = self.P.copy()
+        removal = float(cm.cost[a, opt[a]] + cm.cost[b, opt[b]])
+        pool_hosts = set()
+        fd, fr, fc = fd.copy(), fr.copy(), fc.copy()
+        for x in (a, b):
+            k = int(opt[x])
+            if k == cm.cloud_k:
+                continue
+            e, lvl = divmod(k, 3)
+            fd[e] += cm.s[x]
+            fc[e] += cm.nI[x, e]
+            if lvl == CACHED:
+                fr[e] += cm.s[x]
+            if lvl == RESIDENT:
+                res[e] -= cm.h[x, e]
+            else:
+                pool_hosts.add(e)
+        for e in pool_hosts:
+            members = self.pooled[:, e].copy()
+            members[[a, b]] = False
+            new_p = float(cm.h[members, e].max()) if members.any() else 0.0
+            removal += cm.pool_price * (self.P[e] - new_p)
+            pool[e] = new_p
+
+        slack_d = _SLACK * np.maximum(1.0, cm.disk_cap)
+        slack_r = _SLACK * np.maximum(1.0, cm.ram_cap)
+        slack_g = _SLACK * np.maximum(1.0, cm.gpu_cap)
+        slack_c = _SLACK * np.maximum(1.0, cm.comp_cap)
+        free_gpu = cm.gpu_cap - res - pool
+
+        def single(x: int) -> FloatArray:
+            h = cm.h[x]
+            growth = np.maximum(h - pool, 0.0)
+            add = cm.cost3[x].copy()
+            add[:, STORED] += cm.pool_price * growth
+            add[:, CACHED] += cm.pool_price * growth
+            base_ok = cm.avail[x] & (cm.s[x] <= fd + slack_d) & (cm.nI[x] <= fc + slack_c)
+            ok_pool = base_ok & (growth <= free_gpu + slack_g)
+            add[:, STORED][~ok_pool] = np.inf
+            add[:, CACHED][~(ok_pool & (cm.s[x] <= fr + slack_r))] = np.inf
+            add[:, RESIDENT][~(base_ok & (h <= free_gpu + slack_g))] = np.inf
+            return np.append(add.reshape(3 * E), cm.cost[x, cm.cloud_k])
+
+        da, db = single(a), single(b)
+        D = da[:, None] + db[None, :]
+        # both on one host: the sums of their needs must fit together. Arrays [la, lb, e].
+        lv = np.arange(3)
+        ha, hb = cm.h[a], cm.h[b]
+        ra = np.where(lv[:, None] == RESIDENT, ha, 0.0)  # [3, E]
+        rb = np.where(lv[:, None] == RESIDENT, hb, 0.0)
+        pa = np.where(lv[:, None] == RESIDENT, 0.0, ha)
+        pb = np.where(lv[:, None] == RESIDENT, 0.0, hb)
+        new_pool = np.maximum(np.maximum(pool, pa[:, None, :]), pb[None, :, :])
+        resid = res + ra[:, None, :] + rb[None, :, :]
+        ram_a = np.where(lv == CACHED, cm.s[a], 0.0)
+        ram_b = np.where(lv == CACHED, cm.s[b], 0.0)
+        ram = (ram_a[:, None] + ram_b[None, :])[:, :, None]
+        ok = cm.avail[a] & cm.avail[b]
+        ok &= cm.s[a] + cm.s[b] <= fd + slack_d
+        ok &= cm.nI[a] + cm.nI[b] <= fc + slack_c
+        ok3 = ok & (ram <= fr + slack_r) & (resid + new_pool <= cm.gpu_cap + slack_g)
+        val = cm.cost3[a].T[:, None, :] + cm.cost3[b].T[None, :, :]
+        val = val + cm.pool_price * (new_pool - pool)
+        D[self._ia, self._ib] = np.where(ok3, val, np.inf)
+        D -= removal
+        D[int(opt[a]), int(opt[b])] = 0.0
+        assert D.shape == (K, K)
+        return D

@@ -1,0 +1,636 @@
+"""The placement decision model: data types, cost model, feasibility and explanations.
+
+This is `../shared/DESIGN.md`, "The decision model", written as code. Every algorithm in
+`orchestrator.core.algorithms` is judged by `evaluate` and `violations` below; they are the
+reference implementation (plain Python, no numpy) and deliberately simple.
+
+Notation (one slot of length τ = `Instance.slot_s` seconds; GB = 1e9 bytes)
+-------------------------------------------------------------------------
+- host e: disk S_e, host RAM R_e, GPU memory G_e (net of any reserve), utilisation cap
+  ρ_e = `rho_max`, backhaul bandwidth B_e (bytes/s);
+- model m: storage s_m bytes, rate λ_m req/s, requests in the slot n_m = λ_m·τ;
+- model m measured on host e (`Perf`): peak VRAM h_{m,e}, preload from disk L^disk_{m,e} and
+  from host RAM L^ram_{m,e}, one inference I_{m,e}; a missing pair cannot run on e;
+- cloud: round trip T^wan, inference I^cloud_m (default 1.5 × the mean edge I_{m,e});
+- π_{m,e}: probability that a request for pooled m finds the pool holding another model
+  (`Instance.pool_miss`, default 1);
+- prices (`Prices`), all in seconds-equivalent per slot: w_d (delay), p_disk, p_ram, p_vram
+  (per GB held for the slot), p_cloud (per cloud request), w_f (per second of backhaul
+  fetch), w_l (per second of a load when a model becomes resident).
+
+Options and their cost
+----------------------
+Each model takes exactly one option: `CLOUD`, or (host e, level ℓ) with ℓ ∈ {stored, cached,
+resident}. Stored and cached models are *pooled*: a request for one is served by loading it
+on demand into the host's single shared swap-pool region of GPU memory.
+
+    cloud:        delay      = n_m·(T^wan + I^cloud_m)·w_d
+                  cloud      = n_m·p_cloud
+    (e, ℓ):       delay      = n_m·(I_{m,e} + switch)·w_d,
+                                 switch = 0                    if ℓ = resident
+                                          π_{m,e}·L^disk_{m,e} if ℓ = stored
+                                          π_{m,e}·L^ram_{m,e}  if ℓ = cached
+                  resource   = p_disk·s_m + [ℓ = cached]·p_ram·s_m + [ℓ = resident]·p_vram·h_{m,e}
+                  transition = [m not on e's disk now]·w_f·s_m/B_e
+                             + [ℓ = resident, m not resident on e now]·w_l·(L^ram_{m,e} if m is
+                               cached on e now, else L^disk_{m,e})
+    pool, per host e:  resource += p_vram·P_e,  P_e = max{h_{m,e} : m pooled on e} (0 if none)
+
+(byte quantities enter prices in GB). The pool term is charged once per host, whatever the
+number of pooled models: that is the pooled sharing of GPU memory.
+
+Constraints per host e
+----------------------
+    Σ_{m on e, any level} s_m ≤ S_e            (disk)
+    Σ_{m cached on e} s_m ≤ R_e                (host RAM)
+    Σ_{m resident on e} h_{m,e} + P_e ≤ G_e    (GPU memory: residents plus the pool)
+    Σ_{m on e} n_m·I_{m,e} ≤ ρ_e·τ             (compute time in the slot)
+
+The cloud is always feasible, so every instance has a feasible assignment (all-cloud).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Final, Literal
+
+GB: Final = 1e9
+"""Bytes per GB in every price (decimal, like the disk and GPU vendors)."""
+
+_REL_TOL: Final = 1e-9
+"""Relative slack on capacity checks, so float sums of exact integers never flip a verdict."""
+
+
+class Level:
+    """The edge levels a model can be assigned to on a host (`LevelName` values)."""
+
+    STORED: Final = "stored"
+    CACHED: Final = "cached"
+    RESIDENT: Final = "resident"
+    ALL: Final = ("stored", "cached", "resident")
+    POOLED: Final = ("stored", "cached")
+    """Levels served through the host's shared swap pool (loaded on demand)."""
+
+
+LevelName = Literal["stored", "cached", "resident"]
+
+
+# ---------------------------------------------------------------------------------------
+# Data types
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """An edge host's capacities for placement.
+
+    `gpu_bytes` is already net of any reserve; `rho_max` caps the fraction of the slot the
+    GPU spends on inference; `backhaul_Bps` is the bandwidth for fetching weights to the host.
+    """
+
+    id: str
+    disk_bytes: int
+    ram_bytes: int
+    gpu_bytes: int
+    rho_max: float = 0.9
+    backhaul_Bps: float = 1.25e9
+
+    def __post_init__(self) -> None:
+        if min(self.disk_bytes, self.ram_bytes, self.gpu_bytes) < 0:
+            raise ValueError(f"host {self.id!r}: capacities must be >= 0")
+        if not 0.0 <= self.rho_max <= 1.0:
+            raise ValueError(f"host {self.id!r}: rho_max must be in [0, 1]")
+        if self.backhaul_Bps <= 0:
+            raise ValueError(f"host {self.id!r}: backhaul_Bps must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model: its id, its kind ("text", "image", ...) and its bytes on disk."""
+
+    id: str
+    kind: str
+    storage_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.storage_bytes < 0:
+            raise ValueError(f"model {self.id!r}: storage_bytes must be >= 0")
+
+
+@dataclass(frozen=True)
+class Perf:
+    """Model m measured on host e: peak VRAM h_{m,e} (bytes), preload seconds from disk
+    (L^disk) and from host RAM (L^ram), seconds of one inference (I)."""
+
+    vram_bytes: int
+    load_disk_s: float
+    load_ram_s: float
+    infer_s: float
+
+    def __post_init__(self) -> None:
+        if self.vram_bytes < 0 or min(self.load_disk_s, self.load_ram_s, self.infer_s) < 0:
+            raise ValueError("Perf values must be >= 0")
+
+
+@dataclass(frozen=True)
+class CloudSpec:
+    """The cloud backend: WAN round trip and per-model inference seconds.
+
+    A model missing from `infer_s` takes `edge_factor` × the mean of its edge inference
+    times (1.5 × by default), or `fallback_infer_s` when it has no edge measurement at all.
+    """
+
+    wan_rtt_s: float = 0.08
+    infer_s: Mapping[str, float] = field(default_factory=dict)
+    edge_factor: float = 1.5
+    fallback_infer_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Weights and prices of the cost model, all in seconds-equivalent per slot.
+
+    One unit of cost is one second of user-visible delay (`delay_weight` = 1). The defaults
+    are set from the measured H200 models (`../shared/measured/`) so that each option type
+    wins somewhere under realistic rates (0.005-0.5 req/s per model, 60 s slots):
+
+    - cloud vs edge: the cloud costs a model n·(T^wan + I^cloud − I^edge + p_cloud) ≈
+      n·(0.6-1.8) s per slot more delay than a resident copy (I^cloud = 1.5·I^edge), so
+      the edge must hold a model cheaply enough to beat that. `cloud_per_request` = 0.05 s
+      is the egress/compute bill of one cloud request expressed as delay.
+    - resident: `vram_per_GB` = 0.5 makes residency pay from about 1-8 requests per slot for
+      the five measured models (gpt2 0.15 s/slot, llama-3.1-8B 8 s/slot); GPU memory is the
+      scarcest resource, at 25-50× the price of host RAM per GB.
+    - pooled: a pool slot for a model costs only the growth of the shared pool, so models
+      with few requests go pooled; from RAM (`cached`, pinned host memory, 0.1-0.4 s per
+      switch) or, when RAM is full or a model is small and quick to load, from disk
+      (`stored`, 0.4-11 s per switch: only small models or low miss rates beat the cloud).
+    - `ram_per_GB` = 0.02 and `disk_per_GB` = 0.002 make holding bytes cheap but not free,
+      so idle models (λ = 0) go to the cloud and tie-breaks prefer smaller footprints.
+    - `fetch_weight` = `load_weight` = 1: a second spent fetching or loading costs a second,
+      which is the hysteresis that keeps the decision from thrashing between slots.
+    """
+
+    delay_weight: float = 1.0
+    disk_per_GB: float = 0.002
+    ram_per_GB: float = 0.02
+    vram_per_GB: float = 0.2
+    cloud_per_request: float = 0.05
+    fetch_weight: float = 1.0
+    load_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"price {name} must be finite and >= 0")
+
+
+@dataclass(frozen=True)
+class Option:
+    """Where one model goes: the cloud (`host is None`) or a level on an edge host."""
+
+    host: str | None
+    level: str | None
+
+    def __post_init__(self) -> None:
+        if (self.host is None) != (self.level is None):
+            raise ValueError("an Option names both host and level, or neither (cloud)")
+        if self.level is not None and self.level not in Level.ALL:
+            raise ValueError(f"unknown level {self.level!r}; levels: {', '.join(Level.ALL)}")
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.host is None
+
+    @property
+    def pooled(self) -> bool:
+        """True for stored and cached: served through the host's swap pool."""
+        return self.level in Level.POOLED
+
+    @classmethod
+    def parse(cls, text: str) -> Option:
+        """`"cloud"` or `"HOST:LEVEL"` (the inverse of `str(option)`)."""
+        if text == "cloud":
+            return CLOUD
+        host, sep, level = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"not an option: {text!r} (expected 'cloud' or 'HOST:LEVEL')")
+        return cls(host, level)
+
+    def __str__(self) -> str:
+        return "cloud" if self.host is None else f"{self.host}:{self.level}"
+
+
+CLOUD: Final = Option(None, None)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One decision problem: hosts, models, measurements, rates and the current state.
+
+    `perf[(model, host)]` is the measured performance of a model on a host; a missing pair
+    means the model cannot run there. `rates` (req/s) default to 0 for missing models.
+    `pool_miss[(model, host)]` is π_{m,e} (default 1). `current[(model, host)]` is the level
+    a model has on a host now (absent pairs are not on that host's disk).
+    """
+
+    hosts: list[HostSpec]
+    models: list[ModelSpec]
+    perf: Mapping[tuple[str, str], Perf]
+    rates: Mapping[str, float]
+    slot_s: float = 60.0
+    cloud: CloudSpec = field(default_factory=CloudSpec)
+    prices: Prices = field(default_factory=Prices)
+    pool_miss: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    current: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        host_ids = [h.id for h in self.hosts]
+        model_ids = [m.id for m in self.models]
+        if len(set(host_ids)) != len(host_ids):
+            raise ValueError("duplicate host ids")
+        if len(set(model_ids)) != len(model_ids):
+            raise ValueError("duplicate model ids")
+        if self.slot_s <= 0:
+            raise ValueError("slot_s must be > 0")
+        hosts, models = set(host_ids), set(model_ids)
+        for m, e in self.perf:
+            if m not in models or e not in hosts:
+                raise ValueError(f"perf for unknown pair ({m!r}, {e!r})")
+        for m, rate in self.rates.items():
+            if m not in models:
+                raise ValueError(f"rate for unknown model {m!r}")
+            if rate < 0 or not math.isfinite(rate):
+                raise ValueError(f"rate of {m!r} must be finite and >= 0")
+        for (m, e), p in self.pool_miss.items():
+            if m not in models or e not in hosts:
+                raise ValueError(f"pool_miss for unknown pair ({m!r}, {e!r})")
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"pool_miss of ({m!r}, {e!r}) must be in [0, 1]")
+        for (m, e), level in self.current.items():
+            if m not in models or e not in hosts:
+                raise ValueError(f"current level for unknown pair ({m!r}, {e!r})")
+            if level not in Level.ALL:
+                raise ValueError(f"current level of ({m!r}, {e!r}) is {level!r}")
+
+    # -- lookups (indexes built once: an Instance is treated as immutable) ----------------
+
+    @cached_property
+    def _model_index(self) -> dict[str, ModelSpec]:
+        return {m.id: m for m in self.models}
+
+    @cached_property
+    def _host_index(self) -> dict[str, HostSpec]:
+        return {h.id: h for h in self.hosts}
+
+    @cached_property
+    def _cloud_infer(self) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for (m, _), p in self.perf.items():
+            sums[m] = sums.get(m, 0.0) + p.infer_s
+            counts[m] = counts.get(m, 0) + 1
+        out = {}
+        for m in self.models:
+            if m.id in self.cloud.infer_s:
+                out[m.id] = float(self.cloud.infer_s[m.id])
+            elif m.id in sums:
+                out[m.id] = self.cloud.edge_factor * sums[m.id] / counts[m.id]
+            else:
+                out[m.id] = self.cloud.fallback_infer_s
+        return out
+
+    def host(self, host_id: str) -> HostSpec:
+        return self._host_index[host_id]
+
+    def model(self, model_id: str) -> ModelSpec:
+        return self._model_index[model_id]
+
+    def requests(self, model_id: str) -> float:
+        """n_m = λ_m·τ, the expected requests for the model in the slot."""
+        return self.rates.get(model_id, 0.0) * self.slot_s
+
+    def cloud_infer_s(self, model_id: str) -> float:
+        """I^cloud_m: given, else `edge_factor` × the mean edge inference time."""
+        return self._cloud_infer[model_id]
+
+    def options(self, model_id: str) -> list[Option]:
+        """Every option of a model: the cloud, then each (host, level) it has a Perf for."""
+        out = [CLOUD]
+        for h in self.hosts:
+            if (model_id, h.id) in self.perf:
+                out.extend(Option(h.id, level) for level in Level.ALL)
+        return out
+
+    def all_cloud(self) -> dict[str, Option]:
+        return {m.id: CLOUD for m in self.models}
+
+
+# ---------------------------------------------------------------------------------------
+# Costs and decisions
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostBreakdown:
+    """Cost of an assignment (or one option) split by term; `total` is their sum."""
+
+    delay: float = 0.0
+    resource: float = 0.0
+    cloud: float = 0.0
+    transition: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.delay + self.resource + self.cloud + self.transition
+
+    def __add__(self, other: CostBreakdown) -> CostBreakdown:
+        return CostBreakdown(
+            self.delay + other.delay,
+            self.resource + other.resource,
+            self.cloud + other.cloud,
+            self.transition + other.transition,
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "delay": self.delay,
+            "resource": self.resource,
+            "cloud": self.cloud,
+            "transition": self.transition,
+            "total": self.total,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An algorithm's answer: one option per model, its cost, and how it was found.
+
+    `optimal` is True only when the algorithm proved optimality (the `exact` MILP), False
+    when it knows it may not be optimal, None when it does not say.
+    """
+
+    assignment: Mapping[str, Option]
+    cost: CostBreakdown
+    algorithm: str
+    seconds: float
+    optimal: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def option(self, model_id: str) -> Option:
+        return self.assignment[model_id]
+
+    def on_host(self, host_id: str) -> dict[str, str]:
+        """Model id -> level of the models placed on one host."""
+        return {
+            m: o.level
+            for m, o in self.assignment.items()
+            if o.host == host_id and o.level is not None
+        }
+
+    def counts(self) -> dict[str, int]:
+        """How many models take each option type: cloud, stored, cached, resident."""
+        out = {"cloud": 0, **{level: 0 for level in Level.ALL}}
+        for o in self.assignment.values():
+            out[o.level or "cloud"] += 1
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "algorithm": self.algorithm,
+            "assignment": {m: str(o) for m, o in sorted(self.assignment.items())},
+            "cost": self.cost.as_dict(),
+            "seconds": self.seconds,
+            "optimal": self.optimal,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class OptionCost:
+    """One option of one model, priced against the rest of an assignment (`explain`).
+
+    For a pooled option `resource` includes only the *growth* of the host's pool,
+    p_vram·max(0, h − P_e), with P_e the pool size set by the other pooled models.
+    `fits` says whether the option satisfies every host constraint given the others;
+    `reasons` says which ones it breaks.
+    """
+
+    option: Option
+    delay: float
+    resource: float
+    cloud: float
+    transition: float
+    fits: bool
+    reasons: tuple[str, ...] = ()
+    chosen: bool = False
+    pool_growth_bytes: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.delay + self.resource + self.cloud + self.transition
+
+    @property
+    def breakdown(self) -> CostBreakdown:
+        return CostBreakdown(self.delay, self.resource, self.cloud, self.transition)
+
+
+def option_cost(instance: Instance, model_id: str, option: Option) -> CostBreakdown:
+    """Cost of one option of one model, *without* the shared pool term (see `evaluate`).
+
+    Raises ValueError when the model cannot take the option (no Perf on that host).
+    """
+    n = instance.requests(model_id)
+    pr = instance.prices
+    if option.host is None:
+        delay = n * (instance.cloud.wan_rtt_s + instance.cloud_infer_s(model_id))
+        return CostBreakdown(delay=delay * pr.delay_weight, cloud=n * pr.cloud_per_request)
+    key = (model_id, option.host)
+    perf = instance.perf.get(key)
+    if perf is None:
+        raise ValueError(f"model {model_id!r} cannot run on host {option.host!r} (no Perf)")
+    size = instance.model(model_id).storage_bytes
+    miss = instance.pool_miss.get(key, 1.0)
+    if option.level == Level.RESIDENT:
+        switch = 0.0
+    elif option.level == Level.STORED:
+        switch = miss * perf.load_disk_s
+    else:
+        switch = miss * perf.load_ram_s
+    delay = n * (perf.infer_s + switch) * pr.delay_weight
+    resource = pr.disk_per_GB * size / GB
+    if option.level == Level.CACHED:
+        resource += pr.ram_per_GB * size / GB
+    elif option.level == Level.RESIDENT:
+        resource += pr.vram_per_GB * perf.vram_bytes / GB
+    now = instance.current.get(key)
+    transition = 0.0
+    if now is None:
+        transition += pr.fetch_weight * size / instance.host(option.host).backhaul_Bps
+    if option.level == Level.RESIDENT and now != Level.RESIDENT:
+        load = perf.load_ram_s if now == Level.CACHED else perf.load_disk_s
+        transition += pr.load_weight * load
+    return CostBreakdown(delay=delay, resource=resource, transition=transition)
+
+
+@dataclass
+class _HostUse:
+    disk: int = 0
+    ram: int = 0
+    resident: int = 0
+    pool: int = 0
+    compute: float = 0.0
+
+
+def _check_options(instance: Instance, assignment: Mapping[str, Option]) -> list[str]:
+    problems: list[str] = []
+    models = {m.id for m in instance.models}
+    hosts = {h.id for h in instance.hosts}
+    for m in instance.models:
+        if m.id not in assignment:
+            problems.append(f"model {m.id}: no option assigned")
+    for m, o in assignment.items():
+        if m not in models:
+            problems.append(f"unknown model {m!r} in assignment")
+        elif o.host is not None:
+            if o.host not in hosts:
+                problems.append(f"model {m}: unknown host {o.host!r}")
+            elif (m, o.host) not in instance.perf:
+                problems.append(f"model {m}: cannot run on host {o.host} (no Perf)")
+    return problems
+
+
+def _host_use(
+    instance: Instance, assignment: Mapping[str, Option], skip: str | None = None
+) -> dict[str, _HostUse]:
+    """Resource use per host of a *valid* assignment (models in `skip` left out)."""
+    use = {h.id: _HostUse() for h in instance.hosts}
+    for m, o in assignment.items():
+        if o.host is None or m == skip:
+            continue
+        u = use[o.host]
+        perf = instance.perf[(m, o.host)]
+        size = instance.model(m).storage_bytes
+        u.disk += size
+        u.compute += instance.requests(m) * perf.infer_s
+        if o.level == Level.CACHED:
+            u.ram += size
+        if o.level == Level.RESIDENT:
+            u.resident += perf.vram_bytes
+        else:
+            u.pool = max(u.pool, perf.vram_bytes)
+    return use
+
+
+def _over(used: float, cap: float) -> bool:
+    return used > cap + _REL_TOL * max(1.0, abs(cap))
+
+
+def _host_problems(host: HostSpec, u: _HostUse, slot_s: float) -> list[str]:
+    out = []
+    if _over(u.disk, host.disk_bytes):
+        out.append(f"host {host.id}: disk {u.disk} > {host.disk_bytes} bytes")
+    if _over(u.ram, host.ram_bytes):
+        out.append(f"host {host.id}: RAM {u.ram} > {host.ram_bytes} bytes")
+    if _over(u.resident + u.pool, host.gpu_bytes):
+        out.append(
+            f"host {host.id}: GPU {u.resident} resident + {u.pool} pool > {host.gpu_bytes} bytes"
+        )
+    if _over(u.compute, host.rho_max * slot_s):
+        out.append(
+            f"host {host.id}: compute {u.compute:.6g} s > {host.rho_max * slot_s:.6g} s per slot"
+        )
+    return out
+
+
+def violations(instance: Instance, assignment: Mapping[str, Option]) -> list[str]:
+    """Every broken constraint of an assignment, as readable lines; empty means feasible."""
+    problems = _check_options(instance, assignment)
+    if problems:
+        return problems
+    use = _host_use(instance, assignment)
+    for h in instance.hosts:
+        problems.extend(_host_problems(h, use[h.id], instance.slot_s))
+    return problems
+
+
+def evaluate(instance: Instance, assignment: Mapping[str, Option]) -> CostBreakdown:
+    """The cost of an assignment: Σ option costs + p_vram·P_e per host (pooled sharing).
+
+    Feasibility is not checked (see `violations`); an assignment that misses a model or
+    names an impossible option raises ValueError.
+    """
+    problems = _check_options(instance, assignment)
+    if problems:
+        raise ValueError("; ".join(problems))
+    total = CostBreakdown()
+    for m in instance.models:
+        total = total + option_cost(instance, m.id, assignment[m.id])
+    pool = sum(u.pool for u in _host_use(instance, assignment).values())
+    return total + CostBreakdown(resource=instance.prices.vram_per_GB * pool / GB)
+
+
+def explain(
+    instance: Instance, model_id: str, assignment: Mapping[str, Option] | None = None
+) -> list[OptionCost]:
+    """Every option of one model priced against the rest of `assignment` (default all-cloud).
+
+    The rows are the cloud, then each host × level the model has a Perf for. A pooled
+    option's resource term is charged the marginal pool cost p_vram·max(0, h − P_e) where
+    P_e is the pool the *other* models need, so for the chosen option o*:
+    evaluate(A).total − evaluate(A with m on the cloud).total == row(o*).total − row(cloud).total.
+    """
+    instance.model(model_id)  # KeyError for an unknown model
+    rest: dict[str, Option] = dict(assignment) if assignment is not None else {}
+    chosen = rest.get(model_id, CLOUD)
+    rest.pop(model_id, None)
+    problems = _check_options(instance, {**instance.all_cloud(), **rest})
+    problems = [p for p in problems if f"model {model_id}:" not in p]
+    if problems:
+        raise ValueError("; ".join(problems))
+    use = _host_use(instance, rest)
+    rows: list[OptionCost] = []
+    for option in instance.options(model_id):
+        c = option_cost(instance, model_id, option)
+        growth = 0
+        reasons: list[str] = []
+        if option.host is not None:
+            host = instance.host(option.host)
+            perf = instance.perf[(model_id, option.host)]
+            size = instance.model(model_id).storage_bytes
+            u = use[option.host]
+            with_m = _HostUse(
+                disk=u.disk + size,
+                ram=u.ram + (size if option.level == Level.CACHED else 0),
+                resident=u.resident + (perf.vram_bytes if option.level == Level.RESIDENT else 0),
+                pool=max(u.pool, perf.vram_bytes) if option.pooled else u.pool,
+                compute=u.compute + instance.requests(model_id) * perf.infer_s,
+            )
+            growth = with_m.pool - u.pool
+            reasons = _host_problems(host, with_m, instance.slot_s)
+        rows.append(
+            OptionCost(
+                option=option,
+                delay=c.delay,
+                resource=c.resource + instance.prices.vram_per_GB * growth / GB,
+                cloud=c.cloud,
+                transition=c.transition,
+                fits=not reasons,
+                reasons=tuple(reasons),
+                chosen=option == chosen,
+                pool_growth_bytes=growth,
+            )
+        )
+    return rows
+
+
+def with_option(
+    assignment: Mapping[str, Option], changes: Iterable[tuple[str, Option]]
+) -> dict[str, Option]:
+    """A copy of `assignment` with some models' options replaced."""
+    out = dict(assignment)
+    out.update(changes)
+    return out
