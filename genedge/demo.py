@@ -1,11 +1,12 @@
-"""`genedge demo`: the main job until the orchestrator and gateway exist.
+"""`genedge demo`: the main job, the whole system so far (the gateway is still to come).
 
-Prepares the demo model store once (under `--state`), starts a real edge agent process on a
-loopback port, sends it real generation requests (chat with the real SmolLM2 when installed,
-a streamed completion, an image), moves a model to `resident`, and prints what happened:
-where each request was served, what preload it paid, and the agent's model table with the
-measured profiles. With `--once` it stops the agent and exits; otherwise it keeps the agent
-serving until Ctrl-C.
+Prepares the demo model store once (under `--state`), starts an orchestrator and two edge
+agents with small memory budgets as real processes on loopback, sends real generation
+requests to an agent (chat with the real SmolLM2, a streamed completion, an image), moves a
+model to `resident`, sends a burst so the orchestrator sees a rate surge, replans and
+reconciles, and prints the placement table (model, rate, target, actual level per host, why)
+and a what-if plan. With `--once` it stops everything and exits; otherwise it keeps serving
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -27,20 +29,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the agent exited with code {proc.returncode}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the agent was not ready after {timeout:.0f} s")
 
 
 def _served(r: httpx.Response) -> str:
@@ -157,7 +145,76 @@ def _requests(client: httpx.Client, models: list[str], state: Path) -> bool:
     return ok
 
 
+class _Procs:
+    """The demo's service processes, each logging to a file; stopped with SIGINT, then killed."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.procs: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.state / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "genedge.cli", *args], env=env, stdout=log, stderr=log
+        )
+        self.procs.append((name, proc, log))
+        return proc
+
+    def check(self) -> None:
+        for name, proc, _ in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with code {proc.returncode} "
+                    f"(see {self.state / (name + '.log')})"
+                )
+
+    def stop(self) -> None:
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc, log in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def _wait(client: httpx.Client, procs: _Procs, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check()
+        try:
+            if client.get(path).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{client.base_url}{path} not ready after {timeout:.0f} s")
+
+
+def _print_placement(orch: httpx.Client) -> None:
+    p = orch.get("/v1/placement").json()
+    if not p.get("computed_at"):
+        print("no placement computed yet")
+        return
+    cost = p["cost"]
+    print(
+        f"\nplacement by {p['algorithm']} ({p['trigger']}), {p['seconds'] * 1000:.1f} ms, "
+        f"cost {cost['total']:.2f} = delay {cost['delay']:.2f} + resource "
+        f"{cost['resource']:.3f} + cloud {cost['cloud']:.2f} + transition "
+        f"{cost['transition']:.2f}"
+    )
+    print(f"{'model':<24}{'req/s':>7}  {'target':<22}{'actual':<40}why")
+    for e in p["entries"]:
+        target = "cloud" if e["target_host"] is None else f"{e['target_host']}/{e['target_level']}"
+        actual = ", ".join(f"{h}:{lvl}" for h, lvl in sorted(e["actual"].items()))
+        print(f"{e['model']:<24}{e['rate_rps']:>7.3f}  {target:<22}{actual:<40}{e['why']}")
+
+
 def run_demo(state: Path, *, once: bool, port: int = 0) -> int:
+    """The whole system so far on loopback: an orchestrator and two edge agents with small
+    memory budgets over the demo store; real requests; the placement that follows."""
     from edge_agent.adapters.demo_store import build_demo_store
 
     state = state.resolve()
@@ -169,41 +226,120 @@ def run_demo(state: Path, *, once: bool, port: int = 0) -> int:
         f"  {len(built)} models ready in {time.perf_counter() - t0:.1f} s: "
         f"{', '.join(p.name for p in built)}"
     )
-    port = port or _free_port()
-    env = dict(os.environ)
-    env.update(
-        EDGE_STORE_DIR=str(store),
-        EDGE_PROFILES_DIR=str(state / "profiles"),
-        EDGE_HOST="127.0.0.1",
-        EDGE_PORT=str(port),
-        EDGE_HOST_ID="edge-demo",
-        EDGE_LOG_LEVEL=env.get("EDGE_LOG_LEVEL", "warning"),
-        EDGE_BANDWIDTH_PROBE_BYTES=str(64 * 1024 * 1024),
+    token = "demo-token"
+    orch_port = _free_port()
+    ports = {"edge-1": port or _free_port(), "edge-2": _free_port()}
+    # edge-1 can hold SmolLM2 (~270 MB) resident; edge-2 only the small models.
+    budgets = {"edge-1": 400 * 10**6, "edge-2": 120 * 10**6}
+    base_env = dict(os.environ)
+    procs = _Procs(state)
+    orch_env = dict(
+        base_env,
+        ORCH_DB_PATH=str(state / "orchestrator.sqlite"),
+        ORCH_TOKEN=token,
+        ORCH_PORT=str(orch_port),
+        ORCH_SLOT_S="15",
+        ORCH_HEARTBEAT_INTERVAL_S="1",
+        ORCH_LOG_LEVEL=base_env.get("ORCH_LOG_LEVEL", "info"),
     )
-    log = open(state / "agent.log", "wb")  # noqa: SIM115 - lives as long as the agent
-    print(f"starting the edge agent on http://127.0.0.1:{port} (log: {state / 'agent.log'})")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genedge.cli", "agent"], env=env, stdout=log, stderr=log
+    print(
+        f"starting the orchestrator on http://127.0.0.1:{orch_port} and agents "
+        f"{', '.join(f'{h} on :{p}' for h, p in ports.items())} (logs in {state})"
     )
+    procs.start("orchestrator", ["orchestrator"], orch_env)
+    for host, p in ports.items():
+        env = dict(
+            base_env,
+            EDGE_STORE_DIR=str(store),
+            EDGE_PROFILES_DIR=str(state / "profiles"),
+            EDGE_HOST="127.0.0.1",
+            EDGE_PORT=str(p),
+            EDGE_HOST_ID=host,
+            EDGE_DEVICE_BUDGET_BYTES=str(budgets[host]),
+            EDGE_CACHE_BUDGET_BYTES=str(300 * 10**6),
+            EDGE_ORCHESTRATOR_URL=f"http://127.0.0.1:{orch_port}",
+            EDGE_ORCHESTRATOR_TOKEN=token,
+            EDGE_LOG_LEVEL=base_env.get("EDGE_LOG_LEVEL", "warning"),
+            EDGE_BANDWIDTH_PROBE_BYTES=str(64 * 1024 * 1024),
+        )
+        procs.start(host, ["agent"], env)
     ok = False
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-            _wait_ready(client, proc, timeout=120)
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{ports['edge-1']}", timeout=300) as client,
+            httpx.Client(base_url=f"http://127.0.0.1:{orch_port}", timeout=60) as orch,
+        ):
+            _wait(orch, procs, "/healthz", 60)
+            for p in ports.values():
+                with httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=10) as c:
+                    _wait(c, procs, "/readyz", 120)
             models = [m["id"] for m in client.get("/v1/models").json()["data"]]
             print(
-                f"agent ready with {len(models)} models; waiting for its background profiler "
-                "to measure them (reused on the next run) ..."
+                f"agents ready with {len(models)} models; waiting for their background "
+                "profilers to measure them (reused on the next run) ..."
             )
             t0 = time.perf_counter()
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
-                statuses = [m["profile_status"] for m in client.get("/v1/models").json()["data"]]
-                if all(s not in ("pending", "running") for s in statuses):
+                procs.check()
+                done = [
+                    all(
+                        m["profile_status"] not in ("pending", "running")
+                        for m in httpx.get(f"http://127.0.0.1:{p}/v1/models").json()["data"]
+                    )
+                    for p in ports.values()
+                ]
+                if all(done):
                     break
                 time.sleep(0.5)
             print(f"  profiles ready after {time.perf_counter() - t0:.1f} s\n")
+            print("requests to edge-1:")
             ok = _requests(client, models, state)
             _print_models(client)
+            # A burst: the agents report request counts in their heartbeats, the
+            # orchestrator sees a surge, replans, and the reconciler moves models.
+            burst = {"tiny-llama": 12, "tiny-gpt2": 6}
+            print(f"\nburst: {', '.join(f'{n} x {m}' for m, n in burst.items())} to edge-1")
+            for model, n in burst.items():
+                for i in range(n):
+                    client.post(
+                        "/v1/completions",
+                        json={"model": model, "prompt": f"burst {i}", "max_tokens": 4},
+                    )
+            print("waiting for the orchestrator to replan on the surge and reconcile ...")
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline:
+                procs.check()
+                p = orch.get("/v1/placement").json()
+                if "surge" in (p.get("trigger") or "") and not p["pending_commands"]:
+                    time.sleep(1.5)  # one more heartbeat, so "actual" shows the new levels
+                    break
+                time.sleep(0.5)
+            _print_placement(orch)
+            r = orch.post(
+                "/v1/placement/plan",
+                json={
+                    "rates": {"tiny-sd": 0.5, "smollm2-135m-instruct": 0.2},
+                    "algorithm": "exact",
+                },
+            )
+            if r.status_code == 200:
+                doc = r.json()
+                print(
+                    f"\nwhat-if (POST /v1/placement/plan, exact MILP, no side effects): "
+                    f"tiny-sd at 0.5 req/s and smollm2 at 0.2 req/s; cost "
+                    f"{doc['cost']['total']:.2f}"
+                )
+                for e in doc["entries"]:
+                    target = (
+                        "cloud"
+                        if e["target_host"] is None
+                        else f"{e['target_host']}/{e['target_level']}"
+                    )
+                    print(f"  {e['model']:<24}{e['rate_rps']:>7.3f} req/s -> {target}")
+            else:
+                ok = False
+                print(f"plan: HTTP {r.status_code} {r.text}")
             host = client.get("/v1/host").json()
             print(
                 f"\nhost {host['host_id']}: {host['description']}; device {host['device']} "
@@ -213,20 +349,20 @@ def run_demo(state: Path, *, once: bool, port: int = 0) -> int:
                 f"{host['h2d_GBps'] or 0:.2f} GB/s"
             )
             if not once:
-                print(f"\nthe agent keeps serving on http://127.0.0.1:{port} (Ctrl-C stops it)")
-                proc.wait()
+                print(
+                    f"\nserving: orchestrator http://127.0.0.1:{orch_port}, agents "
+                    f"{', '.join(f'http://127.0.0.1:{p}' for p in ports.values())} "
+                    "(Ctrl-C stops them)"
+                )
+                while True:
+                    procs.check()
+                    time.sleep(1)
     except KeyboardInterrupt:
         pass
     except (RuntimeError, httpx.HTTPError) as exc:
-        print(f"demo failed: {exc} (see {state / 'agent.log'})", file=sys.stderr)
+        print(f"demo failed: {exc}", file=sys.stderr)
         ok = False
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+        procs.stop()
     print("\ndemo finished" + ("" if ok else " WITH ERRORS"))
     return 0 if ok else 1

@@ -391,9 +391,6 @@ class Orchestrator:
     def _start_reconcile(self) -> None:
         if self._reconcile_task is not None and not self._reconcile_task.done():
             self._reconcile_task.cancel()
-        self._reconcile_task = asyncio.create_task(self._reconcile(), name="reconcile")
-
-    async def _reconcile(self) -> None:
         assert self.last is not None
         target = {
             (m, o.host): o.level
@@ -401,7 +398,10 @@ class Orchestrator:
             if o.host is not None and o.level is not None
         }
         cmds = plan_commands(target, self._actual())
-        self.pending = list(cmds)
+        self.pending = list(cmds)  # visible at once in GET /v1/placement
+        self._reconcile_task = asyncio.create_task(self._reconcile(cmds), name="reconcile")
+
+    async def _reconcile(self, cmds: list[Command]) -> None:
         frees = [c for c in cmds if c.frees]
         takes = [c for c in cmds if not c.frees]
         # Everything that frees memory, on every host, before anything that takes it.

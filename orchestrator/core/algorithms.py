@@ -72,9 +72,7 @@ class Algorithm:
         )
 
 
-def solve(
-    name: str, instance: Instance, *, seed: int = 0, time_limit_s: float = 10.0
-) -> Decision:
+def solve(name: str, instance: Instance, *, seed: int = 0, time_limit_s: float = 10.0) -> Decision:
     """Run the algorithm registered as `name`; KeyError (listing the names) if unknown."""
     try:
         algorithm = ALGORITHMS[name]
@@ -101,8 +99,8 @@ def _repair(cm: Compiled, opt: IntArray, keep: int = -1) -> IntArray:
     cloud = cm.cloud_k
     ar = np.arange(cm.M)
     value = cm.cost[:, cloud] - cm.cost[ar, np.minimum(opt, cloud)]
-    for e in np.flatnonzero(over):
-        e = int(e)
+    for host in np.flatnonzero(over):
+        e = int(host)
         while True:
             on = np.flatnonzero((opt < cloud) & (opt // 3 == e))
             if on.size == 0:
@@ -261,9 +259,7 @@ def _tol(state: State) -> float:
     return 1e-9 * (1.0 + abs(state.total()))
 
 
-def _descend(
-    state: State, alpha: float, tol: float, rng: np.random.Generator | None = None
-) -> int:
+def _descend(state: State, alpha: float, tol: float, rng: np.random.Generator | None = None) -> int:
     """Apply improving single-model moves until none is left; returns how many.
 
     alpha = 0: best improvement per model. alpha > 0: best improvement per unit of scarce
@@ -291,17 +287,25 @@ def _descend(
         best = score[ar, best_k]
         cands = np.flatnonzero(best > -np.inf)
         order = cands[np.argsort(-best[cands], kind="stable")]
-        touched = np.zeros(cm.E + 1, dtype=bool)  # index E: the cloud, never blocks
-        for m in order:
-            k = int(best_k[m])
-            old = int(state.opt[m])
-            e_old = old // 3 if old != cloud else cm.E
-            e_new = k // 3 if k != cloud else cm.E
-            if (e_old < cm.E and touched[e_old]) or (e_new < cm.E and touched[e_new]):
+        # hosts each move touches; index E stands for the cloud, which never blocks
+        ks = best_k[order]
+        olds = state.opt[order]
+        e_new = np.where(ks != cloud, ks // 3, cm.E).tolist()
+        e_old = np.where(olds != cloud, olds // 3, cm.E).tolist()
+        touched = [False] * (cm.E + 1)
+        free_hosts = cm.E
+        for i, m in enumerate(order.tolist()):
+            a, b = e_old[i], e_new[i]
+            if (touched[a] and a < cm.E) or (touched[b] and b < cm.E):
                 continue
-            state.move(int(m), k)
-            touched[e_old] = touched[e_new] = True
+            state.move(m, int(ks[i]))
             applied += 1
+            for e in {a, b}:
+                if e < cm.E:
+                    touched[e] = True
+                    free_hosts -= 1
+            if free_hosts == 0:
+                break
 
 
 def _all_pairs(state: State) -> Iterator[tuple[int, int]]:
@@ -341,9 +345,7 @@ def _blocked_pairs(state: State, max_b: int, max_a: int) -> Iterator[tuple[int, 
             yield int(a), int(b)
 
 
-def _pair_search(
-    state: State, small: bool, budget: int, deadline: float
-) -> tuple[bool, int]:
+def _pair_search(state: State, small: bool, budget: int, deadline: float) -> tuple[bool, int]:
     """Apply improving two-model moves (then single moves) until none; (improved, budget)."""
     cm = state.cm
     improved_any = False
@@ -361,10 +363,10 @@ def _pair_search(
                 ka, kb = divmod(j, cm.K)
                 state.move(a, ka)
                 state.move(b, kb)
-                _descend(state, 0.0, tol)
                 improved = improved_any = True
         if not improved:
             break
+        _descend(state, 0.0, tol)
     return improved_any, budget
 
 
@@ -399,8 +401,8 @@ def _mlds(
 
 _SMALL_SIZE = 2_000  # models × hosts up to which mlds runs every greedy variant and ILS
 _ALL_PAIRS_MAX_MODELS = 40  # up to this many models, pairwise moves try every pair
-_ILS_ROUNDS = 400  # at most this many perturbations ...
-_ILS_PATIENCE = 150  # ... stopping after this many in a row that found nothing better
+_ILS_ROUNDS = 300  # at most this many perturbations ...
+_ILS_PATIENCE = 100  # ... stopping after this many in a row that found nothing better
 
 
 def _force(state: State, m: int, k: int) -> None:

@@ -59,13 +59,16 @@ class Compiled:
         infer = np.zeros((M, E))
         l_disk = np.zeros((M, E))
         l_ram = np.zeros((M, E))
-        for (m, e), p in instance.perf.items():
-            i, j = midx[m], hidx[e]
-            self.avail[i, j] = True
-            self.h[i, j] = p.vram_bytes
-            infer[i, j] = p.infer_s
-            l_disk[i, j] = p.load_disk_s
-            l_ram[i, j] = p.load_ram_s
+        if instance.perf:
+            keys = list(instance.perf)
+            perfs = list(instance.perf.values())
+            ii = np.array([midx[m] for m, _ in keys], dtype=np.int64)
+            jj = np.array([hidx[e] for _, e in keys], dtype=np.int64)
+            self.avail[ii, jj] = True
+            self.h[ii, jj] = [p.vram_bytes for p in perfs]
+            infer[ii, jj] = [p.infer_s for p in perfs]
+            l_disk[ii, jj] = [p.load_disk_s for p in perfs]
+            l_ram[ii, jj] = [p.load_ram_s for p in perfs]
         miss = np.ones((M, E))
         for (m, e), p_miss in instance.pool_miss.items():
             miss[midx[m], hidx[e]] = p_miss
@@ -141,11 +144,13 @@ class Compiled:
         m = np.flatnonzero(placed)
         e = opt[m] // 3
         lvl = opt[m] % 3
-        disk = np.bincount(e, weights=self.s[m], minlength=E)
-        ram = np.bincount(e[lvl == CACHED], weights=self.s[m[lvl == CACHED]], minlength=E)
-        comp = np.bincount(e, weights=self.nI[m, e], minlength=E)
-        res = lvl == RESIDENT
-        gpu = np.bincount(e[res], weights=self.h[m[res], e[res]], minlength=E)
+        c, res = lvl == CACHED, lvl == RESIDENT
+        disk: FloatArray = np.bincount(e, weights=self.s[m], minlength=E).astype(np.float64)
+        ram: FloatArray = np.bincount(e[c], weights=self.s[m[c]], minlength=E).astype(np.float64)
+        comp: FloatArray = np.bincount(e, weights=self.nI[m, e], minlength=E).astype(np.float64)
+        gpu: FloatArray = np.bincount(e[res], weights=self.h[m[res], e[res]], minlength=E).astype(
+            np.float64
+        )
         pool = np.zeros(E)
         np.maximum.at(pool, e[~res], self.h[m[~res], e[~res]])
         return disk, ram, gpu + pool, comp
@@ -237,9 +242,7 @@ class State:
 
     def total(self) -> float:
         cm = self.cm
-        return float(cm.cost[np.arange(cm.M), self.opt].sum()) + cm.pool_price * float(
-            self.P.sum()
-        )
+        return float(cm.cost[np.arange(cm.M), self.opt].sum()) + cm.pool_price * float(self.P.sum())
 
     # -- moves --------------------------------------------------------------------------
 
@@ -358,23 +361,25 @@ class State:
         cm = self.cm
         M, E = cm.M, cm.E
         ar = np.arange(M)
-        # each host as the moving model would find it (itself removed)
-        free_disk = (cm.disk_cap - self.disk_u) + self.own_s
-        free_comp = (cm.comp_cap - self.comp_u) + self.own_comp
-        free_ram = (cm.ram_cap - self.ram_u) + self.own_ram
+        # each host as the moving model would find it (itself removed), slack included
+        free_disk = (cm.disk_cap - self.disk_u + cm.slack_disk) + self.own_s
+        free_comp = (cm.comp_cap - self.comp_u + cm.slack_comp) + self.own_comp
+        free_ram = (cm.ram_cap - self.ram_u + cm.slack_ram) + self.own_ram
         pool = self.P + self.pool_adj
-        free_gpu = (cm.gpu_cap - self.res_u - self.P) + self.own_res - self.pool_adj
+        room = (cm.gpu_cap - self.res_u - self.P + cm.slack_gpu) + self.own_res
+        room -= self.pool_adj
         removal = cm.cost[ar, self.opt] - cm.pool_price * self.pool_adj.sum(axis=1)
 
         h, s = cm.h, cm.s[:, None]
-        growth = np.maximum(h - pool, 0.0)
-        base_ok = cm.avail & (s <= free_disk + cm.slack_disk)
-        base_ok &= cm.nI <= free_comp + cm.slack_comp
-        room = free_gpu + cm.slack_gpu
+        growth = h - pool
+        np.maximum(growth, 0.0, out=growth)
+        base_ok = cm.avail & (s <= free_disk)
+        base_ok &= cm.nI <= free_comp
         ok_pool = base_ok & (growth <= room)
-        ok_cached = ok_pool & (s <= free_ram + cm.slack_ram)
+        ok_cached = ok_pool & (s <= free_ram)
         ok_res = base_ok & (h <= room)
-        pool_cost = cm.pool_price * growth - removal[:, None]
+        pool_cost = cm.pool_price * growth
+        pool_cost -= removal[:, None]
 
         delta = np.empty((M, cm.K))
         d3 = delta[:, : 3 * E].reshape(M, E, 3)
@@ -389,7 +394,7 @@ class State:
         if with_weights:
             tiny = 1.0  # one byte: avoids 0/0 on full hosts
             base_w = s / np.maximum(free_disk, tiny) + cm.nI / np.maximum(free_comp, 1e-9)
-            fg = np.maximum(free_gpu, tiny)
+            fg = np.maximum(room, tiny)
             weight = np.zeros((M, cm.K))
             w3 = weight[:, : 3 * E].reshape(M, E, 3)
             w3[:, :, STORED] = base_w + growth / fg

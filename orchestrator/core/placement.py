@@ -291,16 +291,21 @@ class Instance:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for (m, _), p in self.perf.items():
-            sums[m] = sums.get(m, 0.0) + p.infer_s
-            counts[m] = counts.get(m, 0) + 1
-        out = {}
-        for m in self.models:
-            if m.id in self.cloud.infer_s:
-                out[m.id] = float(self.cloud.infer_s[m.id])
-            elif m.id in sums:
-                out[m.id] = self.cloud.edge_factor * sums[m.id] / counts[m.id]
+            if m in sums:
+                sums[m] += p.infer_s
+                counts[m] += 1
             else:
-                out[m.id] = self.cloud.fallback_infer_s
+                sums[m] = p.infer_s
+                counts[m] = 1
+        out = {}
+        for spec in self.models:
+            mid = spec.id
+            if mid in self.cloud.infer_s:
+                out[mid] = float(self.cloud.infer_s[mid])
+            elif mid in sums:
+                out[mid] = self.cloud.edge_factor * sums[mid] / counts[mid]
+            else:
+                out[mid] = self.cloud.fallback_infer_s
         return out
 
     def host(self, host_id: str) -> HostSpec:
@@ -489,9 +494,9 @@ def _check_options(instance: Instance, assignment: Mapping[str, Option]) -> list
     problems: list[str] = []
     models = {m.id for m in instance.models}
     hosts = {h.id for h in instance.hosts}
-    for m in instance.models:
-        if m.id not in assignment:
-            problems.append(f"model {m.id}: no option assigned")
+    for spec in instance.models:
+        if spec.id not in assignment:
+            problems.append(f"model {spec.id}: no option assigned")
     for m, o in assignment.items():
         if m not in models:
             problems.append(f"unknown model {m!r} in assignment")

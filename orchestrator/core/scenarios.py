@@ -200,7 +200,9 @@ def random_instance(
         where = [h.id for h in hosts if (m.id, h.id) in perf]
         if where and rng.random() < current_frac:
             e = where[int(rng.integers(len(where)))]
-            current[(m.id, e)] = str(rng.choice(["stored", "cached", "resident"], p=[0.5, 0.3, 0.2]))
+            current[(m.id, e)] = str(
+                rng.choice(["stored", "cached", "resident"], p=[0.5, 0.3, 0.2])
+            )
 
     return Instance(
         hosts=hosts,
