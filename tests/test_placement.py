@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from unittest import mock
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.core import algorithms
 from orchestrator.core.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, solve
+from orchestrator.core.compiled import Compiled, State
 from orchestrator.core.placement import (
     CLOUD,
     GB,
@@ -137,6 +141,26 @@ def test_every_algorithm_is_feasible_reports_its_cost_and_never_beats_exact(
     assert decisions["cloud-only"].counts()["cloud"] == len(inst.models)
     # mlds starts from all-cloud and only improves
     assert decisions["mlds"].cost.total <= decisions["cloud-only"].cost.total + 1e-9
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inst=instances(), seed=st.integers(0, 3))
+def test_mlds_large_instance_mode_is_feasible_and_never_beats_exact(
+    inst: Instance, seed: int
+) -> None:
+    """The lean variant mlds runs on large instances (local ILS, candidate pairs), forced
+    onto small instances so it can be checked against the MILP."""
+    with (
+        mock.patch.object(algorithms, "_SMALL_SIZE", 0),
+        mock.patch.object(algorithms, "_ALL_PAIRS_MAX_MODELS", 0),
+    ):
+        d = solve("mlds", inst, seed=seed)
+    assert violations(inst, d.assignment) == []
+    assert same_cost(d.cost, evaluate(inst, d.assignment))
+    exact = solve("exact", inst)
+    if exact.optimal:
+        assert d.cost.total >= exact.cost.total - exact_tolerance(exact.cost.total)
+    assert d.cost.total <= solve("cloud-only", inst).cost.total + 1e-9
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -396,3 +420,62 @@ def test_measured_instances_use_every_option_type() -> None:
         for k, v in d.counts().items():
             seen[k] = seen.get(k, 0) + v
     assert all(seen[k] > 0 for k in ("cloud", *Level.ALL)), seen
+
+
+def _true_delta(state: State, changes: dict[int, int]) -> float:
+    """Cost change of applying `changes` (model -> option), +inf if infeasible."""
+    cm = state.cm
+    opt = state.opt.copy()
+    for m, k in changes.items():
+        opt[m] = k
+    if not cm.feasible(opt) or not all(np.isfinite(cm.cost[m, k]) for m, k in changes.items()):
+        return math.inf
+    return cm.total(opt) - cm.total(state.opt)
+
+
+def test_move_pricing_matches_evaluating_the_moved_assignment() -> None:
+    """`State.move_table`, `sub_table` and `pair_deltas` price every one- and two-model move
+    exactly as re-evaluating the whole assignment would (+inf where it does not fit)."""
+    path = default_measured_path()
+    if not path.exists():
+        pytest.skip(f"no measured characterisation at {path}")
+    measured = load_measured(path)
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        inst = random_instance(measured, 6, 2, seed, disk_frac=(0.3, 0.6))
+        cm = Compiled(inst)
+        state = State(cm)
+        for _ in range(3):
+            delta, _ = state.move_table()
+            sub = state.sub_table(np.array([0, 2, 3]), np.array([1]))
+            cols = [3, 4, 5, cm.cloud_k]
+            for m in range(cm.M):
+                for k in range(cm.K):
+                    want = math.inf if k == state.opt[m] else _true_delta(state, {m: k})
+                    assert delta[m, k] == pytest.approx(want, abs=1e-9)
+                    if m in (0, 2, 3) and k in cols:
+                        assert sub[[0, 2, 3].index(m), cols.index(k)] == pytest.approx(
+                            want, abs=1e-9
+                        )
+            for a, b in itertools.combinations(range(cm.M), 2):
+                pair = state.pair_deltas(a, b)
+                for ka in range(cm.K):
+                    for kb in range(cm.K):
+                        want = _true_delta(state, {a: ka, b: kb})
+                        assert pair[ka, kb] == pytest.approx(want, abs=1e-9)
+            # move somewhere feasible and check again
+            m, k = (int(x) for x in rng.choice(np.argwhere(np.isfinite(delta))))
+            state.move(m, k)
+
+
+def test_mlds_on_a_large_instance_beats_the_baselines() -> None:
+    path = default_measured_path()
+    if not path.exists():
+        pytest.skip(f"no measured characterisation at {path}")
+    inst = random_instance(load_measured(path), 150, 12, seed=3)  # 1,800 > _SMALL_SIZE
+    d = solve("mlds", inst, seed=1)
+    assert violations(inst, d.assignment) == []
+    assert same_cost(d.cost, evaluate(inst, d.assignment))
+    for name in ("cloud-only", "popularity", "lru", "random"):
+        assert d.cost.total < solve(name, inst, seed=1).cost.total, name
+    assert solve("mlds", inst, seed=1).assignment == d.assignment  # deterministic per seed

@@ -12,11 +12,17 @@ cost from `placement.evaluate`.
 - `mlds` (the default): model-level decision selection. From all-cloud, repeatedly apply
   model-level moves with the best cost reduction per unit of scarce resource (each
   resource use divided by what the host has left, so prices rise as hosts fill; a pooled
-  model is charged only the growth of the pool). Then local improvement: single-model moves
-  (best improvement) and pairwise moves (two models re-assigned at once: swaps, evictions,
-  pool shrinks) until none helps. Moves are priced for all models and options at once
-  with numpy (`compiled.State.move_table`); moves on disjoint hosts are applied in the same
-  round. Small instances get several greedy variants and a seeded perturbation phase.
+  model is charged only the growth of the pool, and its GPU need is that growth). Then
+  local improvement: single-model moves (best improvement) and pairwise moves (two models
+  re-assigned at once: swaps, evictions, two models sharing or leaving a pool) until none
+  helps. Moves are priced for all models and options at once with numpy
+  (`compiled.State.move_table`), and moves on disjoint hosts are applied in the same round.
+  An iterated local search escapes local optima (force a model onto another option,
+  evicting what no longer fits; kick models to the cloud; empty a host), seeded, with a
+  fixed number of rounds. Small instances (models × hosts ≤ 1,000) run four greedy
+  variants and a thorough search; large ones a lean variant (1,000 × 50 in about 0.6 s
+  on one core). `pair_search` ends every run, so the answer is a local optimum for
+  single and pairwise moves.
 - `ga`: a seeded genetic algorithm over per-model options with repair (infeasible hosts
   drop their lowest-value placements to the cloud), the approach of Liang et al. 2024.
 - baselines: `cloud-only`; `popularity` (most requested first: resident where it fits,
@@ -88,12 +94,15 @@ def solve(name: str, instance: Instance, *, seed: int = 0, time_limit_s: float =
 # ---------------------------------------------------------------------------------------
 
 
-def _repair(cm: Compiled, opt: IntArray, keep: int = -1) -> IntArray:
+def _repair(
+    cm: Compiled, opt: IntArray, keep: int = -1, rng: np.random.Generator | None = None
+) -> IntArray:
     """Drop placements to the cloud on every over-full host until all fit, least valuable
     per unit of the broken resources first. Value = what the model saves against the
     cloud; only models that give back some of a broken resource are dropped (for the GPU:
     residents and the pool's largest members); model `keep` is never dropped (when it alone
-    breaks a host, the host stays broken)."""
+    breaks a host, the host stays broken). With `rng`, the order is random instead
+    (diversification for the local search)."""
     opt = opt.copy()
     over = cm.over(opt)
     cloud = cm.cloud_k
@@ -134,8 +143,10 @@ def _repair(cm: Compiled, opt: IntArray, keep: int = -1) -> IntArray:
             if not useful.any():
                 break
             cands = on[useful]
-            density = value[cands] / freed[useful]
-            drop = cands[int(np.argmin(density))]
+            if rng is not None:
+                drop = cands[int(rng.integers(cands.size))]
+            else:
+                drop = cands[int(np.argmin(value[cands] / freed[useful]))]
             opt[drop] = cloud
     return opt
 
@@ -163,6 +174,11 @@ def _make_feasible(instance: Instance, cm: Compiled, opt: IntArray) -> tuple[Int
 def _exact(
     instance: Instance, cm: Compiled, seed: int, time_limit_s: float
 ) -> tuple[IntArray, bool | None, list[str]]:
+    """The MILP over the options that fit an empty host (others can never be chosen).
+
+    Rows are in GB and compute seconds, so HiGHS's feasibility tolerance (1e-7 on a row)
+    is 100 bytes or 0.1 µs; the answer is re-checked by `placement.violations` like every
+    other algorithm's (and repaired, with `optimal=False`, in the unlikely case it fails)."""
     M, E, cloud = cm.M, cm.E, cm.cloud_k
     var_m, var_k = np.nonzero(cm.fits_alone & np.isfinite(cm.cost))
     nx = var_m.size
@@ -211,7 +227,7 @@ def _exact(
     pv = hv[vl[hv] != RESIDENT]
     pair = var_m[pv] * E + ve[pv]
     uniq, pair_row = np.unique(pair, return_inverse=True)
-    pm, pe = uniq // E, uniq % E
+    pe = uniq % E
     add(
         np.concatenate([pair_row, np.arange(uniq.size)]),
         np.concatenate([pv, nx + pe]),
@@ -219,7 +235,6 @@ def _exact(
         np.full(uniq.size, -np.inf),
         np.zeros(uniq.size),
     )
-    del pm
     A = sparse.csr_array(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, nv)
     )
@@ -234,16 +249,14 @@ def _exact(
         options={"time_limit": float(time_limit_s), "mip_rel_gap": 1e-7},
     )
     if res.x is None:
-        opt, _, notes = _mlds(instance, cm, seed, time_limit_s)
+        opt, _, notes = _mlds(instance, cm, seed, min(time_limit_s, 10.0))
         return opt, False, [f"MILP gave no solution ({res.message}); mlds answer", *notes]
-    x = res.x[:nx]
+    # each model takes its variable with the largest value (1 up to HiGHS's tolerance);
+    # var_m is sorted, and every model has its cloud variable
+    order = np.lexsort((res.x[:nx], var_m))
+    last = np.append(np.flatnonzero(np.diff(var_m[order])), nx - 1)
     opt = cm.all_cloud()
-    best = np.full(M, -1.0)
-    for j in np.argsort(x, kind="stable"):
-        m = var_m[j]
-        if x[j] > best[m]:
-            best[m] = x[j]
-            opt[m] = var_k[j]
+    opt[var_m[order[last]]] = var_k[order[last]]
     notes = [] if res.status == 0 else [f"MILP stopped: {res.message}"]
     return opt, res.status == 0, notes
 
@@ -278,7 +291,10 @@ def _descend(state: State, alpha: float, tol: float, rng: np.random.Generator | 
         if not improving.any():
             return applied
         if weight is not None:
-            score = np.where(improving, -delta / (weight + _EPS_W) ** alpha, -np.inf)
+            w = weight + _EPS_W
+            if alpha != 1.0:
+                w **= alpha
+            score = np.where(improving, -delta / w, -np.inf)
         else:
             score = np.where(improving, -delta, -np.inf)
         if rng is not None:
@@ -373,13 +389,18 @@ def _pair_search(state: State, small: bool, budget: int, deadline: float) -> tup
 def _mlds(
     instance: Instance, cm: Compiled, seed: int, time_limit_s: float
 ) -> tuple[IntArray, bool | None, list[str]]:
+    """Greedy from all-cloud, then single moves, pairwise moves and iterated local search.
+
+    Small instances (models × hosts ≤ `_SMALL_SIZE`) run four greedy variants (the ratio
+    greedy with resource prices to the power 1, 0.5 and 2, and plain best-gain) and a
+    diverse ILS; large ones run the best-gain greedy and a cheap, local ILS with a fixed
+    number of rounds (deterministic for a seed; `time_limit_s` only guards the worst case).
+    """
     deadline = time.perf_counter() + time_limit_s
-    size = cm.M * cm.E
-    # Greedy variants: the ratio greedy (alpha 1), softer and harder resource prices, and
-    # plain best-gain; small instances try all, large ones the two that matter most.
-    alphas = [1.0, 0.5, 0.0, 2.0] if size <= _SMALL_SIZE else [1.0, 0.0]
+    small = cm.M * cm.E <= _SMALL_SIZE
+    rng = np.random.default_rng(seed)
     best: State | None = None
-    for alpha in alphas:
+    for alpha in [1.0, 0.5, 0.0, 2.0] if small else [0.0]:
         state = State(cm)
         _descend(state, alpha, _tol(state))
         _descend(state, 0.0, _tol(state))
@@ -388,77 +409,157 @@ def _mlds(
         if time.perf_counter() >= deadline:
             break
     assert best is not None
-    notes: list[str] = []
-    if size <= _SMALL_SIZE and time.perf_counter() < deadline:
-        rng = np.random.default_rng(seed)
-        best = _perturb(best, rng, _ILS_ROUNDS, _ILS_PATIENCE, deadline)
     all_pairs = cm.M <= _ALL_PAIRS_MAX_MODELS
-    _pair_search(best, all_pairs, 50_000 if all_pairs else 2_000, deadline)
+    budget = 50_000 if all_pairs else 2_000  # pairs priced, at most
+    if small:
+        best = _perturb(best, rng, _ILS_ROUNDS, _ILS_PATIENCE, deadline, local=False)
+    else:
+        best = _perturb(best, rng, _LARGE_ILS_ROUNDS, _ILS_PATIENCE, deadline, local=True)
+    _pair_search(best, all_pairs, budget, deadline)
+    notes = []
     if time.perf_counter() >= deadline:
-        notes.append("time limit reached: local search cut short")
+        notes.append(f"time limit ({time_limit_s} s) reached: local search cut short")
     return best.opt, None, notes
 
 
-_SMALL_SIZE = 2_000  # models × hosts up to which mlds runs every greedy variant and ILS
+_SMALL_SIZE = 1_000  # models × hosts up to which mlds runs every greedy variant, full ILS
 _ALL_PAIRS_MAX_MODELS = 40  # up to this many models, pairwise moves try every pair
-_ILS_ROUNDS = 300  # at most this many perturbations ...
+_ILS_ROUNDS = 300  # at most this many perturbations (small instances) ...
 _ILS_PATIENCE = 100  # ... stopping after this many in a row that found nothing better
+_LARGE_ILS_ROUNDS = 80  # perturbations on large instances (about 3 ms each at 1000 × 50)
 
 
-def _force(state: State, m: int, k: int) -> None:
+def _local_descend(state: State, hosts: set[int], models: set[int], tol: float) -> None:
+    """`_descend(state, 0)` for a state that was single-move optimal before some models
+    (`models`) and hosts (`hosts`) changed: only moves of those models, moves into those
+    hosts and moves of models on those hosts can have become improving, so only they are
+    priced (`State.sub_table`), round after round, following the changes."""
+    cm = state.cm
+    cloud = cm.cloud_k
+    all_models = np.arange(cm.M)
+    while hosts or models:
+        H = np.array(sorted(hosts), dtype=np.int64)
+        placed = state.opt != cloud
+        on_h = np.flatnonzero(placed & np.isin(state.opt // 3, H))
+        R = np.union1d(on_h, np.array(sorted(models), dtype=np.int64))
+        best_d = np.zeros(cm.M)
+        best_k = np.full(cm.M, -1, dtype=np.int64)
+        if R.size:
+            t = state.sub_table(R, None)  # all hosts: columns are the global option numbers
+            k = t.argmin(axis=1)
+            best_d[R] = t[np.arange(R.size), k]
+            best_k[R] = k
+        if H.size:
+            t = state.sub_table(None, H)
+            j = t.argmin(axis=1)
+            d = t[all_models, j]
+            k = np.where(j == 3 * H.size, cloud, 3 * H[np.minimum(j // 3, H.size - 1)] + j % 3)
+            better = d < best_d
+            best_d[better] = d[better]
+            best_k[better] = k[better]
+        cands = np.flatnonzero(best_d < -tol)
+        if cands.size == 0:
+            return
+        order = cands[np.argsort(best_d[cands], kind="stable")]
+        touched: set[int] = set()
+        hosts, models = set(), set()
+        for m in order.tolist():
+            k = int(best_k[m])
+            old = int(state.opt[m])
+            involved = {x // 3 for x in (old, k) if x != cloud}
+            if involved & touched:
+                models.add(m)  # may still improve: its row is priced again next round
+                continue
+            state.move(m, k)
+            touched |= involved
+            models.add(m)
+        hosts |= touched
+
+
+def _force(state: State, m: int, k: int, rng: np.random.Generator | None = None) -> None:
     """Give model m option k even if it does not fit, then evict the least valuable other
     models from that host to the cloud until it does (an ejection move)."""
     cm = state.cm
     state.move(m, k)
     if k == cm.cloud_k:
         return
-    fixed = _repair(cm, state.opt, keep=m)
+    fixed = _repair(cm, state.opt, keep=m, rng=rng)
     for x in np.flatnonzero(fixed != state.opt):
         state.move(int(x), cm.cloud_k)
 
 
 def _perturb(
-    best: State, rng: np.random.Generator, rounds: int, patience: int, deadline: float
+    best: State,
+    rng: np.random.Generator,
+    rounds: int,
+    patience: int,
+    deadline: float,
+    local: bool,
 ) -> State:
-    """Iterated local search: force one model onto a random option it does not have
-    (evicting others) or kick a few edge models to the cloud, re-descend, keep the result
-    when it is cheaper."""
+    """Iterated local search from a single-move local optimum: each round copies the best
+    state, perturbs it (force one model onto an option it does not have, evicting others;
+    kick a few edge models to the cloud; or empty one or two hosts), descends again and
+    keeps the result if cheaper. Stops after `rounds` rounds or `patience` rounds in a row
+    without improvement.
+
+    `local=False` (small instances) re-descends over everything, half the time through
+    the ratio greedy first, and rebuilds emptied hosts with a randomised greedy: more
+    diverse. `local=True` (large instances) re-prices only the moves the perturbation can
+    have made improving (`_local_descend`): much cheaper per round."""
     cm = best.cm
+    cloud = cm.cloud_k
     live = np.flatnonzero(cm.n > 0)
     if live.size == 0:
         return best
+    weights = cm.n[live] / cm.n[live].sum()
     stale = 0
     for _ in range(rounds):
         if time.perf_counter() >= deadline or stale >= patience:
             break
         stale += 1
-        state = best.copy()
-        placed = np.flatnonzero(best.opt != cm.cloud_k)
+        # large instances work in place and undo a rejected round (copying [M, E] arrays
+        # each round would cost more than the round)
+        state = best if local else best.copy()
+        placed = np.flatnonzero(best.opt != cloud)
+        before = state.opt.copy()
+        before_total = best.total()
         u = rng.random()
         if placed.size and u < 0.2:
             kick = rng.choice(placed, size=min(placed.size, int(rng.integers(1, 4))), replace=False)
             for x in kick:
-                state.move(int(x), cm.cloud_k)
+                state.move(int(x), cloud)
         elif placed.size and u < 0.4:
-            # ruin and recreate: empty one or two hosts, rebuild with a randomised greedy
-            hosts = rng.choice(cm.E, size=min(cm.E, int(rng.integers(1, 3))), replace=False)
+            emptied = rng.choice(cm.E, size=min(cm.E, int(rng.integers(1, 3))), replace=False)
             for x in placed:
-                if int(best.opt[x]) // 3 in hosts:
-                    state.move(int(x), cm.cloud_k)
-            _descend(state, float(rng.choice([0.5, 1.0, 2.0])), _tol(state), rng)
+                if int(best.opt[x]) // 3 in emptied:
+                    state.move(int(x), cloud)
+            if not local:
+                _descend(state, float(rng.choice([0.5, 1.0, 2.0])), _tol(state), rng)
         else:
-            m = int(rng.choice(live))
-            ks = np.flatnonzero(cm.fits_alone[m, : cm.cloud_k])
+            # busy models shape the solution most: pick them more often
+            m = int(rng.choice(live, p=weights) if rng.random() < 0.5 else rng.choice(live))
+            ks = np.flatnonzero(cm.fits_alone[m, :cloud])
             ks = ks[ks != state.opt[m]]
             if ks.size == 0:
                 continue
-            _force(state, m, int(rng.choice(ks)))
-        if rng.random() < 0.5:
-            _descend(state, 1.0, _tol(state))
-        _descend(state, 0.0, _tol(state))
-        if state.total() < best.total() - _tol(best):
+            _force(state, m, int(rng.choice(ks)), rng if rng.random() < 0.3 else None)
+        if local:
+            moved = np.flatnonzero(state.opt != before)
+            hosts = {int(k) // 3 for k in np.concatenate([before[moved], state.opt[moved]])}
+            hosts.discard(cloud // 3)
+            _local_descend(state, hosts, set(moved.tolist()), _tol(state))
+        else:
+            if rng.random() < 0.5:
+                _descend(state, 1.0, _tol(state))
+            _descend(state, 0.0, _tol(state))
+        if state.total() < before_total - _tol(state):
             best = state
             stale = 0
+        elif local:
+            for x in np.flatnonzero(state.opt != before):
+                state.move(int(x), int(before[x]))
+    if local:
+        best.resync()
     return best
 
 
@@ -470,6 +571,10 @@ def _perturb(
 def _ga(
     instance: Instance, cm: Compiled, seed: int, time_limit_s: float
 ) -> tuple[IntArray, bool | None, list[str]]:
+    """Genes are per-model options. Population 40 (all-cloud, each model's cheapest option,
+    random ones), 60 generations: tournament selection of 3, uniform crossover (p 0.9),
+    mutation of 1.5 genes per child on average to a random option (the cloud 40% of the
+    time), 2 elites. Every child is repaired (`_repair`) and kept repaired (Lamarckian)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     M, cloud = cm.M, cm.cloud_k

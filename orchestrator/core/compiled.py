@@ -15,6 +15,8 @@ stricter than `violations` (relative slack 1e-11 against 1e-9) so they never dis
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -105,8 +107,7 @@ class Compiled:
         self.slack_comp = _SLACK * np.maximum(1.0, self.comp_cap)
 
         # an option that cannot fit even on an empty host is never offered
-        tol = _SLACK * np.maximum(1.0, self.disk_cap)
-        fits = self.avail & (self.s[:, None] <= self.disk_cap + tol)
+        fits = self.avail & (self.s[:, None] <= self.disk_cap + self.slack_disk)
         fits &= self.h <= self.gpu_cap * (1 + _SLACK)
         fits &= self.nI <= self.comp_cap * (1 + _SLACK)
         fits3 = np.repeat(fits[:, :, None], 3, axis=2)
@@ -239,6 +240,13 @@ class State:
         for name in _STATE_ARRAYS:
             setattr(new, name, getattr(self, name).copy())
         return new
+
+    def resync(self) -> None:
+        """Recompute the per-host sums from scratch (after many moves, float sums of
+        compute seconds can drift by a few ulps)."""
+        disk, ram, _, comp = self.cm.usage(self.opt)
+        self.disk_u, self.ram_u, self.comp_u = disk, ram, comp
+        self.res_u = self.own_res.sum(axis=0)
 
     def total(self) -> float:
         cm = self.cm
@@ -401,6 +409,61 @@ class State:
             w3[:, :, CACHED] = w3[:, :, STORED] + s / np.maximum(free_ram, tiny)
             w3[:, :, RESIDENT] = base_w + h / fg
         return delta, weight
+
+    def pool_adj_rows(self) -> FloatArray:
+        """Per model: P_e(without it) − P_e on its own host (0 unless it sets the pool)."""
+        out = np.zeros(self.cm.M)
+        has = np.flatnonzero(self.top1_m >= 0)
+        out[self.top1_m[has]] = self.top2[has] - self.P[has]
+        return out
+
+    def sub_table(self, rows: IntArray | None, hosts: IntArray | None) -> FloatArray:
+        """`move_table` restricted to some models (rows; None = all) and some hosts (None =
+        all): a [rows, 3·hosts + 1] array, the last column the cloud. Used to re-price only
+        the moves a local change can have made improving."""
+        cm = self.cm
+        R = np.arange(cm.M) if rows is None else rows
+        H = np.arange(cm.E) if hosts is None else hosts
+
+        def pick(a: npt.NDArray[Any]) -> npt.NDArray[Any]:  # a[R][:, H], no whole copies
+            if rows is None:
+                return a if hosts is None else a[:, H]
+            return a[R] if hosts is None else a[np.ix_(R, H)]
+
+        opt = self.opt[R]
+        free_disk = (cm.disk_cap[H] - self.disk_u[H] + cm.slack_disk[H]) + pick(self.own_s)
+        free_comp = (cm.comp_cap[H] - self.comp_u[H] + cm.slack_comp[H]) + pick(self.own_comp)
+        free_ram = (cm.ram_cap[H] - self.ram_u[H] + cm.slack_ram[H]) + pick(self.own_ram)
+        adj = pick(self.pool_adj)
+        pool = self.P[H] + adj
+        room = (cm.gpu_cap[H] - self.res_u[H] - self.P[H] + cm.slack_gpu[H]) + pick(self.own_res)
+        room -= adj
+        removal = cm.cost[R, opt] - cm.pool_price * self.pool_adj_rows()[R]
+        h, s, nI = pick(cm.h), cm.s[R][:, None], pick(cm.nI)
+        growth = np.maximum(h - pool, 0.0)
+        base_ok = pick(cm.avail) & (s <= free_disk) & (nI <= free_comp)
+        ok_pool = base_ok & (growth <= room)
+        ok_cached = ok_pool & (s <= free_ram)
+        ok_res = base_ok & (h <= room)
+        pool_cost = cm.pool_price * growth - removal[:, None]
+        c3 = pick(cm.cost3)
+        n_r, n_h = len(R), len(H)
+        delta = np.empty((n_r, 3 * n_h + 1))
+        d3 = delta[:, : 3 * n_h].reshape(n_r, n_h, 3)
+        d3[:, :, STORED] = np.where(ok_pool, c3[:, :, STORED] + pool_cost, np.inf)
+        d3[:, :, CACHED] = np.where(ok_cached, c3[:, :, CACHED] + pool_cost, np.inf)
+        d3[:, :, RESIDENT] = np.where(ok_res, c3[:, :, RESIDENT] - removal[:, None], np.inf)
+        delta[:, -1] = cm.cost[R, cm.cloud_k] - removal
+        # the current option is not a move
+        col = np.full(cm.E, -1, dtype=np.int64)
+        col[H] = np.arange(n_h)
+        on_cloud = opt == cm.cloud_k
+        delta[np.flatnonzero(on_cloud), -1] = np.inf
+        placed = np.flatnonzero(~on_cloud)
+        j = col[opt[placed] // 3]
+        inside = j >= 0
+        delta[placed[inside], 3 * j[inside] + opt[placed[inside]] % 3] = np.inf
+        return delta
 
     def pair_deltas(self, a: int, b: int) -> FloatArray:
         """Cost change of giving models a and b options (k_a, k_b) at once: a [K, K] array,

@@ -153,25 +153,37 @@ class CloudSpec:
 class Prices:
     """Weights and prices of the cost model, all in seconds-equivalent per slot.
 
-    One unit of cost is one second of user-visible delay (`delay_weight` = 1). The defaults
-    are set from the measured H200 models (`../shared/measured/`) so that each option type
-    wins somewhere under realistic rates (0.005-0.5 req/s per model, 60 s slots):
+    One unit of cost is one second of user-visible delay (`delay_weight` = 1); a price per
+    GB is charged for every slot the bytes are held. The defaults come from the five models
+    measured on an H200 (`../shared/measured/`: peak VRAM 0.29-16.1 GB, cold load 0.36-10.7
+    s, one generation 1.3-3.3 s) under realistic rates (0.005-0.5 req/s per model, 60 s
+    slots, so n = 0.3-30 requests a slot), with the cloud at its default 1.5 × the edge
+    inference time behind an 80 ms round trip. Reasoning, per request and slot:
 
-    - cloud vs edge: the cloud costs a model n·(T^wan + I^cloud − I^edge + p_cloud) ≈
-      n·(0.6-1.8) s per slot more delay than a resident copy (I^cloud = 1.5·I^edge), so
-      the edge must hold a model cheaply enough to beat that. `cloud_per_request` = 0.05 s
-      is the egress/compute bill of one cloud request expressed as delay.
-    - resident: `vram_per_GB` = 0.5 makes residency pay from about 1-8 requests per slot for
-      the five measured models (gpt2 0.15 s/slot, llama-3.1-8B 8 s/slot); GPU memory is the
-      scarcest resource, at 25-50× the price of host RAM per GB.
-    - pooled: a pool slot for a model costs only the growth of the shared pool, so models
-      with few requests go pooled; from RAM (`cached`, pinned host memory, 0.1-0.4 s per
-      switch) or, when RAM is full or a model is small and quick to load, from disk
-      (`stored`, 0.4-11 s per switch: only small models or low miss rates beat the cloud).
-    - `ram_per_GB` = 0.02 and `disk_per_GB` = 0.002 make holding bytes cheap but not free,
-      so idle models (λ = 0) go to the cloud and tie-breaks prefer smaller footprints.
-    - `fetch_weight` = `load_weight` = 1: a second spent fetching or loading costs a second,
-      which is the hysteresis that keeps the decision from thrashing between slots.
+    - edge vs cloud: a request served by a resident copy saves T^wan + 0.5·I + p_cloud =
+      0.8-1.8 s against the cloud (sd-1.5 0.77 s ... qwen2.5-1.5B 1.77 s).
+    - resident (`vram_per_GB` = 0.2): holding the peak VRAM costs 0.06 s/slot (gpt2) to
+      3.2 s/slot (llama-3.1-8B), so residency beats the cloud from 0.05-3 requests a slot;
+      against a pooled copy loaded from RAM (π·L^ram = 0.1-0.4 s a request, π = 1) it pays
+      from under 1 (gpt2) to about 8 (sdxl, llama) requests a slot: popular models go
+      resident (before the one-off load; see below).
+    - cached (`ram_per_GB` = 0.02, 10× cheaper than VRAM): pinned host RAM costs 0.005-0.32
+      s/slot and saves π·(L^disk − L^ram) = 0.25-10 s a request against `stored`, so a
+      pooled model goes to RAM whenever RAM is free; the pool's VRAM is shared, charged once
+      for its largest member. Mid-popularity models go here.
+    - stored (pooled from disk): the switch π·L^disk = 0.4-11 s beats the cloud only for
+      small, quick-loading models (gpt2 always; qwen2.5-1.5B below π ≈ 0.6; sd-1.5 below
+      π ≈ 0.3), so it is chosen when host RAM is full. The long tail goes to the cloud.
+    - `disk_per_GB` = 0.002 makes holding bytes cheap but not free, so idle models (λ = 0)
+      go to the cloud; `cloud_per_request` = 0.05 s is the cloud's bill per request
+      expressed as delay.
+    - `fetch_weight` = `load_weight` = 1: a second spent fetching weights over the backhaul
+      or loading them into the GPU costs a second, once. This is the hysteresis that keeps
+      the decision from thrashing between slots: a model already on disk, in RAM or
+      resident is cheaper to keep there.
+
+    `tests/test_placement.py::test_measured_instances_use_every_option_type` checks that
+    every option type is chosen on measured instances with these defaults.
     """
 
     delay_weight: float = 1.0

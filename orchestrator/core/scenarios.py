@@ -9,10 +9,13 @@ Assumptions (documented, not measured):
 - L^ram, the preload from the pinned host-RAM tier, is the checkpoint bytes over the
   measured pinned host→GPU bandwidth plus `RAM_LOAD_OVERHEAD_S` for building the module;
   profiles written by the edge agent carry their own measured `load_ram_s`.
-- Smaller GPUs run inference slower by a fixed factor per kind (`HOST_KINDS`), the same
-  bytes of VRAM, and PCIe Gen4 hosts load from RAM at half the Gen5 rate.
-- The cloud runs each model at 1.5 × its H200 inference time (shared, queued GPUs) behind
-  an 80 ms WAN round trip.
+- Smaller GPUs run inference slower by a fixed factor per kind (`HOST_KINDS`: H100
+  1.25×, L40S 1.6×, L4 2.2×), with the same bytes of VRAM; PCIe Gen4 hosts load from RAM
+  at half the Gen5 rate; each host's disk loads 0.85-1.2× as fast as the H200's.
+- The cloud takes the cost model's default: 1.5 × the model's mean edge inference time
+  (shared, queued GPUs) behind an 80 ms WAN round trip.
+- π (pool miss probability) is uniform in [0.4, 1] per model and host; backhaul is 1, 5
+  or 10 Gbit/s.
 """
 
 from __future__ import annotations
@@ -127,9 +130,12 @@ def random_instance(
     `n_hosts` hosts of mixed kinds.
 
     Rates are Zipf-like (exponent `zipf`, default uniform in [0.8, 1.2]) over a random
-    order, about 10% of models idle, scaled so that the total inference work is `load`
-    (default uniform in [0.5, 1.5]) times the edge's compute capacity. Disk holds about
-    half of all models' bytes, host RAM (for the cached tier) about a fifth.
+    order, about 10% of models idle, scaled so that the total inference work (at H200
+    speed) is `load` (default uniform in [0.5, 1.5]) times the edge's compute capacity.
+    Each host's disk holds `disk_frac` (uniform in the range) of an equal share of all
+    models' bytes, its host RAM for the cached tier `ram_frac`. With probability
+    `current_frac` a model is currently on one random host (stored 50%, cached 30%,
+    resident 20%), which prices transitions. Deterministic for a seed.
     """
     rng = np.random.default_rng(seed)
     if not measured:
