@@ -435,7 +435,8 @@ def _true_delta(state: State, changes: dict[int, int]) -> float:
 
 def test_move_pricing_matches_evaluating_the_moved_assignment() -> None:
     """`State.move_table`, `sub_table` and `pair_deltas` price every one- and two-model move
-    exactly as re-evaluating the whole assignment would (+inf where it does not fit)."""
+    exactly as re-evaluating the whole assignment would (+inf where it does not fit), and
+    `pair_best` finds the best two-model move."""
     path = default_measured_path()
     if not path.exists():
         pytest.skip(f"no measured characterisation at {path}")
@@ -459,6 +460,9 @@ def test_move_pricing_matches_evaluating_the_moved_assignment() -> None:
                         )
             for a, b in itertools.combinations(range(cm.M), 2):
                 pair = state.pair_deltas(a, b)
+                d, ka, kb = state.pair_best(a, b)
+                assert d == pytest.approx(pair.min(), abs=1e-9)
+                assert pair[ka, kb] == pytest.approx(d, abs=1e-9)
                 for ka in range(cm.K):
                     for kb in range(cm.K):
                         want = _true_delta(state, {a: ka, b: kb})

@@ -6,7 +6,8 @@ is the option's cost *without* the shared pool term (placement.option_cost), +in
 model has no Perf on the host. `State` keeps per-host usage and the pool size P_e (with the
 top two pooled VRAM needs per host, so removing a model tells at once how far the pool
 shrinks) and prices moves of one model (`move_table`, vectorised over all models and
-options) or of two models at once (`pair_deltas`), exactly as `placement.evaluate` would.
+options; `sub_table` for some models and hosts) or of two models at once (`pair_deltas`,
+and `pair_best` for the best of them in O(K)), exactly as `placement.evaluate` would.
 
 Float arithmetic here is only a guide: every algorithm re-checks its answer with
 `placement.violations` and reports `placement.evaluate`. Capacity checks here are slightly
@@ -465,20 +466,20 @@ class State:
         delta[placed[inside], 3 * j[inside] + opt[placed[inside]] % 3] = np.inf
         return delta
 
-    def pair_deltas(self, a: int, b: int) -> FloatArray:
-        """Cost change of giving models a and b options (k_a, k_b) at once: a [K, K] array,
-        +inf where the pair does not fit; (current, current) is 0."""
+    def _pair_parts(self, a: int, b: int) -> tuple[FloatArray, FloatArray, FloatArray, float]:
+        """With models a and b both removed: the cost of adding each alone at each option
+        (da, db: [K], +inf where it does not fit), of adding both to one host at levels
+        (la, lb) ([3, 3, E]), and the cost their removal saves."""
         cm = self.cm
-        E, K = cm.E, cm.K
+        E = cm.E
         opt = self.opt
-        fd = cm.disk_cap - self.disk_u
-        fr = cm.ram_cap - self.ram_u
-        fc = cm.comp_cap - self.comp_u
+        fd = cm.disk_cap - self.disk_u + cm.slack_disk
+        fr = cm.ram_cap - self.ram_u + cm.slack_ram
+        fc = cm.comp_cap - self.comp_u + cm.slack_comp
         res = self.res_u.copy()
         pool = self.P.copy()
         removal = float(cm.cost[a, opt[a]] + cm.cost[b, opt[b]])
         pool_hosts = set()
-        fd, fr, fc = fd.copy(), fr.copy(), fc.copy()
         for x in (a, b):
             k = int(opt[x])
             if k == cm.cloud_k:
@@ -498,12 +499,7 @@ class State:
             new_p = float(cm.h[members, e].max()) if members.any() else 0.0
             removal += cm.pool_price * (self.P[e] - new_p)
             pool[e] = new_p
-
-        slack_d = _SLACK * np.maximum(1.0, cm.disk_cap)
-        slack_r = _SLACK * np.maximum(1.0, cm.ram_cap)
-        slack_g = _SLACK * np.maximum(1.0, cm.gpu_cap)
-        slack_c = _SLACK * np.maximum(1.0, cm.comp_cap)
-        free_gpu = cm.gpu_cap - res - pool
+        room = cm.gpu_cap - res - pool + cm.slack_gpu
 
         def single(x: int) -> FloatArray:
             h = cm.h[x]
@@ -511,35 +507,71 @@ class State:
             add = cm.cost3[x].copy()
             add[:, STORED] += cm.pool_price * growth
             add[:, CACHED] += cm.pool_price * growth
-            base_ok = cm.avail[x] & (cm.s[x] <= fd + slack_d) & (cm.nI[x] <= fc + slack_c)
-            ok_pool = base_ok & (growth <= free_gpu + slack_g)
+            base_ok = cm.avail[x] & (cm.s[x] <= fd) & (cm.nI[x] <= fc)
+            ok_pool = base_ok & (growth <= room)
             add[:, STORED][~ok_pool] = np.inf
-            add[:, CACHED][~(ok_pool & (cm.s[x] <= fr + slack_r))] = np.inf
-            add[:, RESIDENT][~(base_ok & (h <= free_gpu + slack_g))] = np.inf
+            add[:, CACHED][~(ok_pool & (cm.s[x] <= fr))] = np.inf
+            add[:, RESIDENT][~(base_ok & (h <= room))] = np.inf
             return np.append(add.reshape(3 * E), cm.cost[x, cm.cloud_k])
 
-        da, db = single(a), single(b)
-        D = da[:, None] + db[None, :]
         # both on one host: the sums of their needs must fit together. Arrays [la, lb, e].
-        lv = np.arange(3)
+        lv = np.arange(3)[:, None]
         ha, hb = cm.h[a], cm.h[b]
-        ra = np.where(lv[:, None] == RESIDENT, ha, 0.0)  # [3, E]
-        rb = np.where(lv[:, None] == RESIDENT, hb, 0.0)
-        pa = np.where(lv[:, None] == RESIDENT, 0.0, ha)
-        pb = np.where(lv[:, None] == RESIDENT, 0.0, hb)
+        ra, rb = np.where(lv == RESIDENT, ha, 0.0), np.where(lv == RESIDENT, hb, 0.0)
+        pa, pb = np.where(lv == RESIDENT, 0.0, ha), np.where(lv == RESIDENT, 0.0, hb)
         new_pool = np.maximum(np.maximum(pool, pa[:, None, :]), pb[None, :, :])
         resid = res + ra[:, None, :] + rb[None, :, :]
-        ram_a = np.where(lv == CACHED, cm.s[a], 0.0)
-        ram_b = np.where(lv == CACHED, cm.s[b], 0.0)
+        ram_a = np.where(lv[:, 0] == CACHED, cm.s[a], 0.0)
+        ram_b = np.where(lv[:, 0] == CACHED, cm.s[b], 0.0)
         ram = (ram_a[:, None] + ram_b[None, :])[:, :, None]
         ok = cm.avail[a] & cm.avail[b]
-        ok &= cm.s[a] + cm.s[b] <= fd + slack_d
-        ok &= cm.nI[a] + cm.nI[b] <= fc + slack_c
-        ok3 = ok & (ram <= fr + slack_r) & (resid + new_pool <= cm.gpu_cap + slack_g)
+        ok &= cm.s[a] + cm.s[b] <= fd
+        ok &= cm.nI[a] + cm.nI[b] <= fc
+        ok3 = ok & (ram <= fr) & (resid + new_pool <= cm.gpu_cap + cm.slack_gpu)
         val = cm.cost3[a].T[:, None, :] + cm.cost3[b].T[None, :, :]
         val = val + cm.pool_price * (new_pool - pool)
-        D[self._ia, self._ib] = np.where(ok3, val, np.inf)
+        return single(a), single(b), np.where(ok3, val, np.inf), removal
+
+    def pair_deltas(self, a: int, b: int) -> FloatArray:
+        """Cost change of giving models a and b options (k_a, k_b) at once: a [K, K] array,
+        +inf where the pair does not fit; (current, current) is 0."""
+        da, db, same, removal = self._pair_parts(a, b)
+        D = da[:, None] + db[None, :]
+        D[self._ia, self._ib] = same
         D -= removal
-        D[int(opt[a]), int(opt[b])] = 0.0
-        assert D.shape == (K, K)
+        D[int(self.opt[a]), int(self.opt[b])] = 0.0
         return D
+
+    def pair_best(self, a: int, b: int) -> tuple[float, int, int]:
+        """The best entry of `pair_deltas(a, b)` as (delta, k_a, k_b), in O(K) instead of
+        O(K²): on different hosts the two models' changes add up, so only each one's best
+        and second-best host matter; on one host the [3, 3, E] block decides."""
+        cm = self.cm
+        E, cloud = cm.E, cm.cloud_k
+        da, db, same, removal = self._pair_parts(a, b)
+        # best option per host ([E]) for each model, plus the cloud
+        la_best = da[:cloud].reshape(E, 3).argmin(axis=1)
+        lb_best = db[:cloud].reshape(E, 3).argmin(axis=1)
+        ka_h = 3 * np.arange(E) + la_best
+        kb_h = 3 * np.arange(E) + lb_best
+        va, vb = da[ka_h], db[kb_h]
+        cands: list[tuple[float, int, int]] = []
+        # one of them on the cloud (the other anywhere, the cloud included)
+        kb_any = int(np.argmin(db))
+        ka_any = int(np.argmin(da))
+        cands.append((da[cloud] + db[kb_any], cloud, kb_any))
+        cands.append((da[ka_any] + db[cloud], ka_any, cloud))
+        # two different hosts
+        if E >= 2:
+            ia = np.argsort(va, kind="stable")[:2]
+            ib = np.argsort(vb, kind="stable")[:2]
+            for x in ia:
+                for y in ib:
+                    if x != y:
+                        cands.append((va[x] + vb[y], int(ka_h[x]), int(kb_h[y])))
+        # the same host
+        j = int(np.argmin(same))
+        la, lb, e = np.unravel_index(j, same.shape)
+        cands.append((float(same.flat[j]), 3 * int(e) + int(la), 3 * int(e) + int(lb)))
+        best = min(cands, key=lambda c: c[0])
+        return float(best[0]) - removal, best[1], best[2]
