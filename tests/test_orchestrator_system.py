@@ -133,6 +133,25 @@ async def test_placement_follows_rates_and_survives_faults(
             st = (await a.get("/v1/models/tiny-llama/status")).json()
             assert st["level"] == llama_level
 
+        # Demand shifts to tiny-gpt2 (unused so far, so in the cloud): it follows to the edge.
+        assert entries["tiny-gpt2"]["target_host"] is None
+        for _ in range(2):
+            await o.post("/v1/arrivals", json={"counts": {"tiny-gpt2": 5}, "source": "gateway"})
+            await asyncio.sleep(settings.slot_s)
+        await orch.plan_now("test: shift to gpt2")
+        gpt2 = {e["model"]: e for e in (await o.get("/v1/placement")).json()["entries"]}[
+            "tiny-gpt2"
+        ]
+        assert gpt2["target_host"] in ("edge-a", "edge-b"), gpt2
+        gpt2_host, gpt2_level = gpt2["target_host"], gpt2["target_level"]
+
+        async def gpt2_at_target() -> bool:
+            p = (await o.get("/v1/placement")).json()
+            e = {x["model"]: x for x in p["entries"]}["tiny-gpt2"]
+            return e["actual"].get(gpt2_host) == gpt2_level
+
+        await until(gpt2_at_target)
+
         # What-if: demand shifts to tiny-gpt2; no side effects on the stored decision.
         before = (await o.get("/v1/placement")).json()["computed_at"]
         w = await o.post(
