@@ -81,7 +81,9 @@ def two_stores(model_zoo: Path, tmp_path: Path) -> tuple[Path, Path]:
 async def test_placement_follows_rates_and_survives_faults(
     two_stores: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    settings = orch_settings(tmp_path, slot_s=1.0)
+    # Short slots and half-life so rates move within the test; modest rates so the compute
+    # cap (rate x measured inference time <= 0.9 of the slot) holds even on a busy CI machine.
+    settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
     orch_port = free_port()
     async with AsyncExitStack() as stack:
         o = await stack.enter_async_context(serving(create_orchestrator(settings), orch_port))
@@ -104,7 +106,7 @@ async def test_placement_follows_rates_and_survives_faults(
         # Steady demand for tiny-llama, none for the others: it goes to the edge.
         for _ in range(3):
             r = await o.post(
-                "/v1/arrivals", json={"counts": {"tiny-llama": 5}, "source": "gateway"}
+                "/v1/arrivals", json={"counts": {"tiny-llama": 2}, "source": "gateway"}
             )
             assert r.status_code == 202
             await asyncio.sleep(settings.slot_s)
@@ -113,7 +115,7 @@ async def test_placement_follows_rates_and_survives_faults(
         entries = {e["model"]: e for e in p["entries"]}
         assert set(entries) == {"tiny-llama", "tiny-gpt2", "tiny-sd"}
         assert entries["tiny-llama"]["target_host"] in ("edge-a", "edge-b")
-        assert entries["tiny-llama"]["rate_rps"] > 1
+        assert entries["tiny-llama"]["rate_rps"] > 0.5
         assert p["cost"]["total"] > 0 and p["algorithm"] == "mlds"
         llama_host, llama_level = (
             entries["tiny-llama"]["target_host"],
@@ -136,7 +138,7 @@ async def test_placement_follows_rates_and_survives_faults(
         # Demand shifts to tiny-gpt2 (unused so far, so in the cloud): it follows to the edge.
         assert entries["tiny-gpt2"]["target_host"] is None
         for _ in range(2):
-            await o.post("/v1/arrivals", json={"counts": {"tiny-gpt2": 5}, "source": "gateway"})
+            await o.post("/v1/arrivals", json={"counts": {"tiny-gpt2": 2}, "source": "gateway"})
             await asyncio.sleep(settings.slot_s)
         await orch.plan_now("test: shift to gpt2")
         gpt2 = {e["model"]: e for e in (await o.get("/v1/placement")).json()["entries"]}[
@@ -191,7 +193,7 @@ async def test_placement_follows_rates_and_survives_faults(
         p = (await o2.get("/v1/placement")).json()
         assert p["computed_at"] is not None and p["entries"]
         rate = o2.app.state.orchestrator.rates.rate("tiny-llama")  # type: ignore[attr-defined]
-        assert rate > 1
+        assert rate > 0  # a fresh estimator would know nothing
 
 
 async def test_orchestrator_errors(tmp_path: Path) -> None:

@@ -7,47 +7,21 @@ answered with a 500 whose message names only the exception class.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_agent.errors import AgentError, Overloaded
-from genedge.contract import ErrorBody, ErrorResponse
+from genedge.contract import ErrorBody
+from genedge.http_errors import error_response, install_common_handlers
 
 log = logging.getLogger("edge_agent.api")
 
-_HTTP_TYPES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "overloaded",
-    503: "unavailable",
-}
-
-
-def error_response(
-    status: int, body: ErrorBody, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        ErrorResponse(error=body).model_dump(exclude_none=True), status_code=status, headers=headers
-    )
-
-
-def _field_of(loc: Any) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
-
 
 def install_error_handlers(app: FastAPI) -> None:
+    install_common_handlers(app, log)
+
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
         headers = None
@@ -56,35 +30,6 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
             body.retry_after_s = exc.retry_after_s
         return error_response(exc.status, body, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_of(first.get("loc", ()))
-        details = [
-            {"field": _field_of(e.get("loc", ())), "message": e.get("msg", "")} for e in errors
-        ]
-        msg = f"{field}: {first.get('msg', 'invalid')}"
-        return error_response(
-            422, ErrorBody(type="invalid_request", message=msg, field=field, details=details)
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = _HTTP_TYPES.get(exc.status_code, "http_error")
-        return error_response(
-            exc.status_code,
-            ErrorBody(type=kind, message=str(exc.detail)),
-            dict(exc.headers) if exc.headers else None,
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(
-            500, ErrorBody(type="internal_error", message=f"internal error ({type(exc).__name__})")
-        )
 
 
 class BodySizeLimit:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Header, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genedge.contract import (
     AgentList,
@@ -24,6 +23,7 @@ from genedge.contract import (
     PlanRequest,
     RegistrationAck,
 )
+from genedge.http_errors import error_response, install_common_handlers
 from orchestrator.errors import OrchestratorError, Unauthorized
 from orchestrator.service import Orchestrator
 
@@ -143,35 +143,10 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def _error(status: int, body: ErrorBody) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=body).model_dump(exclude_none=True), status_code=status)
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    install_common_handlers(app, logging.getLogger("orchestrator.api"))
+
     @app.exception_handler(OrchestratorError)
     async def _own(_: Request, exc: OrchestratorError) -> JSONResponse:
-        return _error(exc.status, ErrorBody(type=exc.type, message=exc.message, field=exc.field))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        loc = [str(p) for p in (errs[0].get("loc", ()) if errs else ()) if p not in ("body",)]
-        field = ".".join(loc) or "body"
-        msg = errs[0].get("msg", "invalid") if errs else "invalid request"
-        return _error(
-            422, ErrorBody(type="invalid_request", message=f"{field}: {msg}", field=field)
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, ErrorBody(type=kind, message=str(exc.detail)))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        import logging
-
-        logging.getLogger("orchestrator.api").exception("unhandled error")
-        return _error(
-            500, ErrorBody(type="internal_error", message=f"internal error ({type(exc).__name__})")
-        )
+        body = ErrorBody(type=exc.type, message=exc.message, field=exc.field)
+        return error_response(exc.status, body)

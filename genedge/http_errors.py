@@ -1,0 +1,76 @@
+"""The HTTP error shape shared by every service: `{"error": {"type", "message", ...}}`.
+
+`install_common_handlers` maps request-validation errors (422, naming the field), Starlette's
+HTTP errors (404 path, 405 method, ...) and any unexpected exception (500, logged with its
+stack trace, answered without it). Each service adds the handler of its own error hierarchy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from genedge.contract import ErrorBody, ErrorResponse
+
+HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "overloaded",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        ErrorResponse(error=body).model_dump(exclude_none=True), status_code=status, headers=headers
+    )
+
+
+def field_of(loc: Any) -> str:
+    """`("body", "messages", 0, "role")` -> `messages.0.role`."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def install_common_handlers(app: FastAPI, log: logging.Logger) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        field = field_of(first.get("loc", ()))
+        details = [
+            {"field": field_of(e.get("loc", ())), "message": e.get("msg", "")} for e in errors
+        ]
+        msg = f"{field}: {first.get('msg', 'invalid')}"
+        return error_response(
+            422, ErrorBody(type="invalid_request", message=msg, field=field, details=details)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = HTTP_TYPES.get(exc.status_code, "http_error")
+        return error_response(
+            exc.status_code,
+            ErrorBody(type=kind, message=str(exc.detail)),
+            dict(exc.headers) if exc.headers else None,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(
+            500, ErrorBody(type="internal_error", message=f"internal error ({type(exc).__name__})")
+        )
