@@ -14,9 +14,15 @@ import httpx
 import pytest
 import uvicorn
 
-from edge_agent.adapters import tiny_models
 from edge_agent.app import create_app
 from edge_agent.settings import AgentSettings
+from tests.fixtures_models import (  # noqa: F401 - registered here once for every module
+    gpt2_manifest,
+    llama_manifest,
+    manifest_of,
+    sd_manifest,
+    tiny_zoo,
+)
 
 
 def _has_cuda() -> bool:
@@ -38,13 +44,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def model_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Pristine tiny models (never modified by tests; copy them into a store)."""
-    root = tmp_path_factory.mktemp("zoo")
-    tiny_models.build_tiny_llama(root / "tiny-llama", seed=1)
-    tiny_models.build_tiny_gpt2(root / "tiny-gpt2", seed=2)
-    tiny_models.build_tiny_sd(root / "tiny-sd", seed=3)
-    return root
+def model_zoo(tiny_zoo: Path) -> Path:  # noqa: F811 - the fixture, by name
+    """Pristine tiny models (never modified by tests; copy them into a store). The same
+    session-wide build as `tiny_zoo`, so every test module shares one set."""
+    return tiny_zoo
 
 
 @pytest.fixture

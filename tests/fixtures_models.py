@@ -1,8 +1,8 @@
-"""Tiny real models for the torch adapter tests, independent of `tests/conftest.py`.
+"""Tiny real models for the tests, built once per session.
 
 `tiny_zoo` builds the three tiny models once per session; `manifest_for` (fixture
 `manifest_of`) writes the manifest the store scanner would, from the folder layout alone (so
-these tests need no scanner). Load with `pytest_plugins = ["tests.fixtures_models"]`.
+these tests need no scanner). Registered for every test module by `tests/conftest.py`.
 """
 
 from __future__ import annotations

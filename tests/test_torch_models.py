@@ -36,7 +36,6 @@ from edge_agent.errors import (
 from genedge.contract import ChatMessage, ModelManifest
 
 # Fixtures of our own (`tiny_zoo`, `*_manifest`), so this file needs no conftest.
-pytest_plugins = ["tests.fixtures_models"]
 
 MANIFESTS = ["sd_manifest", "llama_manifest", "gpt2_manifest"]
 CHAT = [
