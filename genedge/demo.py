@@ -193,6 +193,13 @@ def _wait(client: httpx.Client, procs: _Procs, path: str, timeout: float) -> Non
     raise RuntimeError(f"{client.base_url}{path} not ready after {timeout:.0f} s")
 
 
+def _target(entry: dict[str, Any]) -> str:
+    """A placement entry's target as `cloud` or `host/level`."""
+    if entry["target_host"] is None:
+        return "cloud"
+    return f"{entry['target_host']}/{entry['target_level']}"
+
+
 def _print_placement(orch: httpx.Client) -> None:
     p = orch.get("/v1/placement").json()
     if not p.get("computed_at"):
@@ -207,7 +214,7 @@ def _print_placement(orch: httpx.Client) -> None:
     )
     print(f"{'model':<24}{'req/s':>7}  {'target':<22}{'actual':<40}why")
     for e in p["entries"]:
-        target = "cloud" if e["target_host"] is None else f"{e['target_host']}/{e['target_level']}"
+        target = _target(e)
         actual = ", ".join(f"{h}:{lvl}" for h, lvl in sorted(e["actual"].items()))
         print(f"{e['model']:<24}{e['rate_rps']:>7.3f}  {target:<22}{actual:<40}{e['why']}")
 
@@ -331,11 +338,7 @@ def run_demo(state: Path, *, once: bool, port: int = 0) -> int:
                     f"{doc['cost']['total']:.2f}"
                 )
                 for e in doc["entries"]:
-                    target = (
-                        "cloud"
-                        if e["target_host"] is None
-                        else f"{e['target_host']}/{e['target_level']}"
-                    )
+                    target = _target(e)
                     print(f"  {e['model']:<24}{e['rate_rps']:>7.3f} req/s -> {target}")
             else:
                 ok = False
