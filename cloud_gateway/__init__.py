@@ -1,1 +1,1 @@
-"""The cloud gateway: routes each request by placement (issue 4; not built yet)."""
+"""The cloud gateway: one OpenAI-style endpoint that routes each request by placement."""

@@ -17,11 +17,13 @@ import httpx
 import psutil
 from fastapi import FastAPI
 
-from edge_agent.api.errors import BodySizeLimit, install_error_handlers
+from edge_agent.api.errors import install_error_handlers
 from edge_agent.api.routes import router
+from edge_agent.api.wan import AddedDelay
 from edge_agent.core.ports import ModelLoader
 from edge_agent.runtime import AgentRuntime, HostInfo, ProfilerLike
 from edge_agent.settings import AgentSettings
+from genedge.http_errors import BodySizeLimit
 
 log = logging.getLogger("edge_agent")
 
@@ -150,4 +152,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.wan_delay_ms > 0:
+        app.add_middleware(AddedDelay, delay_ms=settings.wan_delay_ms)
     return app

@@ -21,7 +21,16 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
 
     host_id: str = Field(default_factory=socket.gethostname, description="Name in the fleet.")
-    role: Literal["edge", "cloud"] = "edge"
+    role: Literal["edge", "cloud"] = Field(
+        default="edge",
+        description="`cloud`: the gateway's cloud backend (all models, not placed on).",
+    )
+    wan_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Added round-trip delay on generation requests, to make a local cloud "
+        "agent as far away as a real one.",
+    )
     store_dir: Path = Path("models")
     profiles_dir: Path = Field(
         default=Path("state/profiles"),

@@ -2,6 +2,7 @@
 
     genedge agent         run an edge agent over a model store
     genedge orchestrator  run the orchestrator (placement decisions over REST)
+    genedge gateway       run the cloud gateway (the user-facing OpenAI-style API)
     genedge profile  measure model folders on this host and print/write their profiles
     genedge models   build the demo model store (random-weight real architectures)
     genedge demo     the main job for now: prepare a store, start an agent, send it real requests
@@ -74,6 +75,34 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cloud_gateway.app import create_app
+    from cloud_gateway.settings import GatewaySettings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "orchestrator_url": args.orchestrator,
+            "cloud_url": args.cloud,
+        }.items()
+        if v is not None
+    }
+    settings = GatewaySettings(**overrides)
+    _setup_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # one line per request costs more than the routing itself
     )
     return 0
 
@@ -189,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--host", help="bind address (ORCH_HOST)")
     o.add_argument("--port", type=int, help="port (ORCH_PORT)")
     o.set_defaults(func=cmd_orchestrator)
+
+    g = sub.add_parser("gateway", help="run the cloud gateway (settings: GW_* environment)")
+    g.add_argument("--orchestrator", help="orchestrator base URL (GW_ORCHESTRATOR_URL)")
+    g.add_argument("--cloud", help="OpenAI-compatible cloud base URL (GW_CLOUD_URL)")
+    g.add_argument("--host", help="bind address (GW_HOST)")
+    g.add_argument("--port", type=int, help="port (GW_PORT)")
+    g.set_defaults(func=cmd_gateway)
 
     pr = sub.add_parser("profile", help="measure a model folder (or every model in a store)")
     pr.add_argument("path")

@@ -528,3 +528,56 @@ class Explanation(BaseModel):
     model: str
     rate_rps: float
     options: list[OptionCostDoc]
+
+
+# --------------------------------------------------------------------------------------
+# Routing table: what the gateway needs from the orchestrator to route one request
+# --------------------------------------------------------------------------------------
+
+
+class RouteHost(BaseModel):
+    """One live edge host holding a model, as last reported by its agent."""
+
+    host: str
+    url: str
+    level: str = Field(description="Settled level on the host: stored, cached or resident.")
+    state: str = Field(description="`ready`, `loading`, ... (`ModelState`).")
+    in_pool: bool = Field(default=False, description="The model occupies the host's swap pool now.")
+    planned: bool = Field(default=False, description="The current decision serves the model here.")
+    preload_s: float | None = Field(
+        default=None, description="Measured preload when not in GPU memory (RAM tier if cached)."
+    )
+    infer_s: float | None = Field(
+        default=None, description="Measured time of one default generation."
+    )
+    queued: int = Field(default=0, description="In flight plus queued at the agent, last reported.")
+
+
+class RouteModel(BaseModel):
+    model: str
+    kind: str
+    target_host: str | None = Field(
+        default=None, description="The decision's host; None: the cloud."
+    )
+    target_level: str | None = None
+    hosts: list[RouteHost] = Field(default_factory=list)
+    cloud_infer_s: float | None = Field(default=None, description="Measured on the cloud agent.")
+
+
+class CloudRoute(BaseModel):
+    """A live agent in role `cloud`."""
+
+    id: str
+    url: str
+    models: list[str] = Field(default_factory=list)
+
+
+class RoutingTable(BaseModel):
+    generated_at: float = Field(description="When the orchestrator built this table (unix s).")
+    planned_at: float | None = Field(
+        default=None, description="When the decision behind it was made."
+    )
+    algorithm: str | None = None
+    wan_rtt_s: float = Field(description="Round trip to the cloud backend, from the settings.")
+    models: list[RouteModel] = Field(default_factory=list)
+    cloud: list[CloudRoute] = Field(default_factory=list)

@@ -25,12 +25,16 @@ from genedge.contract import (
     AgentInfo,
     AgentRegistration,
     ArrivalBatch,
+    CloudRoute,
     CostTerms,
     Explanation,
     Heartbeat,
     OptionCostDoc,
     Placement,
     PlacementEntry,
+    RouteHost,
+    RouteModel,
+    RoutingTable,
 )
 from orchestrator.adapters.registry import Registry
 from orchestrator.core import algorithms, describe, placement
@@ -518,4 +522,70 @@ class Orchestrator:
         ]
         return Explanation(
             model=model_id, rate_rps=instance.rates.get(model_id, 0.0), options=options
+        )
+
+    # ------------------------------------------------------------------ routing
+    def _targets(self) -> tuple[dict[str, tuple[str | None, str | None]], float | None, str | None]:
+        """The decision's (host, level) per model, from the last plan or the restored one."""
+        if self.last is not None:
+            targets = {m: (o.host, o.level) for m, o in self.last.decision.assignment.items()}
+            return targets, self.last.computed_at, self.last.decision.algorithm
+        if self.restored_decision is not None:
+            saved = Placement.model_validate(self.restored_decision)
+            targets = {e.model: (e.target_host, e.target_level) for e in saved.entries}
+            return targets, saved.computed_at, saved.algorithm
+        return {}, None, None
+
+    def routing_table(self) -> RoutingTable:
+        """Everything the gateway needs to route a request: per model the live hosts holding
+        it (level, state, swap-pool occupancy, measured preload and inference, queue), the
+        decision's target, and the live cloud agents."""
+        targets, planned_at, algorithm = self._targets()
+        models: dict[str, RouteModel] = {}
+        for a in self._live("edge"):
+            pool_model = a.facts.get("pool_model")
+            for m in self.registry.agent_models(a.id):
+                mid = m["id"]
+                entry = models.get(mid)
+                if entry is None:
+                    host, level = targets.get(mid, (None, None))
+                    entry = models[mid] = RouteModel(
+                        model=mid, kind=m.get("kind", "text"), target_host=host, target_level=level
+                    )
+                level = settled_level(m.get("level", "stored"), int(m.get("host_ram_bytes", 0)))
+                if level not in ("stored", "cached", "resident"):
+                    continue
+                p = m.get("profile") or self.registry.profile(a.id, mid) or {}
+                preload = p.get("load_ram_s") if level == "cached" else p.get("load_cold_s")
+                entry.hosts.append(
+                    RouteHost(
+                        host=a.id,
+                        url=a.url,
+                        level=level,
+                        state=m.get("state", "ready"),
+                        in_pool=pool_model == mid or m.get("level") == "pooled",
+                        planned=entry.target_host == a.id,
+                        preload_s=preload,
+                        infer_s=p.get("generation_s"),
+                        queued=int(m.get("in_flight", 0)) + int(m.get("queued", 0)),
+                    )
+                )
+        cloud = []
+        for a in self._live("cloud"):
+            statuses = self.registry.agent_models(a.id)
+            cloud.append(CloudRoute(id=a.id, url=a.url, models=[m["id"] for m in statuses]))
+            for m in statuses:
+                p = m.get("profile")
+                entry = models.get(m["id"])
+                if entry is None:
+                    entry = models[m["id"]] = RouteModel(model=m["id"], kind=m.get("kind", "text"))
+                if p and entry.cloud_infer_s is None:
+                    entry.cloud_infer_s = float(p["generation_s"])
+        return RoutingTable(
+            generated_at=self.clock(),
+            planned_at=planned_at,
+            algorithm=algorithm,
+            wan_rtt_s=self.settings.wan_rtt_s,
+            models=sorted(models.values(), key=lambda e: e.model),
+            cloud=cloud,
         )

@@ -22,6 +22,7 @@ from genedge.contract import (
     Placement,
     PlanRequest,
     RegistrationAck,
+    RoutingTable,
 )
 from genedge.http_errors import error_response, install_common_handlers
 from orchestrator.errors import OrchestratorError, Unauthorized
@@ -124,6 +125,13 @@ async def plan(request: Request, body: PlanRequest) -> Placement:
 @router.get("/v1/placement/explain/{model_id:path}", response_model=Explanation, responses=ERRORS)
 async def explain(request: Request, model_id: str) -> Explanation:
     return _orch(request).explain(model_id)
+
+
+@router.get("/v1/routing", response_model=RoutingTable)
+async def routing(request: Request) -> RoutingTable:
+    """The gateway's routing table: live hosts per model with their state and measured
+    times, the decision's targets and the live cloud agents."""
+    return _orch(request).routing_table()
 
 
 @router.get("/healthz", response_model=Health)

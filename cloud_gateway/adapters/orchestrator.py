@@ -1,0 +1,148 @@
+"""The gateway's link to the orchestrator: polls the routing table (keeping the last good
+one, also on disk, when the orchestrator is unreachable) and reports arrivals in batches.
+Neither ever blocks a request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from pydantic import ValidationError
+
+from cloud_gateway.core.limits import ArrivalCounter
+from cloud_gateway.core.routing import Router
+from genedge.contract import ArrivalBatch, RoutingTable
+
+log = logging.getLogger("cloud_gateway.orchestrator")
+_SAVE_EVERY_S = 10.0
+
+
+class TablePoller:
+    def __init__(
+        self,
+        url: str,
+        router: Router,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float],
+        interval_s: float,
+        state_file: Path | None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.router = router
+        self.http = http
+        self.clock = clock
+        self.interval_s = interval_s
+        self.state_file = state_file
+        self.failures = 0
+        self.last_error: str | None = None
+        self._saved_at = 0.0
+        self._saved_body: str | None = None
+
+    def restore(self) -> bool:
+        """Load the table kept on disk by an earlier run, with its original fetch time (so
+        its age shows), for routing before the orchestrator first answers."""
+        if self.state_file is None or not self.state_file.exists():
+            return False
+        try:
+            saved = json.loads(self.state_file.read_text())
+            table = RoutingTable.model_validate(saved["table"])
+            fetched_at = float(saved["fetched_at"])
+        except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+            log.warning("ignoring unreadable saved routing table %s: %s", self.state_file, exc)
+            return False
+        self.router.update(table, fetched_at)
+        log.info("restored the routing table fetched %.0f s ago", self.clock() - fetched_at)
+        return True
+
+    async def refresh(self) -> bool:
+        try:
+            r = await self.http.get(f"{self.url}/v1/routing", timeout=max(self.interval_s, 2.0))
+            r.raise_for_status()
+            table = RoutingTable.model_validate_json(r.content)
+        except (httpx.HTTPError, ValidationError) as exc:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self.failures in (1, 10) or self.failures % 100 == 0:
+                log.warning(
+                    "orchestrator unreachable (%d tries): %s; routing on the last table",
+                    self.failures,
+                    self.last_error,
+                )
+            return False
+        if self.failures:
+            log.info("orchestrator reachable again after %d failed polls", self.failures)
+        self.failures = 0
+        self.last_error = None
+        now = self.clock()
+        self.router.update(table, now)
+        self._save(table, now)
+        return True
+
+    def _save(self, table: RoutingTable, now: float) -> None:
+        if self.state_file is None or now - self._saved_at < _SAVE_EVERY_S:
+            return
+        body = table.model_dump_json(exclude={"generated_at"})
+        if body == self._saved_body and now - self._saved_at < 60.0:
+            return
+        payload = {"fetched_at": now, "table": table.model_dump(mode="json")}
+        tmp = self.state_file.with_suffix(".tmp")
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(payload))
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            log.warning("could not keep the routing table in %s: %s", self.state_file, exc)
+            return
+        self._saved_at, self._saved_body = now, body
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval_s)
+
+
+class ArrivalReporter:
+    """Sends the per-model request counts every `interval_s`; a failed batch is kept for
+    the next one."""
+
+    def __init__(
+        self,
+        url: str,
+        counter: ArrivalCounter,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float],
+        interval_s: float,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.counter = counter
+        self.http = http
+        self.clock = clock
+        self.interval_s = interval_s
+        self.sent = 0
+
+    async def flush(self) -> bool:
+        counts = self.counter.take()
+        if not counts:
+            return True
+        batch = ArrivalBatch(counts=counts, at=self.clock(), source="gateway")
+        try:
+            r = await self.http.post(
+                f"{self.url}/v1/arrivals", json=batch.model_dump(), timeout=5.0
+            )
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            self.counter.give_back(counts)
+            log.debug("arrivals not delivered (kept for the next batch): %s", exc)
+            return False
+        self.sent += sum(counts.values())
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()

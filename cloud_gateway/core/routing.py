@@ -1,0 +1,131 @@
+"""Routing policy: for one request, the ordered list of backends to try.
+
+Order (DESIGN.md, issue 4): hosts where the model is resident, least loaded first; then
+hosts where the decision serves it from the swap pool, when their expected delay (preload
+unless the pool already holds it, plus inference times the queue ahead) beats the cloud's;
+then the cloud. Hosts that failed a moment ago go last, so a dead host costs one failed
+connection, not one per request. Pure Python: no HTTP, no clock of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from genedge.contract import RouteModel, RoutingTable
+
+Route = Literal["resident", "pooled", "cloud"]
+_UNMEASURED_PRELOAD_S = 5.0  # a host that has not measured the model yet: assume slow
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str  # host id, or the cloud's id
+    url: str
+    route: Route
+    expected_s: float | None = None
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudBackend:
+    """A fixed OpenAI-compatible cloud backend from the settings."""
+
+    id: str
+    url: str
+    api_key: str = ""
+
+
+class Router:
+    """Holds the last routing table and answers `candidates(model)`."""
+
+    def __init__(self, cloud: CloudBackend | None, suspect_s: float = 5.0) -> None:
+        self.cloud = cloud
+        self.suspect_s = suspect_s
+        self.table: RoutingTable | None = None
+        self.fetched_at: float | None = None
+        self._models: dict[str, RouteModel] = {}
+        self._suspect: dict[str, float] = {}  # host -> until
+
+    # ------------------------------------------------------------------ table
+    def update(self, table: RoutingTable, fetched_at: float) -> None:
+        self.table = table
+        self.fetched_at = fetched_at
+        self._models = {m.model: m for m in table.models}
+
+    def age_s(self, now: float) -> float | None:
+        return None if self.fetched_at is None else max(0.0, now - self.fetched_at)
+
+    def entry(self, model: str) -> RouteModel | None:
+        return self._models.get(model)
+
+    def catalogue(self) -> list[RouteModel]:
+        return list(self._models.values())
+
+    # ------------------------------------------------------------------ faults
+    def mark_failed(self, host: str, now: float) -> None:
+        self._suspect[host] = now + self.suspect_s
+
+    def _is_suspect(self, host: str, now: float) -> bool:
+        until = self._suspect.get(host)
+        if until is None:
+            return False
+        if until <= now:
+            del self._suspect[host]
+            return False
+        return True
+
+    # ------------------------------------------------------------------ routing
+    def candidates(self, model: str, inflight: Mapping[str, int], now: float) -> list[Target]:
+        """Backends to try in order; empty when the model is unknown and no cloud can take
+        it (the caller decides between 404 and 503)."""
+        entry = self._models.get(model)
+        cloud = self._cloud_targets(model, entry)
+        if entry is None:
+            return cloud
+        cloud_s = self._cloud_expected(entry)
+
+        def load(h_host: str, h_queued: int) -> int:
+            return inflight.get(h_host, 0) + h_queued
+
+        resident = sorted(
+            (h for h in entry.hosts if h.level == "resident" and h.state == "ready"),
+            key=lambda h: (load(h.host, h.queued), h.host),
+        )
+        pooled: list[tuple[float, Target]] = []
+        for h in entry.hosts:
+            if h.level == "resident" or h.state != "ready" or not (h.planned or h.in_pool):
+                continue
+            infer = h.infer_s if h.infer_s is not None else 0.0
+            preload = 0.0 if h.in_pool else (h.preload_s or _UNMEASURED_PRELOAD_S)
+            expected = preload + infer * (1 + load(h.host, h.queued))
+            if cloud_s is None or not cloud or expected < cloud_s:
+                pooled.append((expected, Target(h.host, h.url, "pooled", expected)))
+        pooled.sort(key=lambda p: (p[0], p[1].backend))
+        edge = [Target(h.host, h.url, "resident", h.infer_s) for h in resident]
+        edge += [t for _, t in pooled]
+        fresh = [t for t in edge if not self._is_suspect(t.backend, now)]
+        stale = [t for t in edge if self._is_suspect(t.backend, now)]
+        return fresh + cloud + stale
+
+    def _cloud_expected(self, entry: RouteModel) -> float | None:
+        if self.table is None:
+            return None
+        infer = entry.cloud_infer_s
+        if infer is None:
+            measured = [h.infer_s for h in entry.hosts if h.infer_s is not None]
+            infer = min(measured) if measured else 0.0
+        return self.table.wan_rtt_s + infer
+
+    def _cloud_targets(self, model: str, entry: RouteModel | None) -> list[Target]:
+        if self.cloud is not None:
+            c = self.cloud
+            return [Target(c.id, c.url, "cloud", api_key=c.api_key or None)]
+        if self.table is None:
+            return []
+        return [
+            Target(c.id, c.url, "cloud")
+            for c in self.table.cloud
+            if model in c.models or (entry is None and not c.models)
+        ]
