@@ -174,7 +174,7 @@ class Orchestrator:
                 if n:
                     self.rates.observe(model, n, now)
         for model, pc in hb.pool.items():
-            if pc.hits or pc.misses:
+            if rec.role == "edge" and (pc.hits or pc.misses):
                 self.pool.observe(model, agent_id, pc.hits, pc.misses)
         self._check_surges()
         return True
@@ -302,7 +302,9 @@ class Orchestrator:
             slot_s=s.slot_s,
             cloud=CloudSpec(wan_rtt_s=s.wan_rtt_s, infer_s=cloud_infer),
             prices=self.prices(),
-            pool_miss=self.pool.all(),
+            # Only pairs of this instance: evidence about hosts now down (or the cloud
+            # agent, whose pool is not planned) stays in the statistics but out of the plan.
+            pool_miss={k: v for k, v in self.pool.all().items() if k in perf},
             current=current,
         )
         return instance, kinds
