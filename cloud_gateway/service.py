@@ -18,12 +18,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import httpx
 from fastapi import Response
 from fastapi.responses import StreamingResponse
 
 from cloud_gateway.adapters.orchestrator import ArrivalReporter, TablePoller
-from cloud_gateway.adapters.upstream import RETRYABLE, Failure, Opened, open_upstream
+from cloud_gateway.adapters.upstream import (
+    RETRYABLE,
+    UPSTREAM_ERRORS,
+    Failure,
+    Opened,
+    open_upstream,
+)
 from cloud_gateway.core.limits import ArrivalCounter, RateLimiter
 from cloud_gateway.core.routing import CloudBackend, Router, Target
 from cloud_gateway.errors import NoBackend, RateLimited, Unauthorized, UnknownModel, WrongKind
@@ -47,10 +54,12 @@ class Gateway:
         self,
         settings: GatewaySettings,
         http: httpx.AsyncClient,
+        upstream: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.http = http
+        self.http = http  # the control plane: the orchestrator
+        self.upstream = upstream  # the data plane: agents and the cloud
         self.clock = clock
         cloud = None
         if settings.cloud_url:
@@ -156,7 +165,7 @@ class Gateway:
             t0 = time.perf_counter()
             try:
                 opened = await open_upstream(
-                    self.http,
+                    self.upstream,
                     target,
                     path,
                     body,
@@ -176,23 +185,23 @@ class Gateway:
         )
 
     def _failed(self, target: Target, f: Failure) -> None:
-        reason = "connect" if f.connect else ("status" if f.response is not None else "broken")
+        reason = "connect" if f.connect else ("status" if f.opened is not None else "broken")
         self.metrics.fallbacks.labels(target.route, reason).inc()
         if f.connect and target.route != "cloud":
             self.router.mark_failed(target.backend, self.clock())
         log.warning("%s (%s) failed before its first byte: %s", target.backend, target.route, f)
 
     def _respond(self, model: str, opened: Opened, fallbacks: int, stream: bool) -> Response:
-        target, resp = opened.target, opened.response
-        headers = {k: v for k in _PASSED_HEADERS if (v := resp.headers.get(k)) is not None}
+        target = opened.target
+        headers = {k: v for k in _PASSED_HEADERS if (v := opened.header(k)) is not None}
         if target.route == "cloud":
             headers["x-served-by"] = self.settings.cloud_id
         else:
-            headers["x-served-by"] = resp.headers.get("x-served-by", target.backend)
+            headers["x-served-by"] = opened.header("x-served-by") or target.backend
         headers["x-route"] = target.route
         if fallbacks:
             headers["x-fallbacks"] = str(fallbacks)
-        status = resp.status_code
+        status = opened.status
         label = self._label(model)
         if opened.body is not None:
             self._leave(target.backend)
@@ -209,7 +218,7 @@ class Gateway:
                 yield opened.first
             async for chunk in opened.rest():
                 yield chunk
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             status = "stream_error"
             self.metrics.stream_errors.inc()
             log.warning("stream from %s broke after its first byte: %s", target.backend, exc)
@@ -222,7 +231,7 @@ class Gateway:
             yield f"data: {event}\n\n".encode()
             yield b"data: [DONE]\n\n"
         finally:
-            await opened.aclose()
+            opened.close()
             self._leave(target.backend)
             self.metrics.requests.labels(label, target.route, status).inc()
 

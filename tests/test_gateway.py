@@ -483,6 +483,10 @@ async def test_bad_input_and_keys(tmp_path: Path) -> None:
         assert r.status_code == 400
         assert cloud.seen == 1  # only the valid request reached a backend
         assert (await gw.get("/healthz")).status_code == 200  # health needs no key
+        spec = (await gw.get("/openapi.json")).json()
+        body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+        ref = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        assert "messages" in spec["components"]["schemas"][ref]["properties"]
 
 
 async def test_per_key_rate_limit(tmp_path: Path) -> None:

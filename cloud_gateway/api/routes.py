@@ -4,10 +4,12 @@ original bytes. Errors become HTTP in one place (`install_error_handlers`)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.service import Gateway
@@ -31,37 +33,80 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def _gw(request: Request) -> Gateway:
     gw: Gateway = request.app.state.gateway
     return gw
 
 
-async def admit(request: Request, authorization: str | None = Header(None)) -> None:
-    """API key and rate limit, checked before the body is validated."""
-    _gw(request).admit(authorization, request.client.host if request.client else "-")
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the route validates itself (see `_validated`)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+async def _validated(request: Request, model: type[M]) -> tuple[M, bytes]:
+    """Check the key and rate limit first (401/429 before 422), then validate the raw body
+    with the contract in one pass (pydantic-core parses the JSON itself): the gateway
+    forwards these bytes and never builds the body twice. FastAPI's body parameters would
+    cost ~0.2 ms more per request, a fifth of the gateway's budget."""
+    gw = _gw(request)
+    gw.admit(request.headers.get("authorization"), request.client.host if request.client else "-")
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw), raw
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 router = APIRouter()
-generation = APIRouter(dependencies=[Depends(admit)], responses=ERRORS)
 
 
-@generation.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses=ERRORS,
+    openapi_extra=_request_body(ChatCompletionRequest),
+)
+async def chat_completions(request: Request) -> Response:
     """Chat completion, streamed as server-sent events with `"stream": true`."""
-    raw = await request.body()
+    body, raw = await _validated(request, ChatCompletionRequest)
     return await _gw(request).forward(body.model, "text", "/v1/chat/completions", raw, body.stream)
 
 
-@generation.post("/v1/completions", response_model=CompletionResponse)
-async def completions(request: Request, body: CompletionRequest) -> Response:
-    raw = await request.body()
+@router.post(
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses=ERRORS,
+    openapi_extra=_request_body(CompletionRequest),
+)
+async def completions(request: Request) -> Response:
+    body, raw = await _validated(request, CompletionRequest)
     return await _gw(request).forward(body.model, "text", "/v1/completions", raw, body.stream)
 
 
-@generation.post("/v1/images/generations", response_model=ImageGenerationResponse)
-async def images(request: Request, body: ImageGenerationRequest) -> Response:
-    raw = await request.body()
+@router.post(
+    "/v1/images/generations",
+    response_model=ImageGenerationResponse,
+    responses=ERRORS,
+    openapi_extra=_request_body(ImageGenerationRequest),
+)
+async def images(request: Request) -> Response:
+    body, raw = await _validated(request, ImageGenerationRequest)
     return await _gw(request).forward(body.model, "image", "/v1/images/generations", raw, False)
+
+
+def request_schemas() -> dict[str, Any]:
+    """Component schemas of the bodies the routes validate themselves, for OpenAPI."""
+    out: dict[str, Any] = {}
+    for model in (ChatCompletionRequest, CompletionRequest, ImageGenerationRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
 
 
 @router.get("/v1/models", response_model=OpenAIModelList)
