@@ -483,6 +483,9 @@ async def test_bad_input_and_keys(tmp_path: Path) -> None:
         assert r.status_code == 400
         assert cloud.seen == 1  # only the valid request reached a backend
         assert (await gw.get("/healthz")).status_code == 200  # health needs no key
+        assert (await gw.get("/v1/models")).status_code == 401  # the catalogue does
+        assert (await gw.get("/v1/routing")).status_code == 401
+        assert (await gw.get("/v1/models", headers=good)).status_code == 200
         spec = (await gw.get("/openapi.json")).json()
         body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
         ref = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
