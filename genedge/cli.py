@@ -5,7 +5,7 @@
     genedge gateway       run the cloud gateway (the user-facing OpenAI-style API)
     genedge profile  measure model folders on this host and print/write their profiles
     genedge models   build the demo model store (random-weight real architectures)
-    genedge demo     the main job for now: prepare a store, start an agent, send it real requests
+    genedge up       the main job: the whole system on the demo models, with real requests
 
 Heavy imports (torch, diffusers, transformers) happen inside the subcommands that need them,
 so the control-plane commands stay light.
@@ -193,10 +193,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from genedge.demo import run_demo
+def cmd_up(args: argparse.Namespace) -> int:
+    from genedge.up import run
 
-    return run_demo(Path(args.state), once=args.once, port=args.port)
+    _setup_logging("warning")
+    return run(Path(args.state), once=args.once)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,11 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--scale", type=int, default=1, help="grow the tiny architectures")
     m.set_defaults(func=cmd_models)
 
-    d = sub.add_parser("demo", help="prepare a store, start an agent, send it real requests")
-    d.add_argument("--state", default=".genedge", help="where the store and profiles live")
-    d.add_argument("--port", type=int, default=0, help="0: pick a free loopback port")
-    d.add_argument("--once", action="store_true", help="exit after the requests")
-    d.set_defaults(func=cmd_demo)
+    for name in ("up", "demo"):
+        d = sub.add_parser(
+            name,
+            help="the whole system on this machine: orchestrator, gateway, two edge agents "
+            "and a cloud agent on the demo models, with real requests"
+            + (" (alias of up)" if name == "demo" else ""),
+        )
+        d.add_argument("--state", default=".genedge", help="where the store, state and logs live")
+        d.add_argument("--once", action="store_true", help="exit after the requests")
+        d.set_defaults(func=cmd_up)
     return p
 
 

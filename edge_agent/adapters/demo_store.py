@@ -30,8 +30,12 @@ def _build(dest: Path, make: Callable[[Path], Path]) -> Path:
     return dest
 
 
-def build_demo_store(root: Path, *, scale: int = 1, with_smollm2: bool = True) -> list[Path]:
-    """Build (or reuse) the demo models under `root`; returns their folders."""
+def build_demo_store(
+    root: Path, *, scale: int = 1, with_smollm2: bool = True, medium: bool = False
+) -> list[Path]:
+    """Build (or reuse) the demo models under `root`; returns their folders. `medium` adds
+    a ~17 MB Llama and a ~60 MB Stable Diffusion (scale 4), between the tiny models and
+    SmolLM2 (~270 MB) in size, load time and memory."""
     root.mkdir(parents=True, exist_ok=True)
     quiet_library_progress()
     built = [
@@ -39,6 +43,13 @@ def build_demo_store(root: Path, *, scale: int = 1, with_smollm2: bool = True) -
         _build(root / "tiny-gpt2", lambda p: tiny_models.build_tiny_gpt2(p, seed=2, scale=scale)),
         _build(root / "tiny-sd", lambda p: tiny_models.build_tiny_sd(p, seed=3, scale=scale)),
     ]
+    if medium:
+        built += [
+            _build(
+                root / "llama-medium", lambda p: tiny_models.build_tiny_llama(p, seed=4, scale=4)
+            ),
+            _build(root / "sd-medium", lambda p: tiny_models.build_tiny_sd(p, seed=5, scale=4)),
+        ]
     if with_smollm2:
         smol = convert_smollm2(root / "smollm2-135m-instruct")
         if smol is None:

@@ -1,0 +1,250 @@
+"""The whole system as real processes on loopback: orchestrator, gateway, edge agents and a
+cloud agent, each a `genedge` subcommand with its settings in the environment and its log in
+the state directory. Used by `genedge up` and by the end-to-end tests.
+
+A small supervisor rather than a Procfile runner: the tests need to kill one service,
+restart another, and know each one's URL, which is a few lines here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+MB = 10**6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class AgentSpec:
+    """One agent: `device_budget_bytes` is what it may use for resident models plus the swap
+    pool (small on purpose, so placement has trade-offs); role `cloud` is the gateway's
+    cloud backend with an added WAN delay."""
+
+    name: str
+    device_budget_bytes: int
+    cache_budget_bytes: int = 300 * MB
+    role: str = "edge"
+    wan_delay_ms: float = 0.0
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    port: int
+    ready_path: str
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    expected_down: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class SystemConfig:
+    state: Path
+    store: Path
+    agents: list[AgentSpec]
+    token: str = "genedge-local-token"
+    slot_s: float = 15.0
+    heartbeat_s: float = 1.0
+    missed_heartbeats: int = 3
+    rate_half_life_s: float = 60.0
+    profile_on_start: bool = True
+    profile_text_tokens: int = 8
+    log_level: str = "info"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class System:
+    """Start, watch, kill and restart the services. `start()` returns when every service
+    answers its readiness path; `stop()` stops them all (SIGINT, then SIGKILL)."""
+
+    def __init__(self, cfg: SystemConfig) -> None:
+        self.cfg = cfg
+        cfg.state.mkdir(parents=True, exist_ok=True)
+        self.services: dict[str, Service] = {}
+        base = {**os.environ, **cfg.extra_env}
+        base.setdefault("OMP_NUM_THREADS", "1")
+        base.setdefault("HF_HUB_OFFLINE", "1")
+        orch = free_port()
+        orch_url = f"http://127.0.0.1:{orch}"
+        self._add(
+            "orchestrator",
+            ["orchestrator"],
+            {
+                **base,
+                "ORCH_HOST": "127.0.0.1",
+                "ORCH_PORT": str(orch),
+                "ORCH_DB_PATH": str(cfg.state / "orchestrator.sqlite"),
+                "ORCH_TOKEN": cfg.token,
+                "ORCH_SLOT_S": str(cfg.slot_s),
+                "ORCH_HEARTBEAT_INTERVAL_S": str(cfg.heartbeat_s),
+                "ORCH_MISSED_HEARTBEATS": str(cfg.missed_heartbeats),
+                "ORCH_RATE_HALF_LIFE_S": str(cfg.rate_half_life_s),
+                "ORCH_LOG_LEVEL": cfg.log_level,
+            },
+            orch,
+            "/healthz",
+        )
+        for a in cfg.agents:
+            port = free_port()
+            self._add(
+                a.name,
+                ["agent"],
+                {
+                    **base,
+                    "EDGE_HOST": "127.0.0.1",
+                    "EDGE_PORT": str(port),
+                    "EDGE_HOST_ID": a.name,
+                    "EDGE_ROLE": a.role,
+                    "EDGE_WAN_DELAY_MS": str(a.wan_delay_ms),
+                    "EDGE_STORE_DIR": str(cfg.store),
+                    # One profiles folder for every agent on this machine: same host kind,
+                    # so a model is measured once and the others reuse it.
+                    "EDGE_PROFILES_DIR": str(cfg.state / "profiles"),
+                    "EDGE_DEVICE_BUDGET_BYTES": str(a.device_budget_bytes),
+                    "EDGE_CACHE_BUDGET_BYTES": str(a.cache_budget_bytes),
+                    "EDGE_ORCHESTRATOR_URL": orch_url,
+                    "EDGE_ORCHESTRATOR_TOKEN": cfg.token,
+                    "EDGE_ADVERTISE_URL": f"http://127.0.0.1:{port}",
+                    "EDGE_PROFILE_ON_START": str(cfg.profile_on_start).lower(),
+                    "EDGE_PROFILE_TEXT_TOKENS": str(cfg.profile_text_tokens),
+                    "EDGE_BANDWIDTH_PROBE_BYTES": str(64 * 1024 * 1024),
+                    "EDGE_LOG_LEVEL": "warning" if cfg.log_level == "info" else cfg.log_level,
+                },
+                port,
+                "/readyz",
+            )
+        gw = free_port()
+        self._add(
+            "gateway",
+            ["gateway"],
+            {
+                **base,
+                "GW_HOST": "127.0.0.1",
+                "GW_PORT": str(gw),
+                "GW_ORCHESTRATOR_URL": orch_url,
+                "GW_STATE_DIR": str(cfg.state / "gateway"),
+                "GW_LOG_LEVEL": cfg.log_level,
+            },
+            gw,
+            "/healthz",
+        )
+
+    def _add(self, name: str, args: list[str], env: dict[str, str], port: int, ready: str) -> None:
+        self.services[name] = Service(name, args, env, port, ready)
+
+    def url(self, name: str) -> str:
+        return self.services[name].url
+
+    @property
+    def log_dir(self) -> Path:
+        return self.cfg.state
+
+    # ------------------------------------------------------------------ processes
+    def launch(self, name: str) -> None:
+        s = self.services[name]
+        if s.log is not None:
+            s.log.close()
+        s.log = open(self.cfg.state / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        s.process = subprocess.Popen(
+            [sys.executable, "-m", "genedge.cli", *s.args],
+            env=s.env,
+            stdout=s.log,
+            stderr=subprocess.STDOUT,
+        )
+        s.expected_down = False
+
+    def start(self, timeout: float = 180.0) -> None:
+        self.launch("orchestrator")
+        self.wait_ready("orchestrator", 60.0)
+        for name in self.services:
+            if name != "orchestrator":
+                self.launch(name)
+        for name in self.services:
+            self.wait_ready(name, timeout)
+
+    def wait_ready(self, name: str, timeout: float) -> None:
+        s = self.services[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                if httpx.get(s.url + s.ready_path, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} not ready after {timeout:.0f} s (log: {self.log_of(name)})")
+
+    def log_of(self, name: str) -> Path:
+        return self.cfg.state / f"{name}.log"
+
+    def check(self) -> None:
+        """Raise if a service that should run has exited."""
+        for s in self.services.values():
+            p = s.process
+            if p is not None and not s.expected_down and p.poll() is not None:
+                raise RuntimeError(
+                    f"{s.name} exited with code {p.returncode} (log: {self.log_of(s.name)})"
+                )
+
+    def kill(self, name: str) -> None:
+        """Crash a service (SIGKILL): no goodbye to anyone."""
+        s = self.services[name]
+        s.expected_down = True
+        if s.process is not None and s.process.poll() is None:
+            s.process.kill()
+            s.process.wait(10)
+
+    def terminate(self, name: str, timeout: float = 20.0) -> None:
+        s = self.services[name]
+        s.expected_down = True
+        p = s.process
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+    def stop(self) -> None:
+        order = [n for n in self.services if n not in ("orchestrator",)] + ["orchestrator"]
+        for name in order:
+            s = self.services[name]
+            s.expected_down = True
+            if s.process is not None and s.process.poll() is None:
+                s.process.send_signal(signal.SIGINT)
+        for name in order:
+            self.terminate(name)
+            s = self.services[name]
+            if s.log is not None:
+                s.log.close()
+                s.log = None
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
