@@ -131,7 +131,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ routing
     def targets(self, model: str, kind: str) -> list[Target]:
-        entry = self.router.entry(model)
+        now = self.clock()
+        entry = self.router.entry(model) or self.router.remembered(model, now)
         if entry is not None and entry.kind != kind:
             raise WrongKind(
                 f"model {model!r} is a {entry.kind} model; use the "
@@ -139,7 +140,7 @@ class Gateway:
                 " endpoint",
                 model=model,
             )
-        targets = self.router.candidates(model, self.inflight, self.clock())
+        targets = self.router.candidates(model, self.inflight, now)
         if not targets:
             if self.router.table is None:
                 raise NoBackend(

@@ -26,6 +26,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # One line per outgoing request (heartbeats, table polls) would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

@@ -109,9 +109,14 @@ class Orchestrator:
         self._tasks: list[asyncio.Task[None]] = []
         self._reconcile_task: asyncio.Task[None] | None = None
         self._plan_lock = asyncio.Lock()
+        self.started_at = clock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        # Agents known from before a restart get a full liveness window from now: they
+        # heartbeat a restarted orchestrator within one interval, and marking them all down
+        # first would empty the placement and the gateway's routing table meanwhile.
+        self.started_at = self.clock()
         self._tasks = [
             asyncio.create_task(self._planner_loop(), name="planner"),
             asyncio.create_task(self._liveness_loop(), name="liveness"),
@@ -222,7 +227,8 @@ class Orchestrator:
             await asyncio.sleep(min(interval, 1.0))
             now = self.clock()
             for a in self.registry.agents():
-                if a.status == "up" and (a.last_heartbeat or a.registered_at) < now - limit:
+                seen = max(a.last_heartbeat or a.registered_at, self.started_at)
+                if a.status == "up" and seen < now - limit:
                     log.warning(
                         "agent %s missed %d heartbeats: marking it down",
                         a.id,

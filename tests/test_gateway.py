@@ -591,3 +591,14 @@ async def test_placement_follows_demand_through_the_gateway(
             return r.headers["x-served-by"] == "edge-1"
 
         await until(served_at_edge, timeout=30)
+
+
+def test_router_remembers_through_a_table_that_briefly_knows_less() -> None:
+    r = Router(cloud=None, remember_s=60.0)
+    entry = RouteModel(model="m", kind="text", hosts=[host("e", "http://e", "resident")])
+    r.update(table([entry], cloud=[CloudRoute(id="cl", url="http://cl", models=["m"])]), 0.0)
+    r.update(table([]), 10.0)  # e.g. an orchestrator that has just restarted
+    assert r.entry("m") is None and r.remembered("m", now=10.0) is not None
+    assert [t.backend for t in r.candidates("m", {}, now=10.0)] == ["cl"]
+    r.update(table([]), 100.0)  # long gone: unknown now
+    assert r.remembered("m", now=100.0) is None and r.candidates("m", {}, now=100.0) == []

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from genedge.contract import RouteModel, RoutingTable
+from genedge.contract import CloudRoute, RouteModel, RoutingTable
 
 Route = Literal["resident", "pooled", "cloud"]
 _UNMEASURED_PRELOAD_S = 5.0  # a host that has not measured the model yet: assume slow
@@ -40,19 +40,36 @@ class CloudBackend:
 class Router:
     """Holds the last routing table and answers `candidates(model)`."""
 
-    def __init__(self, cloud: CloudBackend | None, suspect_s: float = 5.0) -> None:
+    def __init__(
+        self, cloud: CloudBackend | None, suspect_s: float = 5.0, remember_s: float = 600.0
+    ) -> None:
         self.cloud = cloud
         self.suspect_s = suspect_s
+        self.remember_s = remember_s
         self.table: RoutingTable | None = None
         self.fetched_at: float | None = None
         self._models: dict[str, RouteModel] = {}
         self._suspect: dict[str, float] = {}  # host -> until
+        # What earlier tables said, for a table that briefly knows less (an orchestrator
+        # restarting, every agent re-registering): such a model is not "unknown" (404), and
+        # a cloud agent that vanished from the table is most likely still there.
+        self._seen: dict[str, tuple[RouteModel, float]] = {}
+        self._clouds: dict[str, tuple[CloudRoute, float]] = {}
 
     # ------------------------------------------------------------------ table
     def update(self, table: RoutingTable, fetched_at: float) -> None:
         self.table = table
         self.fetched_at = fetched_at
         self._models = {m.model: m for m in table.models}
+        for m in table.models:
+            self._seen[m.model] = (m, fetched_at)
+        for c in table.cloud:
+            self._clouds[c.id] = (c, fetched_at)
+
+    def remembered(self, model: str, now: float) -> RouteModel | None:
+        """The model as an earlier table (within `remember_s`) described it."""
+        seen = self._seen.get(model)
+        return seen[0] if seen is not None and now - seen[1] < self.remember_s else None
 
     def age_s(self, now: float) -> float | None:
         return None if self.fetched_at is None else max(0.0, now - self.fetched_at)
@@ -124,8 +141,12 @@ class Router:
             return [Target(c.id, c.url, "cloud", api_key=c.api_key or None)]
         if self.table is None:
             return []
+        clouds = self.table.cloud
+        if not clouds and self.fetched_at is not None:
+            recent = self.fetched_at - self.remember_s
+            clouds = [c for c, at in self._clouds.values() if at > recent]
         return [
             Target(c.id, c.url, "cloud")
-            for c in self.table.cloud
+            for c in clouds
             if model in c.models or (entry is None and not c.models)
         ]
