@@ -70,7 +70,9 @@ def build_runtime(
         from edge_agent.adapters.torch_models import TorchModelLoader
 
         device = resolve_device(settings.device)
-        torch_loader = TorchModelLoader(device, dtype=settings.dtype)
+        torch_loader = TorchModelLoader(
+            device, dtype=settings.dtype, reader=settings.weights_reader
+        )
         loader = torch_loader
     else:
         device = loader.device

@@ -44,6 +44,11 @@ class AgentSettings(BaseSettings):
     dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
         default=None, description="Cast floating weights on load; None keeps the stored dtype."
     )
+    weights_reader: Literal["pipelined", "safetensors"] = Field(
+        default="pipelined",
+        description="How weights are read: `pipelined` (parallel reads into one device block "
+        "per model) or `safetensors` (per file and tensor: the previous reader, a fallback).",
+    )
     device_budget_bytes: int | None = Field(
         default=None,
         description="Device memory for resident models plus the swap pool. None: on a GPU the "

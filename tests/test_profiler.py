@@ -43,6 +43,11 @@ def test_profile_fields_are_sane(model_zoo: Path, model: str) -> None:
         assert t > 0
     assert set(p.loaders) == {"genedge", "library"}
     assert p.loaders["library"].cold_s and p.loaders["library"].warm_s
+    assert p.loaders["library"].ram_s is None  # the library has no host-RAM tier
+    ours = p.loaders["genedge"]
+    assert (ours.cold_s, ours.warm_s, ours.ram_s) == (p.load_cold_s, p.load_warm_s, p.load_ram_s)
+    assert any("pipelined reader" in n for n in p.notes)
+    assert any(n.startswith("filling the cached tier") for n in p.notes)
     assert p.memory_method == "tensor_bytes+rss_growth"
     assert p.evict_s is not None and p.evict_s >= 0
     assert p.file_digest == manifest.file_digest

@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from edge_agent.adapters.fastload import ALIGN
 from edge_agent.adapters.torch_models import (
+    BlockHostCopy,
     ImagePipelineModel,
     SafetensorsHostCopy,
     TextModel,
@@ -145,7 +147,11 @@ def test_genedge_load_is_bit_identical_to_library(
         _assert_identical(ours, lib)
         assert all(not t.is_meta for t in _tensors(ours).values())
         assert all(not m.training for m in ours.torch_modules())
-        assert ours.memory_bytes() == lib.memory_bytes() > 0
+        # One block for every tensor: the same bytes, plus alignment padding (`ALIGN` at
+        # most before each file and each tensor the file itself leaves unaligned).
+        slack = ALIGN * (len(_tensors(ours)) + len(manifest.weight_files))
+        assert lib.memory_bytes() <= ours.memory_bytes() <= lib.memory_bytes() + slack
+        assert lib.memory_bytes() > 0
         assert param_count(ours) == param_count(lib) > 0
         assert dtype_name(ours) == dtype_name(lib) == "float32"
     finally:
@@ -184,13 +190,24 @@ def test_llama_keeps_untied_head_and_computed_rotary_buffer(
         ours.close()
 
 
+@pytest.fixture(scope="module")
+def st_loader() -> TorchModelLoader:
+    """The previous reader (safetensors per file), kept as the pipelined one's fallback."""
+    return TorchModelLoader("cpu", reader="safetensors")
+
+
 @pytest.mark.parametrize("which", MANIFESTS)
+@pytest.mark.parametrize("reader", ["pipelined", "safetensors"])
 def test_load_from_host_copy_equals_load_from_disk(
-    which: str, cpu_loader: TorchModelLoader, request: pytest.FixtureRequest
+    which: str,
+    reader: str,
+    cpu_loader: TorchModelLoader,
+    st_loader: TorchModelLoader,
+    request: pytest.FixtureRequest,
 ) -> None:
     manifest: ModelManifest = request.getfixturevalue(which)
-    copy = cpu_loader.read_to_host(manifest)
-    assert isinstance(copy, SafetensorsHostCopy)
+    loader = cpu_loader if reader == "pipelined" else st_loader
+    copy = loader.read_to_host(manifest)
     assert copy.model_id == manifest.id
     assert sorted(copy.files()) == sorted(manifest.weight_files)
     expected = sum(
@@ -198,15 +215,21 @@ def test_load_from_host_copy_equals_load_from_disk(
         for rel in manifest.weight_files
         for t in load_file(Path(manifest.path) / rel).values()
     )
-    assert copy.nbytes == expected
-    from_ram, report = cpu_loader.load(manifest, copy)
-    from_disk, _ = cpu_loader.load(manifest, None)
+    if reader == "pipelined":
+        assert isinstance(copy, BlockHostCopy)
+        # One block laid out as on the device: the tensor bytes plus alignment padding.
+        assert expected <= copy.nbytes <= expected + ALIGN * (len(copy.layout.files) + 64)
+    else:
+        assert isinstance(copy, SafetensorsHostCopy)
+        assert copy.nbytes == expected
+    from_ram, report = loader.load(manifest, copy)
+    from_disk, _ = loader.load(manifest, None)
     try:
-        assert (report.loader, report.tier) == ("genedge", "ram")
+        assert (report.loader, report.tier, report.notes) == ("genedge", "ram", [])
         _assert_identical(from_ram, from_disk)
         copy.release()
         copy.release()  # idempotent
-        assert copy.nbytes == 0 and copy.released
+        assert copy.nbytes == 0 and copy.released and copy.files() == []
         # The loaded model owns its memory: it still works once the copy is gone.
         if isinstance(from_ram, TextModel):
             params = TextParams(max_tokens=3, temperature=0.0, top_p=1.0)
@@ -214,6 +237,35 @@ def test_load_from_host_copy_equals_load_from_disk(
     finally:
         from_ram.close()
         from_disk.close()
+
+
+def test_both_readers_give_identical_models(
+    cpu_loader: TorchModelLoader, st_loader: TorchModelLoader, sd_manifest: ModelManifest
+) -> None:
+    ours, _ = cpu_loader.load(sd_manifest, None)
+    old, report = st_loader.load(sd_manifest, None)
+    try:
+        assert (report.loader, report.notes) == ("genedge", [])
+        _assert_identical(ours, old)
+        # The pipelined reader's tensors are views of one block per model.
+        storages = {t.untyped_storage().data_ptr() for t in _tensors(ours).values() if t.numel()}
+        assert len(storages) < len(_tensors(ours)) / 4
+    finally:
+        ours.close()
+        old.close()
+
+
+def test_a_released_block_copy_loads_from_disk(
+    cpu_loader: TorchModelLoader, llama_manifest: ModelManifest
+) -> None:
+    copy = cpu_loader.read_to_host(llama_manifest)
+    copy.release()
+    model, report = cpu_loader.load(llama_manifest, copy)
+    try:
+        assert report.loader == "genedge"
+        assert report.notes == ["the host copy was released: read from disk"]
+    finally:
+        model.close()
 
 
 def test_truncated_weights_raise_corrupt_weights_naming_the_file(

@@ -4,7 +4,10 @@ For each model it records bytes on disk; memory held after load and peak memory 
 default generation (CUDA allocator on a GPU, process RSS on CPU); preload seconds *cold*
 (page cache of the model's files dropped with fsync + posix_fadvise(DONTNEED)), *warm* (files
 in the page cache) and *from host RAM* (the cached tier), for both the library's own loader
-and ours; the time of one default generation; and the time to free the device memory.
+and ours (`ModelProfile.loaders`; the library has no host-RAM tier, so its `ram_s` stays
+unset); the time of one default generation; and the time to free the device memory. The
+notes say how our loader read the weights (the pipelined reader, or why it fell back) and
+how long filling the cached tier took.
 
 Every timed load ends with the weights on the device and the device synchronised (the
 loaders do this), so lazy safetensors mappings are never mistaken for finished work.
@@ -42,6 +45,11 @@ _PROMPT = (
     "loaded is a careful trade-off between storage, memory and switching delay."
 )
 _PROMPT_WORDS = _PROMPT.split()
+
+
+def _pinned(copy: object) -> bool:
+    """Whether a host copy is page-locked (host copies say so in `pinned`)."""
+    return bool(getattr(copy, "pinned", False))
 
 
 def profile_prompt(words: int = 96) -> str:
@@ -124,6 +132,8 @@ class Profiler:
         ours.cold_s = report.seconds
         notes.extend(report.notes)
         loader_name = report.loader
+        if loader_name != "library":
+            notes.append(f"{loader_name} loader: {self.loader.describe()}")
         rss_delta = None
         if meter.cuda:
             resident = max(0, meter.now() - base)
@@ -158,13 +168,24 @@ class Profiler:
 
         # 3. Ours, from the host-RAM tier.
         step("load from host RAM", 0.65)
+        t0 = time.perf_counter()
         copy = self.loader.read_to_host(manifest)
+        fill_s = time.perf_counter() - t0
+        notes.append(
+            f"filling the cached tier (warm files into {'pinned ' if _pinned(copy) else ''}"
+            f"host RAM) took {fill_s:.3f} s"
+        )
         try:
             model, report = self.loader.load(manifest, copy)
             ours.ram_s = report.seconds
             self._timed_close(model)
             del model
         finally:
+            # A cached copy prepares its next load in the background: let that finish, so
+            # it does not compete with the library loader's timings below.
+            ready = getattr(copy, "ready", None)
+            if callable(ready):
+                ready()
             copy.release()
 
         # 4. The library's own loader, cold and warm, for comparison.

@@ -7,10 +7,21 @@ Two loaders:
   each module component of a diffusers pipeline) build the skeleton from its config with
   parameters on the `meta` device and buffers real (so non-persistent buffers such as rotary
   `inv_freq` are computed as usual), then *assign* the checkpoint tensors, already on the
-  device, as the parameters (`load_state_dict(..., assign=True)`): no random initialisation,
-  no second copy. Tied weights are re-tied, and the result is verified: no parameter or
-  buffer left on `meta`, no checkpoint tensor left unused. Tensors come from disk
-  (safetensors, tier `disk`) or from a `SafetensorsHostCopy` (tier `ram`).
+  device, as the parameters (`assign_tensors`, what `load_state_dict(..., assign=True)`
+  does in one linear pass): no random initialisation, no second copy. Tied weights are
+  re-tied, and the result is verified: no parameter or buffer left on `meta`, no checkpoint
+  tensor left unused. Where the tensors come from is the *reader* (`reader=`):
+  - `pipelined` (the default, `edge_agent.adapters.fastload`): every weight file of the model
+    read with large parallel reads into *one* device block (through reusable pinned staging
+    buffers on CUDA), started before the skeletons are built so the two overlap; the
+    tensors are views of the block, assigned while the copies may still run. The `cached`
+    level is a `BlockHostCopy`: the same block in (pinned) host RAM, so loading from it is
+    one host-to-device copy; it also keeps the model's skeletons, tokenizers and schedulers
+    prepared for the next load (rebuilt in the background after each), so that load is
+    little more than the copy.
+  - `safetensors`: the previous path, kept as a fallback: `safetensors.load_file` per file
+    into host memory, then one device copy per tensor; its `cached` level is a
+    `SafetensorsHostCopy`.
 - **library**: the libraries' own `from_pretrained`, then `.to(device)`. The profiler uses
   it as a yardstick, and `load` falls back to it (saying why in `LoadReport.notes`) when the
   genedge path cannot handle a folder (an unknown component class, `.bin` weights, checkpoint
@@ -37,13 +48,25 @@ import re
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from edge_agent.adapters.fastload import (
+    BlockLayout,
+    HostBuffer,
+    HostMemory,
+    PipelinedReader,
+    Transfer,
+    UnsupportedByGenedge,
+    plan_layout,
+)
 from edge_agent.core.ports import (
     HostCopy,
     ImageParams,
@@ -62,11 +85,14 @@ from edge_agent.errors import (
 from genedge.contract import ChatMessage, ModelFormat, ModelManifest
 
 __all__ = [
+    "READERS",
+    "BlockHostCopy",
     "ImagePipelineModel",
     "SafetensorsHostCopy",
     "TextModel",
     "TorchModelLoader",
     "UnsupportedByGenedge",
+    "assign_tensors",
     "dtype_name",
     "param_count",
 ]
@@ -86,9 +112,8 @@ _ST_FLOAT = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 # milliseconds; library loads are only for profiling and fallback).
 _INIT_LOCK = threading.RLock()
 
-
-class UnsupportedByGenedge(Exception):
-    """The genedge loader cannot load this folder; the library loader may."""
+# How the genedge loader reads weight files (see the module docstring).
+READERS = ("pipelined", "safetensors")
 
 
 # --------------------------------------------------------------------------------------
@@ -211,6 +236,97 @@ class SafetensorsHostCopy:
         self.nbytes = 0
 
 
+class BlockHostCopy:
+    """A model's weight files in one host block (page-locked when a GPU exists), laid out
+    exactly as the device block will be, so loading from it is one host-to-device copy.
+
+    `release()` frees the block (unregistering the page-locked memory) once no load is
+    still copying from it: loads hold it with `acquire()` / `unuse()`.
+
+    It also keeps the model *prepared* for its next load (skeletons on `meta`, tokenizers,
+    schedulers: no weights, little memory), so that load skips the Python work of building
+    them; the loader prepares the next one in the background after each load.
+    """
+
+    def __init__(
+        self, model_id: str, layout: BlockLayout, buffer: HostBuffer, manifest: ModelManifest
+    ):
+        self.model_id = model_id
+        self.layout = layout
+        self.manifest = manifest
+        self.pinned = buffer.pinned
+        self.nbytes = buffer.nbytes
+        self._buffer: HostBuffer | None = buffer
+        self._users = 0
+        self._released = False
+        self._lock = threading.Lock()
+        self._prepared: _Prepared | None = None
+        self._preparing: Future[None] | None = None
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Wait for a preparation in progress; True when the next load finds one ready."""
+        fut = self._preparing
+        if fut is not None:
+            with contextlib.suppress(Exception):
+                fut.result(timeout)
+        return self._prepared is not None
+
+    def take_prepared(self) -> _Prepared | None:
+        """The prepared model for one load (waiting for one being built), or None."""
+        self.ready()
+        with self._lock:
+            prepared, self._prepared = self._prepared, None
+            return prepared
+
+    def offer_prepared(self, prepared: _Prepared | None) -> None:
+        """Keep `prepared` for the next load (dropped once released)."""
+        with self._lock:
+            if not self._released:
+                self._prepared = prepared
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def files(self) -> list[str]:
+        """Relative paths of the weight files held (none once released)."""
+        return [] if self._released else [f.rel for f in self.layout.files]
+
+    def acquire(self) -> torch.Tensor | None:
+        """The host block for one load (None once released); pair with `unuse()`."""
+        with self._lock:
+            if self._released or self._buffer is None or self._buffer.tensor is None:
+                return None
+            self._users += 1
+            return self._buffer.tensor
+
+    def unuse(self) -> None:
+        """A load no longer reads the block; frees it if it was released meanwhile."""
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            buffer = self._take_if_free()
+        if buffer is not None:
+            buffer.free()
+
+    def release(self) -> None:
+        """Free the block (idempotent); deferred until running loads have copied it."""
+        with self._lock:
+            self._released = True
+            self.nbytes = 0
+            self._prepared = None
+            buffer = self._take_if_free()
+        if self._preparing is not None:
+            self._preparing.cancel()  # one still queued is not needed any more
+        if buffer is not None:
+            buffer.free()
+
+    def _take_if_free(self) -> HostBuffer | None:
+        if self._released and self._users == 0:
+            buffer, self._buffer = self._buffer, None
+            return buffer
+        return None
+
+
 # --------------------------------------------------------------------------------------
 # Helpers on modules
 # --------------------------------------------------------------------------------------
@@ -243,6 +359,59 @@ def _unique_params(modules: Iterable[nn.Module]) -> Iterator[nn.Parameter]:
             if id(p) not in seen:
                 seen.add(id(p))
                 yield p
+
+
+def assign_tensors(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str] | None:
+    """What `module.load_state_dict(state, strict=False, assign=True)` does, in one pass over
+    `state`: parameters become `nn.Parameter`s of the given tensors (keeping `requires_grad`),
+    persistent buffers are replaced, shapes must match. Returns the keys nothing took.
+
+    `load_state_dict` walks every module and filters the whole state dict for each (quadratic:
+    a third of a pipeline's load from pinned memory); this is linear. Returns None, doing
+    nothing, when any module customises loading (its own `_load_from_state_dict`, load
+    hooks, extra state): the caller then uses `load_state_dict`, which honours them.
+    """
+    base_load = nn.Module._load_from_state_dict
+    base_extra = nn.Module.set_extra_state
+    modules = dict(module.named_modules(remove_duplicate=False))
+    for m in modules.values():
+        cls = type(m)
+        if (
+            cls._load_from_state_dict is not base_load
+            or cls.set_extra_state is not base_extra
+            or m._load_state_dict_pre_hooks
+            or m._load_state_dict_post_hooks
+        ):
+            return None
+    # Check every shape before changing anything, as load_state_dict does.
+    plan: list[tuple[nn.Module, str, torch.Tensor, bool]] = []
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    for key, t in state.items():
+        prefix, _, name = key.rpartition(".")
+        m = modules.get(prefix)
+        old: torch.Tensor | None = None
+        is_param = False
+        if m is not None and m._parameters.get(name) is not None:
+            old, is_param = m._parameters[name], True
+        elif m is not None and name not in m._non_persistent_buffers_set:
+            old = m._buffers.get(name)
+        if m is None or old is None:
+            unexpected.append(key)
+        elif old.shape != t.shape:
+            mismatched.append(f"{key}: checkpoint {tuple(t.shape)}, model {tuple(old.shape)}")
+        else:
+            plan.append((m, name, t, is_param))
+    if mismatched:
+        raise RuntimeError(f"size mismatch: {'; '.join(mismatched[:5])}")
+    for m, name, t, is_param in plan:
+        if is_param:
+            old_param = m._parameters[name]
+            assert old_param is not None
+            m._parameters[name] = nn.Parameter(t, requires_grad=old_param.requires_grad)
+        else:
+            m._buffers[name] = t
+    return unexpected
 
 
 def _synchronize(device: torch.device) -> None:
@@ -296,9 +465,16 @@ class _Loaded:
 
     def close(self) -> None:
         """Drop every reference to modules and tensors and give the memory back (idempotent)."""
+        modules = self.torch_modules()
+        watch = [weakref.ref(m) for m in modules] + [weakref.ref(t) for t in _tensors_of(modules)]
+        del modules
         self._drop()
         self._memory = None
-        gc.collect()
+        # Reference counting frees a model at once; a full collection (a fifth of a second
+        # or more in a process with the libraries imported) only when a cycle still holds
+        # part of it.
+        if any(r() is not None for r in watch):
+            gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -633,6 +809,123 @@ def dtype_name(loaded: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# What a load builds without weights
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """Everything of one model that needs no weights: the torch modules with parameters on
+    `meta` (`to_assign`: name, module, its weight files), tokenizers, schedulers, configs.
+    Built during a load while the transfer runs, or ahead of time for a cached copy (then
+    a load from host RAM is little more than the copy). Used by one load only."""
+
+    kind: str  # "text" | "image"
+    to_assign: list[tuple[str, nn.Module, list[str]]] = field(default_factory=list)
+    parts: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # pipeline config values
+    pipe_cls: Any = None
+
+
+# --------------------------------------------------------------------------------------
+# Where a load's checkpoint tensors come from
+# --------------------------------------------------------------------------------------
+
+
+class _TensorSource:
+    """The checkpoint tensors of one load, by weight file, on the device in the target
+    dtype. Created when the load starts (a pipelined source starts its transfer at once, so
+    it overlaps with building the skeletons); `finish` waits for the data."""
+
+    def state(self, rels: list[str]) -> dict[str, torch.Tensor]:  # overridden
+        """The tensors of weight files `rels`; their data may still be arriving until
+        `finish()` (views of a block being filled)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Wait until every tensor handed out holds its data (raises the transfer's error)."""
+
+    def close(self) -> None:
+        """Stop whatever is still running and drop references (idempotent)."""
+
+
+class _BlockSource(_TensorSource):
+    """Views of one device block filled by a `Transfer` (the pipelined reader)."""
+
+    def __init__(self, layout: BlockLayout, transfer: Transfer, cast: torch.dtype | None):
+        self.layout = layout
+        self._transfer: Transfer | None = transfer
+        self._block: torch.Tensor | None = None
+        # A cast makes new tensors: then every tensor is copied out of the block, so the
+        # block is freed when the load ends instead of being kept alive by a few views.
+        self._convert = cast is not None and any(
+            t.dtype.is_floating_point and t.dtype != cast for f in layout.files for t in f.tensors
+        )
+        self._cast = cast
+
+    def _wait(self) -> torch.Tensor:
+        if self._block is None:
+            if self._transfer is None:
+                raise RuntimeError("tensor source already closed")
+            self._block = self._transfer.wait()
+            self._transfer = None
+        return self._block
+
+    def state(self, rels: list[str]) -> dict[str, torch.Tensor]:
+        # Views can be made (and assigned) before the data is there; a cast reads the data.
+        block = self._wait() if self._convert else self._pending_block()
+        out: dict[str, torch.Tensor] = {}
+        for rel in rels:
+            for key, t in self.layout.views(block, rel).items():
+                if key in out:
+                    raise CorruptWeights(f"{rel}: tensor {key!r} is also in another shard")
+                out[key] = t
+        if self._convert:
+            cast = self._cast
+            out = {
+                k: t.to(cast) if t.is_floating_point() and t.dtype != cast else t.clone()
+                for k, t in out.items()
+            }
+        return out
+
+    def _pending_block(self) -> torch.Tensor:
+        if self._block is not None:
+            return self._block
+        if self._transfer is None or self._transfer.block is None:
+            raise RuntimeError("tensor source already closed")
+        return self._transfer.block
+
+    def finish(self) -> None:
+        self._wait()
+
+    def close(self) -> None:
+        transfer, self._transfer = self._transfer, None
+        if transfer is not None:
+            transfer.cancel()
+        self._block = None
+
+
+class _SafetensorsSource(_TensorSource):
+    """Tensors read per file with `safetensors` (or from a `SafetensorsHostCopy`), each
+    copied to the device on its own: the previous reader, kept as a fallback."""
+
+    def __init__(
+        self,
+        loader: TorchModelLoader,
+        root: Path,
+        held: SafetensorsHostCopy | None,
+        notes: list[str],
+    ):
+        self._loader = loader
+        self._root = root
+        self._held = held
+        self._notes = notes
+
+    def state(self, rels: list[str]) -> dict[str, torch.Tensor]:
+        return self._loader._state_dict(self._root, rels, self._held, self._notes)
+
+
+# --------------------------------------------------------------------------------------
 # The loader
 # --------------------------------------------------------------------------------------
 
@@ -648,25 +941,107 @@ def quiet_library_progress() -> None:
 
 
 class TorchModelLoader:
-    """Moves weights between disk, host RAM and `device` (implements `ModelLoader`)."""
+    """Moves weights between disk, host RAM and `device` (implements `ModelLoader`).
+
+    `reader` picks how the genedge loader reads weight files (`pipelined` or `safetensors`,
+    see the module docstring); `reader_threads` and `chunk_bytes` tune the pipelined one.
+    `pin_memory` (default: when CUDA is available) page-locks the `cached` level's copies;
+    `prepare_cached` keeps them prepared for their next load (`BlockHostCopy`).
+    """
 
     def __init__(
-        self, device: str = "cpu", *, dtype: str | None = None, pin_memory: bool | None = None
+        self,
+        device: str = "cpu",
+        *,
+        dtype: str | None = None,
+        pin_memory: bool | None = None,
+        reader: str = "pipelined",
+        reader_threads: int | None = None,
+        chunk_bytes: int | None = None,
+        host_memory: HostMemory | None = None,
+        prepare_cached: bool = True,
     ) -> None:
         quiet_library_progress()
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, not {dtype!r}")
+        if reader not in READERS:
+            raise ValueError(f"reader must be one of {READERS}, not {reader!r}")
         self.device = device
         self.dtype = dtype
+        self.reader = reader
         self._dev = _normalise_device(device)
         self._cast = DTYPES[dtype] if dtype is not None else None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._reader = PipelinedReader(
+            self._dev, threads=reader_threads, chunk_bytes=chunk_bytes, memory=host_memory
+        )
+        # One background thread prepares cached copies for their next load (see
+        # `BlockHostCopy`); `prepare_cached=False` leaves every load to build its own.
+        self.prepare_cached = prepare_cached
+        self._background: ThreadPoolExecutor | None = None
+        self._background_lock = threading.Lock()
+
+    @property
+    def host_memory(self) -> HostMemory:
+        """Accounting of the host buffers this loader holds (staging and `cached` blocks)."""
+        return self._reader.memory
+
+    def describe(self) -> str:
+        """One line on how this loader reads weights (for profiles and benchmarks)."""
+        if self.reader == "pipelined":
+            return self._reader.describe()
+        return "safetensors reader: load_file per weight file, one device copy per tensor"
+
+    def close(self) -> None:
+        """Stop the reader threads and free the staging buffers (idempotent). Host copies
+        made by this loader stay valid until released."""
+        with self._background_lock:
+            background, self._background = self._background, None
+        if background is not None:
+            background.shutdown(wait=True, cancel_futures=True)
+        self._reader.close()
+
+    def _prepare_later(self, copy: BlockHostCopy) -> None:
+        """Prepare `copy`'s next load in the background (a load just took the last one)."""
+        if not self.prepare_cached or copy.released:
+            return
+        with self._background_lock:
+            if self._background is None:
+                self._background = ThreadPoolExecutor(1, thread_name_prefix="genedge-prepare")
+            background = self._background
+
+        def work() -> None:
+            if not copy.released:
+                copy.offer_prepared(self._try_prepare(copy.manifest))
+
+        copy._preparing = background.submit(work)
+
+    def _try_prepare(self, manifest: ModelManifest) -> _Prepared | None:
+        """`_prepare`, or None when it fails (the load then prepares and reports itself)."""
+        try:
+            return self._prepare(manifest)
+        except Exception:
+            return None
 
     # ----------------------------------------------------------------------------------
     # stored -> cached
-    def read_to_host(self, manifest: ModelManifest) -> SafetensorsHostCopy:
-        """Read every weight file of `manifest` into host RAM (pinned when configured)."""
+    def read_to_host(self, manifest: ModelManifest) -> BlockHostCopy | SafetensorsHostCopy:
+        """Read every weight file of `manifest` into host RAM (pinned when configured): one
+        block laid out as on the device with the pipelined reader, tensors per file with
+        the safetensors one (also used for what the pipelined reader does not handle)."""
         root = Path(manifest.path)
+        if self.reader == "pipelined":
+            try:
+                layout = plan_layout(root, list(manifest.weight_files))
+            except UnsupportedByGenedge:
+                layout = None  # the safetensors reader below, or its error
+            if layout is not None:
+                buffer = self._reader.read_to_host(layout, pinned=self.pin_memory)
+                copy = BlockHostCopy(manifest.id, layout, buffer, manifest)
+                if self.prepare_cached:
+                    _import_classes(manifest)
+                    copy.offer_prepared(self._try_prepare(manifest))
+                return copy
         files: dict[str, dict[str, torch.Tensor]] = {}
         for rel in manifest.weight_files:
             tensors = _read_safetensors(root, rel)
@@ -713,22 +1088,51 @@ class TorchModelLoader:
         library's own error) for folders it cannot handle."""
         if source is not None and getattr(source, "model_id", manifest.id) != manifest.id:
             raise ValueError(f"host copy of {source.model_id} given to load {manifest.id}")
-        held: SafetensorsHostCopy | None = None
-        if source is not None:
-            if not isinstance(source, SafetensorsHostCopy):
-                raise UnsupportedByGenedge(f"unknown host copy type {type(source).__name__}")
-            held = source
+        if source is not None and not isinstance(source, BlockHostCopy | SafetensorsHostCopy):
+            raise UnsupportedByGenedge(f"unknown host copy type {type(source).__name__}")
         notes: list[str] = []
         _import_classes(manifest)
         t0 = time.perf_counter()
-        if manifest.format == ModelFormat.DIFFUSERS:
-            loaded: TextModel | ImagePipelineModel = self._genedge_pipeline(manifest, held, notes)
-        else:
-            loaded = self._genedge_causal_lm(manifest, held, notes)
-        _synchronize(self._dev)
-        seconds = time.perf_counter() - t0
+        # The transfer starts first, so everything below overlaps with it; only the end of
+        # `_finish` waits for the weights.
+        tensors = self._tensor_source(manifest, source, notes)
+        took_prepared = False
+        try:
+            prepared = None
+            if isinstance(source, BlockHostCopy):
+                prepared = source.take_prepared()
+                took_prepared = prepared is not None
+            if prepared is None:
+                prepared = self._prepare(manifest)
+            loaded = self._finish(manifest, prepared, tensors)
+            _synchronize(self._dev)
+            seconds = time.perf_counter() - t0
+        finally:
+            tensors.close()
+            if took_prepared and isinstance(source, BlockHostCopy):
+                self._prepare_later(source)  # after the load: it would compete for the GIL
         tier = "ram" if source is not None else "disk"
         return loaded, LoadReport(loader="genedge", tier=tier, seconds=seconds, notes=notes)
+
+    def _tensor_source(
+        self, manifest: ModelManifest, source: HostCopy | None, notes: list[str]
+    ) -> _TensorSource:
+        """Start getting `manifest`'s tensors onto the device: from a host copy when given,
+        else from disk with the configured reader."""
+        root = Path(manifest.path)
+        rels = list(manifest.weight_files)
+        if isinstance(source, SafetensorsHostCopy):
+            return _SafetensorsSource(self, root, source, notes)
+        if isinstance(source, BlockHostCopy):
+            host = source.acquire()
+            if host is not None:
+                transfer = self._reader.copy_from_host(source.layout, host, cleanup=source.unuse)
+                return _BlockSource(source.layout, transfer, self._cast)
+            notes.append("the host copy was released: read from disk")
+        if self.reader == "pipelined":
+            layout = plan_layout(root, rels)
+            return _BlockSource(layout, self._reader.read(layout), self._cast)
+        return _SafetensorsSource(self, root, None, notes)
 
     # ----------------------------------------------------------------------------------
     def _state_dict(
@@ -767,8 +1171,10 @@ class TorchModelLoader:
 
     def _assign(self, module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
         """Assign `state` as `module`'s parameters, re-tie, move buffers, and verify."""
-        result = module.load_state_dict(state, strict=False, assign=True)
-        unexpected = self._really_unexpected(module, list(result.unexpected_keys))
+        keys = assign_tensors(module, state)
+        if keys is None:  # some module customises loading: let torch run its hooks
+            keys = list(module.load_state_dict(state, strict=False, assign=True).unexpected_keys)
+        unexpected = self._really_unexpected(module, keys)
         if unexpected:
             more = f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
             raise UnsupportedByGenedge(
@@ -777,12 +1183,19 @@ class TorchModelLoader:
         tie = getattr(module, "tie_weights", None)
         if callable(tie):
             tie()
-        for sub in module.modules():
+        # One walk over the modules (each walk of a pipeline's UNet costs milliseconds):
+        # computed buffers to the device, and nothing may be left on meta.
+        on_meta: list[str] = []
+        for prefix, sub in module.named_modules(remove_duplicate=False):
+            dot = f"{prefix}." if prefix else ""
             for name, buf in list(sub._buffers.items()):
-                if buf is not None and buf.device != self._dev:
+                if buf is None:
+                    continue
+                if buf.is_meta:
+                    on_meta.append(dot + name)
+                elif buf.device != self._dev:
                     sub._buffers[name] = buf.to(self._dev)
-        on_meta = [n for n, p in module.named_parameters(remove_duplicate=False) if p.is_meta]
-        on_meta += [n for n, b in module.named_buffers(remove_duplicate=False) if b.is_meta]
+            on_meta += [dot + n for n, p in sub._parameters.items() if p is not None and p.is_meta]
         if on_meta:
             raise UnsupportedByGenedge(
                 f"{what}: not in the checkpoint (left on meta): {on_meta[:5]}"
@@ -793,6 +1206,8 @@ class TorchModelLoader:
     def _really_unexpected(module: nn.Module, keys: list[str]) -> list[str]:
         """Unexpected keys minus the ones the libraries ignore too: non-persistent buffers
         saved by older versions (CLIP's `position_ids`) and the class's ignore patterns."""
+        if not keys:
+            return []
         buffers = {n for n, _ in module.named_buffers()}
         patterns = list(getattr(module, "_keys_to_ignore_on_load_unexpected", None) or [])
         return [k for k in keys if k not in buffers and not any(re.search(p, k) for p in patterns)]
@@ -807,9 +1222,13 @@ class TorchModelLoader:
             return build()
 
     # ----------------------------------------------------------------------------------
-    def _genedge_causal_lm(
-        self, manifest: ModelManifest, source: SafetensorsHostCopy | None, notes: list[str]
-    ) -> TextModel:
+    def _prepare(self, manifest: ModelManifest) -> _Prepared:
+        """Everything of `manifest` that needs no weights (skeletons, tokenizers, ...)."""
+        if manifest.format == ModelFormat.DIFFUSERS:
+            return self._prepare_pipeline(manifest)
+        return self._prepare_causal_lm(manifest)
+
+    def _prepare_causal_lm(self, manifest: ModelManifest) -> _Prepared:
         import transformers
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -817,7 +1236,6 @@ class TorchModelLoader:
         rels = list(manifest.weight_files)
         if not rels:
             raise BadModelFolder(f"{manifest.id}: no weight files")
-        state = self._state_dict(root, rels, source, notes)
         config = AutoConfig.from_pretrained(root)
         # The class the config names (as the library does), else whatever the Auto class maps.
         cls = getattr(transformers, manifest.architecture, None)
@@ -825,19 +1243,17 @@ class TorchModelLoader:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module) and callable(build)):
             build = AutoModelForCausalLM.from_config
         model: Any = self._skeleton(lambda: build(config))
-        self._assign(model, state, manifest.id)
-        del state
-        floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
-        if len(floating) == 1:
-            model.config.dtype = floating.pop()
+        generation_config = None
         if (root / "generation_config.json").is_file():
-            model.generation_config = GenerationConfig.from_pretrained(root)
+            generation_config = GenerationConfig.from_pretrained(root)
         tokenizer = AutoTokenizer.from_pretrained(root)
-        return TextModel(manifest.id, model, tokenizer, self._dev)
+        return _Prepared(
+            kind="text",
+            to_assign=[(manifest.id, model, rels)],
+            parts={"model": model, "tokenizer": tokenizer, "generation_config": generation_config},
+        )
 
-    def _genedge_pipeline(
-        self, manifest: ModelManifest, source: SafetensorsHostCopy | None, notes: list[str]
-    ) -> ImagePipelineModel:
+    def _prepare_pipeline(self, manifest: ModelManifest) -> _Prepared:
         root = Path(manifest.path)
         try:
             index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
@@ -845,27 +1261,53 @@ class TorchModelLoader:
             raise BadModelFolder(f"model_index.json: {exc}") from None
         pipe_cls = _resolve_class("diffusers", str(index.get("_class_name")))
         weights = _by_component(manifest.weight_files)
-        parts: dict[str, Any] = {}
-        config: dict[str, Any] = {}
+        prepared = _Prepared(kind="image", pipe_cls=pipe_cls)
         for name, spec in index.items():
             if name.startswith("_"):
                 continue
             if not (isinstance(spec, list) and len(spec) == 2):
-                config[name] = spec  # a pipeline config value (requires_safety_checker...)
+                prepared.config[name] = spec  # a pipeline config value (requires_safety_...)
                 continue
             lib, cls_name = spec
             if lib is None or cls_name is None:
-                parts[name] = None
+                prepared.parts[name] = None
                 continue
             cls = _resolve_class(str(lib), str(cls_name))
             sub = root / name
             if name in weights:
-                parts[name] = self._genedge_component(cls, sub, weights[name], source, notes)
-            else:
+                module = self._component_skeleton(cls, sub)
+                prepared.to_assign.append((name, module, weights[name]))
+                prepared.parts[name] = module
+            else:  # tokenizers, schedulers...
                 loader = getattr(cls, "from_pretrained", None)
                 if loader is None:
                     raise UnsupportedByGenedge(f"component {name}: {cls_name} has no loader")
-                parts[name] = loader(sub)
+                prepared.parts[name] = loader(sub)
+        accepted = inspect.signature(pipe_cls).parameters
+        unknown = [n for n in prepared.parts if n not in accepted]
+        if unknown:
+            raise UnsupportedByGenedge(f"{pipe_cls.__name__} takes no component {unknown}")
+        return prepared
+
+    def _finish(
+        self, manifest: ModelManifest, prepared: _Prepared, tensors: _TensorSource
+    ) -> TextModel | ImagePipelineModel:
+        """Assign the weights to the prepared skeletons and wrap the result. On CUDA the
+        views are assigned while the copies may still run (kernels launched later queue
+        behind them); `tensors.finish()` waits for the data before returning."""
+        for name, module, rels in prepared.to_assign:
+            self._assign(module, tensors.state(rels), name)
+        tensors.finish()
+        parts = prepared.parts
+        if prepared.kind == "text":
+            model = parts["model"]
+            floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
+            if len(floating) == 1:
+                model.config.dtype = floating.pop()
+            if parts["generation_config"] is not None:
+                model.generation_config = parts["generation_config"]
+            return TextModel(manifest.id, model, parts["tokenizer"], self._dev)
+        pipe_cls = prepared.pipe_cls
         accepted = inspect.signature(pipe_cls).parameters
         kwargs: dict[str, Any] = {}
         for pname, p in accepted.items():
@@ -873,29 +1315,19 @@ class TorchModelLoader:
                 continue
             if pname in parts:
                 kwargs[pname] = parts[pname]
-            elif pname in config:
-                kwargs[pname] = config[pname]
+            elif pname in prepared.config:
+                kwargs[pname] = prepared.config[pname]
             elif p.default is inspect.Parameter.empty:
                 kwargs[pname] = None  # an optional component the folder leaves out
         if "requires_safety_checker" in accepted:
             kwargs["requires_safety_checker"] = False
-        unknown = [n for n in parts if n not in accepted]
-        if unknown:
-            raise UnsupportedByGenedge(f"{pipe_cls.__name__} takes no component {unknown}")
         pipe = pipe_cls(**kwargs)
         return ImagePipelineModel(manifest.id, pipe, self._dev)
 
-    def _genedge_component(
-        self,
-        cls: type,
-        sub: Path,
-        rels: list[str],
-        source: SafetensorsHostCopy | None,
-        notes: list[str],
-    ) -> nn.Module:
+    def _component_skeleton(self, cls: type, sub: Path) -> nn.Module:
+        """The module of pipeline component folder `sub`, parameters on `meta`."""
         if not issubclass(cls, nn.Module):
             raise UnsupportedByGenedge(f"{sub.name}: {cls.__name__} is not a torch module")
-        state = self._state_dict(sub.parent, rels, source, notes)
         if hasattr(cls, "load_config") and hasattr(cls, "from_config"):  # diffusers
             cfg = cls.load_config(sub)
             module = self._skeleton(lambda: cls.from_config(cfg))
@@ -904,7 +1336,6 @@ class TorchModelLoader:
             module = self._skeleton(lambda: cls._from_config(tcfg))
         else:
             raise UnsupportedByGenedge(f"{sub.name}: do not know how to build {cls.__name__}")
-        self._assign(module, state, sub.name)
         return module
 
     # ----------------------------------------------------------------------------------
