@@ -19,20 +19,18 @@ every baseline on average; mlds under 1 s on 1,000 × 50.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from bench.common import quiet_native_stdout  # noqa: E402
 from orchestrator.core.algorithms import ALGORITHMS, solve  # noqa: E402
 from orchestrator.core.placement import Decision, Instance, violations  # noqa: E402
 from orchestrator.core.scenarios import (  # noqa: E402
@@ -62,21 +60,6 @@ def load_models(measured: Path, profiles: Path | None) -> list[MeasuredModel]:
     if profiles is not None and profiles.is_dir():
         models += load_profiles(profiles)
     return models
-
-
-@contextlib.contextmanager
-def quiet_native_stdout() -> Iterator[None]:
-    """Silence file descriptor 1 (HiGHS prints debug lines from C++ in some builds)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
 
 
 def run_all(instance: Instance, seed: int, exact_limit_s: float) -> dict[str, Decision]:

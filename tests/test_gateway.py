@@ -101,6 +101,15 @@ def test_router_pooled_only_when_it_beats_the_cloud() -> None:
     assert route(preload=0.05, queued=3) == ["cloud"]  # 0.05 + 0.1 x 4 > 0.3
 
 
+def test_router_sends_past_a_long_resident_queue_to_the_cloud() -> None:
+    r = Router(cloud=CloudBackend("cloud", "http://cloud"))
+    h = host("e", "http://e", "resident", infer_s=0.1)
+    r.update(table([RouteModel(model="m", kind="text", hosts=[h])], wan_rtt_s=0.2), 0.0)
+    assert [t.backend for t in r.candidates("m", {"e": 1}, now=0.0)] == ["e", "cloud"]
+    # 0.1 s x 4 requests ahead > 0.2 + 0.1 in the cloud: the cloud first, e as fallback.
+    assert [t.backend for t in r.candidates("m", {"e": 3}, now=0.0)] == ["cloud", "e"]
+
+
 def test_router_puts_failed_hosts_last_for_a_while() -> None:
     r = Router(cloud=CloudBackend("cloud", "http://cloud"), suspect_s=5.0)
     entry = RouteModel(model="m", kind="text", hosts=[host("e", "http://e", "resident")])

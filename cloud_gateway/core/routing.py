@@ -1,6 +1,7 @@
 """Routing policy: for one request, the ordered list of backends to try.
 
-Order (DESIGN.md, issue 4): hosts where the model is resident, least loaded first; then
+Order (DESIGN.md, issue 4): hosts where the model is resident, least loaded first (unless
+its queue would keep the request longer than the cloud would); then
 hosts where the decision serves it from the swap pool, when their expected delay (preload
 unless the pool already holds it, plus inference times the queue ahead) beats the cloud's;
 then the cloud. Hosts that failed a moment ago go last, so a dead host costs one failed
@@ -120,11 +121,20 @@ class Router:
             if cloud_s is None or not cloud or expected < cloud_s:
                 pooled.append((expected, Target(h.host, h.url, "pooled", expected)))
         pooled.sort(key=lambda p: (p[0], p[1].backend))
-        edge = [Target(h.host, h.url, "resident", h.infer_s) for h in resident]
+        # A resident host whose queue would make the request wait longer than the cloud
+        # takes goes after the cloud (still a fallback), as the simulator assumes.
+        edge: list[Target] = []
+        behind_cloud: list[Target] = []
+        for h in resident:
+            wait = None if h.infer_s is None else h.infer_s * (1 + load(h.host, h.queued))
+            t = Target(h.host, h.url, "resident", wait)
+            slower = bool(cloud) and cloud_s is not None and wait is not None and wait > cloud_s
+            (behind_cloud if slower else edge).append(t)
         edge += [t for _, t in pooled]
         fresh = [t for t in edge if not self._is_suspect(t.backend, now)]
-        stale = [t for t in edge if self._is_suspect(t.backend, now)]
-        return fresh + cloud + stale
+        stale = [t for t in edge + behind_cloud if self._is_suspect(t.backend, now)]
+        later = [t for t in behind_cloud if not self._is_suspect(t.backend, now)]
+        return fresh + cloud + later + stale
 
     def _cloud_expected(self, entry: RouteModel) -> float | None:
         if self.table is None:

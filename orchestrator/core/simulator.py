@@ -1,0 +1,846 @@
+"""Replay a request trace slot by slot through the decision core, on a fake clock.
+
+`simulate(base, requests, policy)` plays one policy over a trace: every slot of
+`base.slot_s` seconds it plans with `algorithms.solve(policy, instance)` (the same decision
+core the orchestrator runs), carries the decision out on simulated hosts, then serves the
+slot's requests with the edge agent's semantics. `simulate_all` runs every policy of
+`POLICIES` on the same trace. Pure Python and numpy; deterministic for a seed.
+
+What a planning policy sees (never the slot it plans)
+-----------------------------------------------------
+- rates: `rates.RateEstimator` (the orchestrator's EWMA with surge detection) fed with the
+  arrivals of *earlier* slots only: the plan for slot t is made before any arrival of slot
+  t is observed (`SlotRecord.planned_rates` keeps what each plan used). Requests stamped
+  before the first slot are history: they train the estimator and are not served.
+- π (pool-miss probability): `rates.PoolStats` fed with the pool hits and misses the
+  simulated hosts saw in earlier slots (1 without evidence, the cost model's default).
+- `current`: the levels the previous slot's decision left on each host.
+- `exact-hindsight` (`HINDSIGHT`), the yardstick, is the exact MILP given the *true* rates
+  of the slot it plans (its arrival count / slot length); everything else is the same.
+
+Serving (the edge agent's semantics)
+------------------------------------
+- One FIFO server per host GPU: requests are served one at a time in the order they become
+  eligible (their arrival, or later when they wait for a transition, see below); a request
+  of `work` w takes w·I_{m,e} seconds (w = 1 is the measured generation).
+- Swap pool: a request for a pooled (stored or cached) model that finds the pool holding
+  another model first loads it (L^disk, or L^ram when cached) on the same server, replacing
+  the previous pooled model (whose requests have drained: the server is sequential). That
+  is a *switch*; a pool load is delay, as in the cost model (π·L is delay there too).
+- Cloud: latency T^wan + w·I^cloud_m, unlimited capacity, `cloud_per_request` each.
+- Overflow (`SimConfig.overflow`, on by default): the gateway sends a request to the cloud
+  when the cloud would finish it sooner than its edge host, given that host's queue, pool
+  content and transitions (the gateway's rule for pooled models in
+  `cloud_gateway/core/routing.py`, with exact queue knowledge, applied to every edge
+  request and to `lru` alike). Off, every request planned for the edge is served there
+  and queues however long. The compute cap ρ_max is a planning constraint only.
+
+Transitions at a slot boundary t0 (the orchestrator reconciles at once)
+-----------------------------------------------------------------------
+- a model placed on a host whose disk lacks it is fetched over the backhaul from t0, for
+  s_m / B_e seconds (`bytes_fetched`; charged fetch_weight·s/B as transition cost, like the
+  cost model); models a decision drops from a host leave its disk;
+- a model becoming resident pays one load (L^ram if it was cached there, else L^disk;
+  charged load_weight·L, and it is a switch). The load starts when the model is on disk and
+  the GPU memory it needs is free: when the residents and pool content the decision evicts
+  on that host have drained (their queued requests finished). **Choice: requests for a
+  model that is still being fetched or loaded wait** until it is ready (they become
+  eligible then; other models keep being served meanwhile), never to the pool; with
+  overflow on, the gateway sends them to the cloud when that finishes sooner.
+- the pool keeps its content when that model stays pooled on the host, else it is emptied
+  (after draining). Filling the RAM tier (cached) is free and instant, as in the cost model;
+  evictions take no time.
+- GPU memory is tracked as intervals (resident loads and pool contents, from load start to
+  eviction) and `SimResult.peak_gpu_bytes` is the largest sum at any instant; the
+  decisions are feasible (`placement.violations`, checked every slot) and the order above
+  keeps the peak within each host's GPU memory.
+
+`lru` (no planning, true LRU semantics)
+---------------------------------------
+The planner form of `lru` in `algorithms.py` can only say "pooled from disk", which is a
+single-model pool, not an LRU cache. The simulator therefore serves `lru` directly, like
+Ollama or Ray Serve model multiplexing: every request goes to the edge if some host can hold
+the model (else the cloud), to the host that would finish it first (its queue, plus a fetch
+and a load where it lacks the model: a router that knows the queues and the cached models,
+kinder to `lru` than routing by cache affinity alone); a model not loaded is loaded on
+demand (L^disk, on the request's server, a switch), evicting least recently used models
+until it fits in GPU memory; a model not on disk is fetched on demand (from the request's
+arrival), evicting least recently used models from disk (and from the GPU) until it fits;
+a victim leaves the GPU and the disk once its queued requests have finished, while the new
+download starts at once (so the disk, never the GPU, may briefly hold both).
+No RAM tier, no compute cap, no planning, no idle unloading (Ollama's keep_alive). Its
+resource cost is the time-average of the disk and GPU bytes it held over each slot, at the
+cost model's prices.
+
+Cost (the cost model's units, seconds-equivalent; `placement.Prices`)
+---------------------------------------------------------------------
+Per slot: delay = delay_weight·Σ latency of the slot's requests (queueing, waits for
+transitions, pool loads and inference included); resource = the decision's resource term
+(`placement.evaluate`: disk, RAM, resident VRAM and the pool region, for the slot); cloud =
+cloud_per_request·(cloud requests); transition = fetch and resident-load seconds weighted.
+Totals and request statistics count the slots from `SimConfig.warmup_slots` on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+import numpy as np
+
+from .algorithms import ALGORITHMS, solve
+from .placement import (
+    GB,
+    CostBreakdown,
+    HostSpec,
+    Instance,
+    Level,
+    Option,
+    Perf,
+    evaluate,
+    violations,
+)
+from .rates import PoolStats, RateEstimator
+
+__all__ = [
+    "HINDSIGHT",
+    "POLICIES",
+    "Planner",
+    "Request",
+    "SimConfig",
+    "SimResult",
+    "SimulationError",
+    "SlotRecord",
+    "feasible_start",
+    "poisson_requests",
+    "simulate",
+    "simulate_all",
+]
+
+HINDSIGHT: Final = "exact-hindsight"
+"""The yardstick policy: the exact MILP planned with each slot's true rates."""
+
+LRU: Final = "lru"
+
+POLICIES: Final[tuple[str, ...]] = (*ALGORITHMS, HINDSIGHT)
+"""Every policy `simulate` knows by name: the registered algorithms and the yardstick."""
+
+Planner = Callable[[Instance, int], Mapping[str, Option]]
+"""A custom policy: (instance of the slot, slot index) -> one option per model."""
+
+
+class SimulationError(RuntimeError):
+    """A policy returned an infeasible decision, or a request names an unknown model."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request: arrival time `t` (seconds, trace clock), model id, and its `work`,
+    a multiplier of the measured inference time (1 = the measured generation)."""
+
+    t: float
+    model: str
+    work: float = 1.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How to run a simulation.
+
+    `start_s`: when slot 0 begins (default: the first request); earlier requests are
+    history (estimator only). `n_slots`: how many slots to play (default: up to the last
+    request). `warmup_slots`: played but left out of the totals. `overflow`: the gateway
+    sends an edge request to the cloud when the cloud would finish it sooner (see the module
+    docstring). The estimator settings are
+    the orchestrator's defaults; `time_limit_s` bounds each solve; `seed + slot` seeds it.
+    """
+
+    start_s: float | None = None
+    n_slots: int | None = None
+    warmup_slots: int = 0
+    overflow: bool = True
+    seed: int = 0
+    time_limit_s: float = 10.0
+    half_life_s: float = 300.0
+    surge_factor: float = 3.0
+    surge_min_count: int = 5
+    pool_half_life_slots: float = 5.0
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """One played slot: what the plan used, what came, what it cost."""
+
+    index: int
+    start_s: float
+    counted: bool
+    planned_rates: Mapping[str, float]
+    arrivals: Mapping[str, int]
+    cost: CostBreakdown
+    assignment: Mapping[str, str]
+
+
+@dataclass
+class SimResult:
+    """Outcome of one policy over the counted slots (see the module docstring)."""
+
+    policy: str
+    cost: CostBreakdown
+    latencies: list[float]
+    cloud_requests: int
+    pool_loads: int
+    resident_loads: int
+    bytes_fetched: int
+    peak_gpu_bytes: dict[str, int]
+    plan_seconds: float
+    slots: list[SlotRecord] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def switches(self) -> int:
+        """Pool loads plus resident loads (every load of a model into GPU memory)."""
+        return self.pool_loads + self.resident_loads
+
+    @property
+    def mean_latency_s(self) -> float:
+        return float(np.mean(self.latencies)) if self.latencies else 0.0
+
+    @property
+    def p95_latency_s(self) -> float:
+        return float(np.percentile(self.latencies, 95)) if self.latencies else 0.0
+
+    @property
+    def cloud_share(self) -> float:
+        return self.cloud_requests / self.requests if self.latencies else 0.0
+
+    def summary(self) -> dict[str, float | int | dict[str, float]]:
+        """The headline numbers (the replay JSON's per-policy object)."""
+        return {
+            "total_cost": self.cost.total,
+            "mean_latency_s": self.mean_latency_s,
+            "p95_latency_s": self.p95_latency_s,
+            "cloud_share": self.cloud_share,
+            "switches": self.switches,
+            "bytes_fetched": self.bytes_fetched,
+            "requests": self.requests,
+            "pool_loads": self.pool_loads,
+            "resident_loads": self.resident_loads,
+            "cost_breakdown": self.cost.as_dict(),
+            "plan_seconds": self.plan_seconds,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------
+
+
+def simulate(
+    base: Instance,
+    requests: Iterable[Request],
+    policy: str | Planner,
+    config: SimConfig | None = None,
+) -> SimResult:
+    """Play `policy` (a name of `POLICIES`, or a `Planner`) over `requests` on the hosts,
+    models and prices of `base` (its rates and pool_miss are ignored; its `current` is
+    the state at the start).
+    """
+    cfg = config or SimConfig()
+    base = replace(base, current=feasible_start(base))
+    reqs = sorted(requests, key=lambda r: r.t)
+    known = {m.id for m in base.models}
+    for r in reqs:
+        if r.model not in known:
+            raise SimulationError(f"request for unknown model {r.model!r}")
+    history, slots, start = _split_slots(reqs, base.slot_s, cfg)
+    if policy == LRU:
+        return _LruSim(base, cfg, start).run(history, slots)
+    if isinstance(policy, str) and policy not in POLICIES:
+        raise KeyError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+    return _PlannedSim(base, cfg, start, policy).run(history, slots)
+
+
+def simulate_all(
+    base: Instance,
+    requests: Sequence[Request],
+    policies: Iterable[str] = POLICIES,
+    config: SimConfig | None = None,
+) -> dict[str, SimResult]:
+    """`simulate` every policy on the same trace."""
+    return {p: simulate(base, requests, p, config) for p in policies}
+
+
+def feasible_start(base: Instance) -> dict[tuple[str, str], str]:
+    """`base.current` cut to what the hosts can hold: per host, in model order, a copy that
+    would overflow the disk is dropped, a cached one that would overflow the RAM is only
+    stored, a resident one that would overflow the GPU is only stored."""
+    out: dict[tuple[str, str], str] = {}
+    order = {m.id: i for i, m in enumerate(base.models)}
+    for h in base.hosts:
+        disk = ram = gpu = 0
+        here = sorted((order[m], m, lvl) for (m, e), lvl in base.current.items() if e == h.id)
+        for _, m, level in here:
+            perf = base.perf.get((m, h.id))
+            size = base.model(m).storage_bytes
+            if perf is None or disk + size > h.disk_bytes:
+                continue
+            disk += size
+            if level == Level.CACHED and ram + size > h.ram_bytes:
+                level = Level.STORED
+            if level == Level.RESIDENT and gpu + perf.vram_bytes > h.gpu_bytes:
+                level = Level.STORED
+            ram += size if level == Level.CACHED else 0
+            gpu += perf.vram_bytes if level == Level.RESIDENT else 0
+            out[(m, h.id)] = level
+    return out
+
+
+def poisson_requests(
+    rates: Mapping[str, float],
+    n_slots: int,
+    slot_s: float,
+    seed: int,
+    *,
+    start_s: float = 0.0,
+    work: Callable[[np.random.Generator, str], float] | None = None,
+) -> list[Request]:
+    """Stationary Poisson arrivals at `rates` (req/s) over `n_slots` slots from `start_s`,
+    sorted by time; `work(rng, model)` draws each request's work (default 1)."""
+    rng = np.random.default_rng(seed)
+    out: list[Request] = []
+    models = sorted(rates)
+    for k in range(n_slots):
+        t0 = start_s + k * slot_s
+        for m in models:
+            n = int(rng.poisson(rates[m] * slot_s))
+            for t in np.sort(rng.uniform(t0, t0 + slot_s, size=n)):
+                out.append(Request(float(t), m, 1.0 if work is None else work(rng, m)))
+    out.sort(key=lambda r: r.t)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Slots, tallies and GPU-memory ledger
+# ---------------------------------------------------------------------------------------
+
+
+def _split_slots(
+    reqs: list[Request], slot_s: float, cfg: SimConfig
+) -> tuple[list[Request], list[list[Request]], float]:
+    """(history before slot 0, requests per slot, start of slot 0)."""
+    if cfg.start_s is not None:
+        start = cfg.start_s
+    elif reqs:
+        start = reqs[0].t
+    else:
+        start = 0.0
+    if cfg.n_slots is not None:
+        n = cfg.n_slots
+    elif reqs and reqs[-1].t >= start:
+        n = int((reqs[-1].t - start) // slot_s) + 1
+    else:
+        n = 0
+    history = [r for r in reqs if r.t < start]
+    slots: list[list[Request]] = [[] for _ in range(n)]
+    for r in reqs:
+        if r.t < start:
+            continue
+        k = int((r.t - start) // slot_s)
+        if k >= n:
+            break
+        slots[k].append(r)
+    return history, slots, start
+
+
+class _Ledger:
+    """Bytes held over time: intervals [start, end) (end +inf while held)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.sizes: list[float] = []
+
+    def hold(self, start: float, size: float) -> int:
+        self.starts.append(start)
+        self.ends.append(math.inf)
+        self.sizes.append(size)
+        return len(self.sizes) - 1
+
+    def release(self, handle: int, end: float) -> None:
+        self.ends[handle] = max(end, self.starts[handle])
+
+    def peak(self) -> float:
+        """The largest total held at any instant (a release at t frees before a hold at t)."""
+        events = [(s, 1, z) for s, z in zip(self.starts, self.sizes, strict=True)]
+        events += [(e, 0, -z) for e, z in zip(self.ends, self.sizes, strict=True) if e < math.inf]
+        held = best = 0.0
+        for _, _, dz in sorted(events):
+            held += dz
+            best = max(best, held)
+        return best
+
+    def mean_over(self, a: float, b: float) -> float:
+        """Time-average of the bytes held over [a, b)."""
+        if not self.sizes or b <= a:
+            return 0.0
+        s = np.array(self.starts)
+        e = np.array(self.ends)
+        overlap = np.clip(np.minimum(e, b) - np.maximum(s, a), 0.0, None)
+        return float(np.dot(overlap, self.sizes) / (b - a))
+
+
+@dataclass
+class _Tally:
+    """Per-slot accumulators of one simulation."""
+
+    delay: float = 0.0
+    cloud: int = 0
+    transition: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    pool_loads: int = 0
+    resident_loads: int = 0
+    bytes_fetched: int = 0
+
+    def serve(self, latency: float, cloud: bool, delay_weight: float) -> None:
+        self.latencies.append(latency)
+        self.delay += delay_weight * latency
+        self.cloud += cloud
+
+
+def _finish(
+    policy: str,
+    tallies: list[_Tally],
+    slots: list[SlotRecord],
+    peaks: dict[str, int],
+    plan_seconds: float,
+    warmup: int,
+) -> SimResult:
+    counted = [t for k, t in enumerate(tallies) if k >= warmup]
+    total = CostBreakdown()
+    for rec in slots:
+        if rec.counted:
+            total = total + rec.cost
+    return SimResult(
+        policy=policy,
+        cost=total,
+        latencies=[x for t in counted for x in t.latencies],
+        cloud_requests=sum(t.cloud for t in counted),
+        pool_loads=sum(t.pool_loads for t in counted),
+        resident_loads=sum(t.resident_loads for t in counted),
+        bytes_fetched=sum(t.bytes_fetched for t in counted),
+        peak_gpu_bytes=peaks,
+        plan_seconds=plan_seconds,
+        slots=slots,
+    )
+
+
+def _cloud_latency(base: Instance, r: Request) -> float:
+    return base.cloud.wan_rtt_s + r.work * base.cloud_infer_s(r.model)
+
+
+# ---------------------------------------------------------------------------------------
+# Planning policies
+# ---------------------------------------------------------------------------------------
+
+
+class _PlannedHost:
+    """One host carrying out decisions: levels, readiness, FIFO server, swap pool."""
+
+    def __init__(self, spec: HostSpec, base: Instance, start: float) -> None:
+        self.spec = spec
+        self.base = base
+        self.busy_until = start
+        self.levels: dict[str, str] = {}
+        self.disk_ready: dict[str, float] = {}  # on disk from then (fetch done)
+        self.res_ready: dict[str, float] = {}  # resident and loaded from then
+        self.res_handle: dict[str, int] = {}
+        self.last_done: dict[str, float] = {}
+        self.pool_model: str | None = None
+        self.pool_handle = -1
+        self.gpu = _Ledger()
+        for (m, e), level in base.current.items():
+            if e != spec.id:
+                continue
+            self.levels[m] = level
+            self.disk_ready[m] = start
+            if level == Level.RESIDENT:
+                self.res_ready[m] = start
+                self.res_handle[m] = self.gpu.hold(start, self._perf(m).vram_bytes)
+
+    def _perf(self, m: str) -> Perf:
+        return self.base.perf[(m, self.spec.id)]
+
+    def _drained(self, m: str, t0: float) -> float:
+        return max(t0, self.last_done.get(m, t0), self.res_ready.get(m, t0))
+
+    def apply(self, new: dict[str, str], t0: float, tally: _Tally) -> None:
+        """Move from the current levels to `new` at t0 (see the module docstring)."""
+        pr = self.base.prices
+        drain = t0
+        for m, level in self.levels.items():
+            if level == Level.RESIDENT and new.get(m) != Level.RESIDENT:
+                end = self._drained(m, t0)
+                self.gpu.release(self.res_handle.pop(m), end)
+                del self.res_ready[m]
+                drain = max(drain, end)
+        if self.pool_model is not None and new.get(self.pool_model) not in Level.POOLED:
+            end = self._drained(self.pool_model, t0)
+            self.gpu.release(self.pool_handle, end)
+            self.pool_model = None
+            drain = max(drain, end)
+        for m in [m for m in self.levels if m not in new]:
+            self.disk_ready.pop(m, None)
+        for m, level in new.items():
+            was = self.levels.get(m)
+            if was is None:
+                size = self.base.model(m).storage_bytes
+                fetch_s = size / self.spec.backhaul_Bps
+                self.disk_ready[m] = t0 + fetch_s
+                tally.bytes_fetched += size
+                tally.transition += pr.fetch_weight * fetch_s
+            if level == Level.RESIDENT and was != Level.RESIDENT:
+                perf = self._perf(m)
+                load = perf.load_ram_s if was == Level.CACHED else perf.load_disk_s
+                begin = max(self.disk_ready[m], drain)
+                self.res_ready[m] = begin + load
+                self.res_handle[m] = self.gpu.hold(begin, perf.vram_bytes)
+                tally.transition += pr.load_weight * load
+                tally.resident_loads += 1
+        self.levels = dict(new)
+
+    def eligible(self, m: str, t: float) -> float:
+        """When a request for m arriving at t can be served (it waits for transitions)."""
+        if self.levels[m] == Level.RESIDENT:
+            return max(t, self.res_ready[m])
+        return max(t, self.disk_ready[m])
+
+    def finish(self, m: str, ready: float, work: float) -> float:
+        """When a request for m eligible at `ready` would finish if served now."""
+        perf = self._perf(m)
+        begin = max(ready, self.busy_until)
+        level = self.levels[m]
+        if level in Level.POOLED and self.pool_model != m:
+            begin += perf.load_ram_s if level == Level.CACHED else perf.load_disk_s
+        return begin + work * perf.infer_s
+
+    def serve(self, m: str, t: float, ready: float, work: float) -> tuple[float, bool | None]:
+        """Serve one request; returns (its latency, pool hit True / miss False / None)."""
+        perf = self._perf(m)
+        begin = max(ready, self.busy_until)
+        hit: bool | None = None
+        level = self.levels[m]
+        if level in Level.POOLED:
+            hit = self.pool_model == m
+            if not hit:
+                if self.pool_model is not None:
+                    self.gpu.release(self.pool_handle, begin)
+                self.pool_handle = self.gpu.hold(begin, perf.vram_bytes)
+                self.pool_model = m
+                begin += perf.load_ram_s if level == Level.CACHED else perf.load_disk_s
+        end = begin + work * perf.infer_s
+        self.busy_until = end
+        self.last_done[m] = end
+        return end - t, hit
+
+
+class _PlannedSim:
+    """A planning policy over the slots."""
+
+    def __init__(self, base: Instance, cfg: SimConfig, start: float, policy: str | Planner):
+        self.base = base
+        self.cfg = cfg
+        self.start = start
+        self.policy = policy
+        self.name = policy if isinstance(policy, str) else getattr(policy, "__name__", "custom")
+        self.hosts = {h.id: _PlannedHost(h, base, start) for h in base.hosts}
+        self.model_ids = [m.id for m in base.models]
+        self.estimator = self._estimator(start)
+        self.pool = PoolStats(half_life_slots=cfg.pool_half_life_slots)
+
+    def _estimator(self, first_slot: float) -> RateEstimator:
+        """The orchestrator's estimator on a fake clock whose first slot starts then."""
+        return RateEstimator(
+            slot_s=self.base.slot_s,
+            half_life_s=self.cfg.half_life_s,
+            surge_factor=self.cfg.surge_factor,
+            surge_min_count=self.cfg.surge_min_count,
+            clock=lambda: first_slot,
+        )
+
+    def run(self, history: list[Request], slots: list[list[Request]]) -> SimResult:
+        tau = self.base.slot_s
+        if history:
+            # history fills whole slots before `start`: the estimator's clock starts there
+            self.estimator = self._estimator(
+                self.start - tau * math.ceil((self.start - history[0].t) / tau)
+            )
+            for r in history:
+                self.estimator.observe(r.model, 1, at=r.t)
+        records: list[SlotRecord] = []
+        tallies: list[_Tally] = []
+        plan_seconds = 0.0
+        for k, reqs in enumerate(slots):
+            t0 = self.start + k * tau
+            counted = k >= self.cfg.warmup_slots
+            inst, planned = self._instance(t0, reqs)
+            t_plan = time.perf_counter()
+            assignment = self._plan(inst, k)
+            if counted:
+                plan_seconds += time.perf_counter() - t_plan
+            tally = _Tally()
+            self._apply(assignment, t0, tally)
+            self._serve(reqs, assignment, tally)
+            resource = evaluate(inst, assignment).resource
+            cost = CostBreakdown(
+                delay=tally.delay,
+                resource=resource,
+                cloud=tally.cloud * self.base.prices.cloud_per_request,
+                transition=tally.transition,
+            )
+            records.append(
+                SlotRecord(
+                    index=k,
+                    start_s=t0,
+                    counted=counted,
+                    planned_rates=planned,
+                    arrivals=_counts(reqs),
+                    cost=cost,
+                    assignment={m: str(o) for m, o in assignment.items()},
+                )
+            )
+            tallies.append(tally)
+            for r in reqs:  # only now does the estimator learn this slot's arrivals
+                self.estimator.observe(r.model, 1, at=r.t)
+        peaks = {e: round(h.gpu.peak()) for e, h in self.hosts.items()}
+        return _finish(self.name, tallies, records, peaks, plan_seconds, self.cfg.warmup_slots)
+
+    def _instance(self, t0: float, reqs: list[Request]) -> tuple[Instance, dict[str, float]]:
+        """The slot's decision problem: estimated (or, for hindsight, true) rates, π, state."""
+        self.estimator.roll(now=t0)
+        known = self.estimator.rates()
+        rates = {m: known.get(m, 0.0) for m in self.model_ids}
+        if self.policy == HINDSIGHT:
+            counts = _counts(reqs)
+            rates = {m: counts.get(m, 0) / self.base.slot_s for m in self.model_ids}
+        pool_miss = {key: p for key, p in self.pool.all().items() if key in self.base.perf}
+        current = {(m, e): level for e, h in self.hosts.items() for m, level in h.levels.items()}
+        inst = replace(self.base, rates=rates, pool_miss=pool_miss, current=current)
+        return inst, rates
+
+    def _plan(self, inst: Instance, k: int) -> dict[str, Option]:
+        if callable(self.policy):
+            assignment = dict(self.policy(inst, k))
+        else:
+            name = "exact" if self.policy == HINDSIGHT else self.policy
+            seed = self.cfg.seed + k
+            assignment = dict(
+                solve(name, inst, seed=seed, time_limit_s=self.cfg.time_limit_s).assignment
+            )
+        problems = violations(inst, assignment)
+        if problems:
+            raise SimulationError(f"{self.name}: infeasible decision in slot {k}: {problems}")
+        return assignment
+
+    def _apply(self, assignment: Mapping[str, Option], t0: float, tally: _Tally) -> None:
+        per_host: dict[str, dict[str, str]] = {e: {} for e in self.hosts}
+        for m, o in assignment.items():
+            if o.host is not None and o.level is not None:
+                per_host[o.host][m] = o.level
+        for e, host in self.hosts.items():
+            host.apply(per_host[e], t0, tally)
+
+    def _serve(self, reqs: list[Request], assignment: Mapping[str, Option], tally: _Tally) -> None:
+        """Cloud requests at once; edge requests per host in order of eligibility."""
+        w = self.base.prices.delay_weight
+        queue: list[tuple[float, float, int, Request, str]] = []
+        for i, r in enumerate(reqs):
+            o = assignment[r.model]
+            if o.host is None:
+                tally.serve(_cloud_latency(self.base, r), True, w)
+            else:
+                ready = self.hosts[o.host].eligible(r.model, r.t)
+                queue.append((ready, r.t, i, r, o.host))
+        queue.sort(key=lambda q: (q[0], q[1], q[2]))
+        stats: dict[tuple[str, str], list[int]] = {}
+        for ready, _, _, r, e in queue:
+            host = self.hosts[e]
+            cloud_s = _cloud_latency(self.base, r)
+            if self.cfg.overflow and host.finish(r.model, ready, r.work) > r.t + cloud_s:
+                tally.serve(cloud_s, True, w)
+                continue
+            latency, hit = host.serve(r.model, r.t, ready, r.work)
+            tally.serve(latency, False, w)
+            if hit is not None:
+                hm = stats.setdefault((r.model, e), [0, 0])
+                hm[0 if hit else 1] += 1
+                tally.pool_loads += not hit
+        self.pool.roll()
+        for (m, e), (hits, misses) in sorted(stats.items()):
+            self.pool.observe(m, e, hits, misses)
+
+
+def _counts(reqs: Iterable[Request]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reqs:
+        out[r.model] = out.get(r.model, 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# lru: load on demand, evict least recently used
+# ---------------------------------------------------------------------------------------
+
+
+class _LruHost:
+    """A host caching models LRU in GPU memory and on disk."""
+
+    def __init__(self, spec: HostSpec, base: Instance, start: float) -> None:
+        self.spec = spec
+        self.base = base
+        self.busy_until = start
+        self.gpu: OrderedDict[str, int] = OrderedDict()  # model -> ledger handle, LRU first
+        self.disk: OrderedDict[str, int] = OrderedDict()
+        self.disk_ready: dict[str, float] = {}
+        self.last_done: dict[str, float] = {}
+        self.gpu_used = 0
+        self.disk_used = 0
+        self.gpu_ledger = _Ledger()
+        self.disk_ledger = _Ledger()
+        for (m, e), level in sorted(base.current.items()):
+            if e != spec.id:
+                continue
+            size = base.model(m).storage_bytes
+            if self.disk_used + size <= spec.disk_bytes:
+                self.disk[m] = self.disk_ledger.hold(start, size)
+                self.disk_used += size
+                self.disk_ready[m] = start
+                h = self._perf(m).vram_bytes
+                if level == Level.RESIDENT and self.gpu_used + h <= spec.gpu_bytes:
+                    self.gpu[m] = self.gpu_ledger.hold(start, h)
+                    self.gpu_used += h
+
+    def _perf(self, m: str) -> Perf:
+        return self.base.perf[(m, self.spec.id)]
+
+    def can_hold(self, m: str) -> bool:
+        perf = self.base.perf.get((m, self.spec.id))
+        return (
+            perf is not None
+            and perf.vram_bytes <= self.spec.gpu_bytes
+            and self.base.model(m).storage_bytes <= self.spec.disk_bytes
+        )
+
+    def _unload(self, m: str, at: float) -> None:
+        self.gpu_ledger.release(self.gpu.pop(m), at)
+        self.gpu_used -= self._perf(m).vram_bytes
+
+    def _fetch(self, m: str, t: float, tally: _Tally) -> None:
+        size = self.base.model(m).storage_bytes
+        while self.disk_used + size > self.spec.disk_bytes:
+            victim = next(iter(self.disk))
+            end = max(t, self.last_done.get(victim, t))
+            if victim in self.gpu:
+                self._unload(victim, end)
+            self.disk_ledger.release(self.disk.pop(victim), end)
+            self.disk_used -= self.base.model(victim).storage_bytes
+            del self.disk_ready[victim]
+        fetch_s = size / self.spec.backhaul_Bps
+        self.disk[m] = self.disk_ledger.hold(t, size)
+        self.disk_used += size
+        self.disk_ready[m] = t + fetch_s
+        tally.bytes_fetched += size
+        tally.transition += self.base.prices.fetch_weight * fetch_s
+
+    def expected_finish(self, r: Request) -> float:
+        """When this host would finish `r` if it got it now (the router's estimate)."""
+        m = r.model
+        perf = self._perf(m)
+        size = self.base.model(m).storage_bytes
+        on_disk = self.disk_ready.get(m, r.t + size / self.spec.backhaul_Bps)
+        begin = max(r.t, self.busy_until, on_disk)
+        if m not in self.gpu:
+            begin += perf.load_disk_s
+        return begin + r.work * perf.infer_s
+
+    def serve(self, r: Request, tally: _Tally) -> float:
+        """Serve one request on this host; returns its latency."""
+        m = r.model
+        perf = self._perf(m)
+        if m not in self.disk:
+            self._fetch(m, r.t, tally)
+        self.disk.move_to_end(m)
+        begin = max(r.t, self.busy_until, self.disk_ready[m])
+        if m not in self.gpu:
+            while self.gpu_used + perf.vram_bytes > self.spec.gpu_bytes:
+                self._unload(next(iter(self.gpu)), begin)
+            self.gpu[m] = self.gpu_ledger.hold(begin, perf.vram_bytes)
+            self.gpu_used += perf.vram_bytes
+            begin += perf.load_disk_s
+            tally.pool_loads += 1
+        self.gpu.move_to_end(m)
+        end = begin + r.work * perf.infer_s
+        self.busy_until = end
+        self.last_done[m] = end
+        return end - r.t
+
+
+class _LruSim:
+    """`lru` over the slots: no planning, LRU caching on every host."""
+
+    def __init__(self, base: Instance, cfg: SimConfig, start: float) -> None:
+        self.base = base
+        self.cfg = cfg
+        self.start = start
+        self.hosts = [_LruHost(h, base, start) for h in base.hosts]
+
+    def _pick(self, r: Request) -> _LruHost | None:
+        """The host that would finish the request first (the first such host on ties);
+        None when no host can hold the model."""
+        able = [h for h in self.hosts if h.can_hold(r.model)]
+        return min(able, key=lambda h: h.expected_finish(r)) if able else None
+
+    def run(self, history: list[Request], slots: list[list[Request]]) -> SimResult:
+        tau = self.base.slot_s
+        pr = self.base.prices
+        tallies: list[_Tally] = []
+        for reqs in slots:
+            tally = _Tally()
+            for r in reqs:
+                host = self._pick(r)
+                cloud_s = _cloud_latency(self.base, r)
+                if host is None or (self.cfg.overflow and host.expected_finish(r) > r.t + cloud_s):
+                    tally.serve(cloud_s, True, pr.delay_weight)
+                else:
+                    tally.serve(host.serve(r, tally), False, pr.delay_weight)
+            tallies.append(tally)
+        records = []
+        for k, (reqs, tally) in enumerate(zip(slots, tallies, strict=True)):
+            t0 = self.start + k * tau
+            disk = sum(h.disk_ledger.mean_over(t0, t0 + tau) for h in self.hosts)
+            gpu = sum(h.gpu_ledger.mean_over(t0, t0 + tau) for h in self.hosts)
+            cost = CostBreakdown(
+                delay=tally.delay,
+                resource=(pr.disk_per_GB * disk + pr.vram_per_GB * gpu) / GB,
+                cloud=tally.cloud * pr.cloud_per_request,
+                transition=tally.transition,
+            )
+            records.append(
+                SlotRecord(
+                    index=k,
+                    start_s=t0,
+                    counted=k >= self.cfg.warmup_slots,
+                    planned_rates={},
+                    arrivals=_counts(reqs),
+                    cost=cost,
+                    assignment={},
+                )
+            )
+        peaks = {h.spec.id: round(h.gpu_ledger.peak()) for h in self.hosts}
+        return _finish(LRU, tallies, records, peaks, 0.0, self.cfg.warmup_slots)
