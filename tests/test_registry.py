@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -253,3 +254,33 @@ def test_concurrent_writes_do_not_corrupt(tmp_path: Path) -> None:
         "i": n_ops - 1
     }
     conn.close()
+
+
+async def test_a_restarted_orchestrator_gives_known_agents_a_liveness_window(
+    tmp_path: Path,
+) -> None:
+    """Agents heartbeating a restarted orchestrator must not be marked down for the time it
+    was away: their liveness window starts when the orchestrator does."""
+    import httpx
+
+    from orchestrator.service import Orchestrator
+    from orchestrator.settings import OrchestratorSettings
+
+    now = [1000.0]
+    reg = Registry(tmp_path / "o.sqlite")
+    reg.upsert_agent("edge-1", "http://e", "edge", {}, now=10.0)  # last seen long ago
+    settings = OrchestratorSettings(
+        db_path=tmp_path / "o.sqlite", heartbeat_interval_s=0.05, missed_heartbeats=3
+    )
+    async with httpx.AsyncClient() as http:
+        o = Orchestrator(settings, reg, http, clock=lambda: now[0])
+        await o.start()
+        try:
+            await asyncio.sleep(0.2)  # a few liveness passes
+            assert reg.agent("edge-1").status == "up"  # type: ignore[union-attr]
+            now[0] += 1.0  # then silence past 3 intervals: down
+            await asyncio.sleep(0.2)
+            assert reg.agent("edge-1").status == "down"  # type: ignore[union-attr]
+        finally:
+            await o.stop()
+            reg.close()
