@@ -8,6 +8,7 @@ restart another, and know each one's URL, which is a few lines here.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ class AgentSpec:
     cache_budget_bytes: int = 300 * MB
     role: str = "edge"
     wan_delay_ms: float = 0.0
+    initial_levels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class SystemConfig:
     profile_text_tokens: int = 8
     log_level: str = "info"
     extra_env: dict[str, str] = field(default_factory=dict)
+    profiles_dir: Path | None = None  # default: <state>/profiles
 
 
 class System:
@@ -120,7 +123,7 @@ class System:
                     "EDGE_STORE_DIR": str(cfg.store),
                     # One profiles folder for every agent on this machine: same host kind,
                     # so a model is measured once and the others reuse it.
-                    "EDGE_PROFILES_DIR": str(cfg.state / "profiles"),
+                    "EDGE_PROFILES_DIR": str(cfg.profiles_dir or cfg.state / "profiles"),
                     "EDGE_DEVICE_BUDGET_BYTES": str(a.device_budget_bytes),
                     "EDGE_CACHE_BUDGET_BYTES": str(a.cache_budget_bytes),
                     "EDGE_ORCHESTRATOR_URL": orch_url,
@@ -130,6 +133,7 @@ class System:
                     "EDGE_PROFILE_TEXT_TOKENS": str(cfg.profile_text_tokens),
                     "EDGE_BANDWIDTH_PROBE_BYTES": str(64 * 1024 * 1024),
                     "EDGE_LOG_LEVEL": "warning" if cfg.log_level == "info" else cfg.log_level,
+                    "EDGE_INITIAL_LEVELS": json.dumps(a.initial_levels),
                 },
                 port,
                 "/readyz",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import sys
 import time
 from collections import Counter
@@ -210,9 +211,21 @@ def run(state: Path, *, once: bool) -> int:
         # edge-1 can keep SmolLM2 (~270 MB) resident next to the small ones; edge-2 cannot.
         AgentSpec("edge-1", device_budget_bytes=420 * MB),
         AgentSpec("edge-2", device_budget_bytes=160 * MB),
-        AgentSpec("cloud", device_budget_bytes=4000 * MB, role="cloud", wan_delay_ms=80),
+        # The cloud keeps every model loaded, as a provider's warm fleet would.
+        AgentSpec(
+            "cloud",
+            device_budget_bytes=4000 * MB,
+            role="cloud",
+            wan_delay_ms=80,
+            initial_levels={p.name: "resident" for p in built},
+        ),
     ]
-    system = System(SystemConfig(state=state / "run", store=store, agents=agents))
+    # A fresh run each time (orchestrator database, gateway table, logs), so the first
+    # requests really meet a system that knows no demand; measured profiles are kept.
+    run_dir = state / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = SystemConfig(state=run_dir, store=store, agents=agents, profiles_dir=state / "profiles")
+    system = System(cfg)
     ok = True
     try:
         print(
