@@ -363,6 +363,18 @@ def prepare_azure(args: argparse.Namespace) -> Replay:
     return Replay(inst, reqs, sim_config(args, n_slots), assumptions)
 
 
+def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
+    """The simulator's settings from the command line (both trace kinds)."""
+    return SimConfig(
+        start_s=0.0,
+        n_slots=n_slots,
+        warmup_slots=args.warmup_slots,
+        seed=args.seed,
+        time_limit_s=args.time_limit,
+        overflow=not args.no_overflow,
+    )
+
+
 def _slots(reqs: Sequence[Request], max_slots: int | None) -> int:
     n = int(reqs[-1].t // SLOT_S) + 1 if reqs else 0
     return min(n, max_slots) if max_slots else n
@@ -497,15 +509,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
-    """The simulator's settings from the command line (both trace kinds)."""
-    return SimConfig(
-        start_s=0.0,
-        n_slots=n_slots,
-        warmup_slots=args.warmup_slots,
-        seed=args.seed,
-        time_limit_s=args.time_limit,
-        overflow=not args.no_overflow,
-    )

@@ -134,6 +134,51 @@ def test_warmup_slots_are_left_out() -> None:
     assert r.bytes_fetched == 0 and r.switches == 0
 
 
+def test_dropped_models_stay_on_disk_until_a_fetch_needs_the_space() -> None:
+    # disk 4 GB: A (2 GB), B (1 GB), C (2 GB). Slot 0 places A and B (B served last),
+    # slot 1 sends both to the cloud (their files stay), slot 2 places B again (no fetch)
+    # and C (a fetch: 3 + 2 > 4 GB, so A, the least recently used, is evicted), slot 3
+    # places A again (fetched: C, now least recently used, is evicted; B stays).
+    base = tiny()
+    base = replace(
+        base,
+        hosts=[replace(base.hosts[0], disk_bytes=4 * G)],
+        models=[*base.models, ModelSpec("C", "image", 2 * G)],
+        perf={
+            **base.perf,
+            ("C", "e"): Perf(vram_bytes=1 * G, load_disk_s=1.0, load_ram_s=0.5, infer_s=1.0),
+        },
+        cloud=CloudSpec(wan_rtt_s=0.1, infer_s={"A": 4.0, "B": 5.0, "C": 5.0}),
+    )
+    stored = Option("e", "stored")
+    script = [
+        {"A": stored, "B": stored, "C": CLOUD},
+        {"A": CLOUD, "B": CLOUD, "C": CLOUD},
+        {"A": CLOUD, "B": stored, "C": stored},
+        {"A": stored, "B": CLOUD, "C": CLOUD},
+    ]
+    seen: list[dict[tuple[str, str], str]] = []
+
+    def planner(inst: Instance, slot: int) -> Mapping[str, Option]:
+        seen.append(dict(inst.current))
+        return script[slot]
+
+    reqs = [Request(0.0, "A"), Request(1.0, "B"), Request(20.5, "B"), Request(30.5, "A")]
+    r = simulate(base, reqs, planner, SimConfig(start_s=0.0, n_slots=4, overflow=False))
+    assert seen[1] == {("A", "e"): "stored", ("B", "e"): "stored"}
+    assert seen[2] == {("A", "e"): "stored", ("B", "e"): "stored"}  # retained, not placed
+    assert seen[3] == {("B", "e"): "stored", ("C", "e"): "stored"}  # A was evicted
+    fetched = [s.cost.transition for s in r.slots]
+    assert fetched == pytest.approx([3.0, 0.0, 2.0, 2.0])  # B is never fetched again
+    assert r.bytes_fetched == (2 + 1 + 2 + 2) * G
+    # B@20.5 is served from the retained copy at once: a pool miss (2 s) and 2 s of work
+    assert r.latencies[2] == pytest.approx(4.0)
+    # every byte on the disk is charged, placed or retained (disk 0.01 per GB a slot)
+    assert r.slots[1].cost.resource == pytest.approx(0.01 * 3)
+    assert r.slots[2].cost.resource == pytest.approx(0.01 * 3 + 0.1 * 1)  # B, C + the pool
+    assert r.slots[3].cost.resource == pytest.approx(0.01 * 3 + 0.1 * 2)  # A + B, pool A
+
+
 # ---------------------------------------------------------------------------------------
 # Properties on random scenarios
 # ---------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ What a planning policy sees (never the slot it plans)
   before the first slot are history: they train the estimator and are not served.
 - π (pool-miss probability): `rates.PoolStats` fed with the pool hits and misses the
   simulated hosts saw in earlier slots (1 without evidence, the cost model's default).
-- `current`: the levels the previous slot's decision left on each host.
+- `current`: the levels the previous slot's decision left on each host, plus, as level
+  `stored`, every model still on a host's disk that the decision no longer places there
+  (see "Disk retention": using it again costs no fetch).
 - `exact-hindsight` (`HINDSIGHT`), the yardstick, is the exact MILP given the *true* rates
   of the slot it plans (its arrival count / slot length); everything else is the same.
 
@@ -39,7 +41,7 @@ Transitions at a slot boundary t0 (the orchestrator reconciles at once)
 -----------------------------------------------------------------------
 - a model placed on a host whose disk lacks it is fetched over the backhaul from t0, for
   s_m / B_e seconds (`bytes_fetched`; charged fetch_weight·s/B as transition cost, like the
-  cost model); models a decision drops from a host leave its disk;
+  cost model); models a decision drops from a host stay on its disk (see below);
 - a model becoming resident pays one load (L^ram if it was cached there, else L^disk;
   charged load_weight·L, and it is a switch). The load starts when the model is on disk and
   the GPU memory it needs is free: when the residents and pool content the decision evicts
@@ -50,6 +52,14 @@ Transitions at a slot boundary t0 (the orchestrator reconciles at once)
 - the pool keeps its content when that model stays pooled on the host, else it is emptied
   (after draining). Filling the RAM tier (cached) is free and instant, as in the cost model;
   evictions take no time.
+- Disk retention (the edge agent never deletes model files on its own): a model the
+  decision drops from a host (to the cloud, or to another host) leaves its GPU memory and
+  RAM tier but its files stay on that host's disk, as `stored` in the next plan's
+  `current`, so placing it there again needs no fetch. Retained models are evicted only
+  when a fetch needs the space: at the slot boundary, least recently used first (last
+  placed there or last served there), until the decision's models and the retained ones fit
+  the disk. The decision's disk constraint counts only the models it places (retained ones
+  are evictable, so every feasible decision can be carried out).
 - GPU memory is tracked as intervals (resident loads and pool contents, from load start to
   eviction) and `SimResult.peak_gpu_bytes` is the largest sum at any instant; the
   decisions are feasible (`placement.violations`, checked every slot) and the order above
@@ -76,7 +86,10 @@ Cost (the cost model's units, seconds-equivalent; `placement.Prices`)
 ---------------------------------------------------------------------
 Per slot: delay = delay_weight·Σ latency of the slot's requests (queueing, waits for
 transitions, pool loads and inference included); resource = the decision's resource term
-(`placement.evaluate`: disk, RAM, resident VRAM and the pool region, for the slot); cloud =
+(`placement.evaluate`: disk, RAM, resident VRAM and the pool region, for the slot) plus
+disk_per_GB·(bytes retained on disk beyond the decision; they change only at slot
+boundaries, so this is their time-average, as for `lru`: every byte on a disk is charged,
+whatever the policy); cloud =
 cloud_per_request·(cloud requests); transition = fetch and resident-load seconds weighted.
 Totals and request statistics count the slots from `SimConfig.warmup_slots` on.
 """
@@ -441,6 +454,11 @@ def _finish(
     )
 
 
+def _over_cap(used: float, cap: float) -> bool:
+    """`placement`'s capacity test (a relative slack so float sums never flip it)."""
+    return used > cap + 1e-9 * max(1.0, abs(cap))
+
+
 def _cloud_latency(base: Instance, r: Request) -> float:
     return base.cloud.wan_rtt_s + r.work * base.cloud_infer_s(r.model)
 
@@ -457,8 +475,9 @@ class _PlannedHost:
         self.spec = spec
         self.base = base
         self.busy_until = start
-        self.levels: dict[str, str] = {}
-        self.disk_ready: dict[str, float] = {}  # on disk from then (fetch done)
+        self.levels: dict[str, str] = {}  # what the decision placed here
+        self.disk_ready: dict[str, float] = {}  # every model on disk: on disk from then
+        self.last_used: dict[str, float] = {}  # on disk: last placed or served (LRU order)
         self.res_ready: dict[str, float] = {}  # resident and loaded from then
         self.res_handle: dict[str, int] = {}
         self.last_done: dict[str, float] = {}
@@ -470,6 +489,7 @@ class _PlannedHost:
                 continue
             self.levels[m] = level
             self.disk_ready[m] = start
+            self.last_used[m] = start
             if level == Level.RESIDENT:
                 self.res_ready[m] = start
                 self.res_handle[m] = self.gpu.hold(start, self._perf(m).vram_bytes)
@@ -495,11 +515,11 @@ class _PlannedHost:
             self.gpu.release(self.pool_handle, end)
             self.pool_model = None
             drain = max(drain, end)
-        for m in [m for m in self.levels if m not in new]:
-            self.disk_ready.pop(m, None)
+        self._make_room(new)
         for m, level in new.items():
             was = self.levels.get(m)
-            if was is None:
+            self.last_used[m] = t0
+            if m not in self.disk_ready:
                 size = self.base.model(m).storage_bytes
                 fetch_s = size / self.spec.backhaul_Bps
                 self.disk_ready[m] = t0 + fetch_s
@@ -514,6 +534,31 @@ class _PlannedHost:
                 tally.transition += pr.load_weight * load
                 tally.resident_loads += 1
         self.levels = dict(new)
+
+    def retained(self) -> list[str]:
+        """Models on this host's disk that the decision did not place here (level stored
+        for the planner: using them again needs no fetch)."""
+        return [m for m in self.disk_ready if m not in self.levels]
+
+    def retained_bytes(self) -> int:
+        return sum(self.base.model(m).storage_bytes for m in self.retained())
+
+    def _make_room(self, new: Mapping[str, str]) -> None:
+        """Evict retained models (not in `new`), least recently used first, until the
+        models of `new` and the retained ones fit on the disk. A retained model's files
+        stay otherwise, as the edge agent keeps them; the models `new` places here fit
+        (the decision is feasible), so evicting every retained one always suffices."""
+        need = sum(self.base.model(m).storage_bytes for m in new)
+        kept = sorted(
+            (self.last_used.get(m, -math.inf), m) for m in self.disk_ready if m not in new
+        )
+        held = need + sum(self.base.model(m).storage_bytes for _, m in kept)
+        for _, m in kept:
+            if not _over_cap(held, self.spec.disk_bytes):
+                break
+            held -= self.base.model(m).storage_bytes
+            del self.disk_ready[m]
+            self.last_used.pop(m, None)
 
     def eligible(self, m: str, t: float) -> float:
         """When a request for m arriving at t can be served (it waits for transitions)."""
@@ -547,6 +592,7 @@ class _PlannedHost:
         end = begin + work * perf.infer_s
         self.busy_until = end
         self.last_done[m] = end
+        self.last_used[m] = end
         return end - t, hit
 
 
@@ -597,7 +643,11 @@ class _PlannedSim:
             tally = _Tally()
             self._apply(assignment, t0, tally)
             self._serve(reqs, assignment, tally)
+            # the decision's resource term, plus the disk bytes retained beyond it (held
+            # for the whole slot: they change only at slot boundaries)
+            retained = sum(h.retained_bytes() for h in self.hosts.values())
             resource = evaluate(inst, assignment).resource
+            resource += self.base.prices.disk_per_GB * retained / GB
             cost = CostBreakdown(
                 delay=tally.delay,
                 resource=resource,
@@ -630,7 +680,10 @@ class _PlannedSim:
             counts = _counts(reqs)
             rates = {m: counts.get(m, 0) / self.base.slot_s for m in self.model_ids}
         pool_miss = {key: p for key, p in self.pool.all().items() if key in self.base.perf}
-        current = {(m, e): level for e, h in self.hosts.items() for m, level in h.levels.items()}
+        current: dict[tuple[str, str], str] = {}
+        for e, h in self.hosts.items():
+            current.update({(m, e): Level.STORED for m in h.retained()})
+            current.update({(m, e): level for m, level in h.levels.items()})
         inst = replace(self.base, rates=rates, pool_miss=pool_miss, current=current)
         return inst, rates
 
