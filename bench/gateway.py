@@ -358,7 +358,7 @@ def main() -> int:
     p.add_argument(
         "--ramp",
         type=lambda s: [float(x) for x in s.split(",")],
-        default=[200, 400, 600, 800, 1000, 1300, 1600, 2000],
+        default=[200, 400, 600, 800, 1000, 1300, 1600, 2000, 2500, 3000],
     )
     p.add_argument("--chunks", type=int, default=4, help="streamed events per answer")
     p.add_argument("--gap-ms", type=float, default=5.0, help="between streamed events")

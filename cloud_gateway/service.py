@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
-import httpx
 from fastapi import Response
 from fastapi.responses import StreamingResponse
 
@@ -53,13 +52,11 @@ class Gateway:
     def __init__(
         self,
         settings: GatewaySettings,
-        http: httpx.AsyncClient,
-        upstream: aiohttp.ClientSession,
+        http: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.http = http  # the control plane: the orchestrator
-        self.upstream = upstream  # the data plane: agents and the cloud
+        self.http = http  # agents, the cloud and the orchestrator
         self.clock = clock
         cloud = None
         if settings.cloud_url:
@@ -166,7 +163,7 @@ class Gateway:
             t0 = time.perf_counter()
             try:
                 opened = await open_upstream(
-                    self.upstream,
+                    self.http,
                     target,
                     path,
                     body,

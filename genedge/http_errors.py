@@ -8,6 +8,7 @@ stack trace, answered without it). Each service adds the handler of its own erro
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,19 +47,21 @@ def field_of(loc: Any) -> str:
     return ".".join(parts) or "body"
 
 
+def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
+    """422 naming the first field at fault (pydantic errors, `loc` from the body down)."""
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    field = field_of(first.get("loc", ()))
+    details = [{"field": field_of(e.get("loc", ())), "message": e.get("msg", "")} for e in errors]
+    msg = f"{field}: {first.get('msg', 'invalid')}"
+    return error_response(
+        422, ErrorBody(type="invalid_request", message=msg, field=field, details=details)
+    )
+
+
 def install_common_handlers(app: FastAPI, log: logging.Logger) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-        field = field_of(first.get("loc", ()))
-        details = [
-            {"field": field_of(e.get("loc", ())), "message": e.get("msg", "")} for e in errors
-        ]
-        msg = f"{field}: {first.get('msg', 'invalid')}"
-        return error_response(
-            422, ErrorBody(type="invalid_request", message=msg, field=field, details=details)
-        )
+        return validation_error_response(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -4,7 +4,7 @@ that goes wrong before then is a `Failure` the caller may retry elsewhere.
 This is the gateway's hot path, so it uses aiohttp rather than httpx: on the 2-core
 reference machine an httpx request to a loopback backend costs 1-2 ms of client time and
 aiohttp's 0.2-0.4 ms (measured side by side, see bench/README.md), and the gateway's whole
-budget is 1 ms at the median. httpx stays the client of the control plane (orchestrator).
+budget is 1 ms at the median. The orchestrator link uses the same session (its module says why).
 """
 
 from __future__ import annotations

@@ -1,0 +1,146 @@
+"""The three generation endpoints, served as a pure ASGI middleware in front of FastAPI's
+router: check the key and rate limit, read and validate the raw body once with the
+contract, forward those same bytes.
+
+Why not ordinary routes: FastAPI's routing, exception and exit-stack layers cost about
+0.15 ms per request on the 2-core reference machine (measured side by side), a sixth of
+the gateway's whole budget of 1 ms at the median. Everything else about the endpoints
+stays as for a route: the same error shapes (the shared 422 and this package's error
+mapping), unexpected errors still reach the app's 500 handler, and the OpenAPI document
+describes them (`openapi_paths`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cloud_gateway.errors import GatewayError
+from cloud_gateway.service import Gateway
+from genedge.contract import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorBody,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+)
+from genedge.http_errors import error_response, validation_error_response
+
+# path -> (request model, response model, model kind, summary)
+ENDPOINTS: dict[str, tuple[type[BaseModel], type[BaseModel], str, str]] = {
+    "/v1/chat/completions": (
+        ChatCompletionRequest,
+        ChatCompletionResponse,
+        "text",
+        'Chat completion; server-sent events with `"stream": true`',
+    ),
+    "/v1/completions": (
+        CompletionRequest,
+        CompletionResponse,
+        "text",
+        'Text completion; server-sent events with `"stream": true`',
+    ),
+    "/v1/images/generations": (
+        ImageGenerationRequest,
+        ImageGenerationResponse,
+        "image",
+        "Images as base64 PNG",
+    ),
+}
+ERROR_STATUSES = (400, 401, 404, 413, 422, 429, 503)
+
+
+def gateway_error_response(exc: GatewayError) -> Any:
+    """The one mapping of the gateway's errors to HTTP (also used by the app's handler)."""
+    body = ErrorBody(
+        type=exc.type,
+        message=exc.message,
+        model=exc.model,
+        retry_after_s=exc.retry_after_s,
+        details=exc.details,  # type: ignore[arg-type]
+    )
+    headers = None
+    if exc.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s + 0.49)))}
+    return error_response(exc.status, body, headers)
+
+
+class GenerationEndpoints:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        gw: Gateway = scope["app"].state.gateway
+        model_cls, _, kind, _ = endpoint
+        try:
+            headers = dict(scope["headers"])
+            client = scope.get("client")
+            auth = headers.get(b"authorization")
+            gw.admit(auth.decode("latin-1") if auth else None, client[0] if client else "-")
+            raw = await _body(receive)
+            try:
+                body: Any = model_cls.model_validate_json(raw)
+            except ValidationError as exc:
+                await validation_error_response(exc.errors())(scope, receive, send)
+                return
+            stream = bool(getattr(body, "stream", False))
+            response = await gw.forward(body.model, kind, scope["path"], raw, stream)
+        except GatewayError as exc:
+            response = gateway_error_response(exc)
+        await response(scope, receive, send)
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenAPI path items and component schemas of the generation endpoints."""
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, (req, resp, _, summary) in ENDPOINTS.items():
+        for model in (req, resp):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+
+        def ref(model: type[BaseModel]) -> dict[str, Any]:
+            return {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            }
+
+        responses: dict[str, Any] = {
+            "200": {"description": "Successful Response", "content": ref(resp)}
+        }
+        for status in ERROR_STATUSES:
+            responses[str(status)] = {
+                "description": "Error",
+                "content": {"application/json": {"schema": error_ref}},
+            }
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "operationId": path.strip("/").replace("/", "_"),
+                "requestBody": {"required": True, "content": _json_ref(req)},
+                "responses": responses,
+            }
+        }
+    return paths, schemas
+
+
+def _json_ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
