@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _setup_logging(level: str) -> None:
@@ -30,24 +31,25 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """Command-line options that were given (the rest come from the environment)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edge_agent.app import create_app
     from edge_agent.settings import AgentSettings
 
-    overrides = {
-        k: v
-        for k, v in {
-            "store_dir": args.store,
-            "profiles_dir": args.profiles_dir,
-            "host": args.host,
-            "port": args.port,
-            "device": args.device,
-            "host_id": args.host_id,
-        }.items()
-        if v is not None
-    }
+    overrides = _given(
+        store_dir=args.store,
+        profiles_dir=args.profiles_dir,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        host_id=args.host_id,
+    )
     if args.no_profile:
         overrides["profile_on_start"] = False
     settings = AgentSettings(**overrides)
@@ -68,12 +70,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     from orchestrator.app import create_app
     from orchestrator.settings import OrchestratorSettings
 
-    overrides = {
-        k: v
-        for k, v in {"db_path": args.db, "host": args.host, "port": args.port}.items()
-        if v is not None
-    }
-    settings = OrchestratorSettings(**overrides)
+    settings = OrchestratorSettings(**_given(db_path=args.db, host=args.host, port=args.port))
     _setup_logging(settings.log_level)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
@@ -87,16 +84,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from cloud_gateway.app import create_app
     from cloud_gateway.settings import GatewaySettings
 
-    overrides = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "orchestrator_url": args.orchestrator,
-            "cloud_url": args.cloud,
-        }.items()
-        if v is not None
-    }
+    overrides = _given(
+        host=args.host, port=args.port, orchestrator_url=args.orchestrator, cloud_url=args.cloud
+    )
     settings = GatewaySettings(**overrides)
     _setup_logging(settings.log_level)
     uvicorn.run(

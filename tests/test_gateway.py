@@ -23,6 +23,7 @@ from cloud_gateway.settings import GatewaySettings
 from genedge.contract import CloudRoute, RouteModel
 from tests.conftest import agent_settings, free_port, running_agent, serving
 from tests.gateway_fakes import FakeOrchestrator, ScriptedBackend, dropping_server, host, table
+from tests.test_orchestrator_system import orch_settings, until
 
 CHAT = {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -49,17 +50,6 @@ async def gateway(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]
 async def backend(b: Any) -> AsyncIterator[str]:
     async with serving(b) as c:
         yield str(c.base_url)
-
-
-async def until(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------------- routing policy
@@ -536,7 +526,6 @@ async def test_placement_follows_demand_through_the_gateway(
     the gateway, which serves it from the cloud and reports it; the orchestrator places the
     model on the edge; the gateway's next requests go there."""
     from orchestrator.app import create_app as create_orchestrator
-    from tests.test_orchestrator_system import orch_settings
 
     token = "test-token"
     # Many missed heartbeats before "down": every server shares this test's event loop.
