@@ -176,7 +176,7 @@ class Gateway:
                 tried.append({"backend": target.backend, "route": target.route, "error": f.reason})
                 continue
             self.metrics.upstream_seconds.labels(target.route).observe(time.perf_counter() - t0)
-            return self._respond(model, opened, len(tried), stream)
+            return self._respond(model, opened, len(tried))
         self.metrics.requests.labels(self._label(model), "none", "503").inc()
         raise NoBackend(
             f"every backend for {model!r} failed before answering", model=model, details=tried
@@ -189,7 +189,7 @@ class Gateway:
             self.router.mark_failed(target.backend, self.clock())
         log.warning("%s (%s) failed before its first byte: %s", target.backend, target.route, f)
 
-    def _respond(self, model: str, opened: Opened, fallbacks: int, stream: bool) -> Response:
+    def _respond(self, model: str, opened: Opened, fallbacks: int) -> Response:
         target = opened.target
         headers = {k: v for k in _PASSED_HEADERS if (v := opened.header(k)) is not None}
         if target.route == "cloud":

@@ -22,10 +22,6 @@ from genedge.contract import (
 )
 from genedge.http_errors import error_response, install_common_handlers
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429, 503)
-}
-
 
 def _gw(request: Request) -> Gateway:
     gw: Gateway = request.app.state.gateway
