@@ -358,7 +358,7 @@ async def test_streams_pass_chunks_as_they_come_and_breaks_are_clean(tmp_path: P
                     arrivals.append(time.monotonic() - t0)
         assert len(arrivals) == 4  # three tokens and [DONE]
         # Not buffered: the first token arrived well before the backend produced the last.
-        assert arrivals[2] - arrivals[0] > 0.6
+        assert arrivals[2] - arrivals[0] > 0.3  # produced 0.8 s apart; buffered would be ~0
 
         events = []
         async with gw.stream("POST", "/v1/chat/completions", json=chat("b", stream=True)) as s:
@@ -579,9 +579,15 @@ async def test_placement_follows_demand_through_the_gateway(
             return orch.rates.rate("tiny-gpt2") > 0
 
         await until(rate_seen)
-        await orch.plan_now("test: demand at the gateway")
-        target = {e["model"]: e for e in (await o.get("/v1/placement")).json()["entries"]}
-        assert target["tiny-gpt2"]["target_host"] == "edge-1", target["tiny-gpt2"]
+
+        async def placed_on_edge() -> bool:
+            # Replan until the estimate fits the edge's compute cap (a slow CI machine
+            # measures slow inference; the surge estimate then decays within a few slots).
+            await orch.plan_now("test: demand at the gateway")
+            entries = (await o.get("/v1/placement")).json()["entries"]
+            return {e["model"]: e for e in entries}["tiny-gpt2"]["target_host"] == "edge-1"
+
+        await until(placed_on_edge, timeout=30)
 
         async def served_at_edge() -> bool:
             r = await gw.post("/v1/chat/completions", json=chat())
