@@ -9,7 +9,6 @@ budget is 1 ms at the median. The orchestrator link uses the same session (its m
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from cloud_gateway.core.routing import Target
 RETRYABLE = frozenset({404, 429, 500, 502, 503, 504})
 
 # Errors of an upstream connection, before or during a response.
-UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
 def session(connect_timeout_s: float, read_timeout_s: float, limit: int) -> aiohttp.ClientSession:
@@ -66,11 +65,10 @@ class Opened:
         return self.response.headers.get(name)
 
     async def rest(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.response.content.iter_any():
-                yield chunk
-        finally:
-            self.response.release()
+        """The stream after `first`; the caller releases the response (`close`) however the
+        stream ends, also when its client leaves before this is ever iterated."""
+        async for chunk in self.response.content.iter_any():
+            yield chunk
 
     def close(self) -> None:
         self.response.release()
