@@ -35,6 +35,7 @@ from cloud_gateway.core.routing import CloudBackend, Router, Target
 from cloud_gateway.errors import NoBackend, RateLimited, Unauthorized, UnknownModel, WrongKind
 from cloud_gateway.metrics import GatewayMetrics
 from cloud_gateway.settings import GatewaySettings
+from genedge.auth import is_loopback, warn_if_open
 from genedge.contract import ErrorBody, ErrorResponse, Level, OpenAIModel, OpenAIModelList
 
 log = logging.getLogger("cloud_gateway")
@@ -61,7 +62,7 @@ class Gateway:
         cloud = None
         if settings.cloud_url:
             cloud = CloudBackend(settings.cloud_id, settings.cloud_url, settings.cloud_api_key)
-        self.router = Router(cloud)
+        self.router = Router(cloud, agent_token=settings.agent_token)
         self.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
         self.arrivals = ArrivalCounter()
         self.metrics = GatewayMetrics()
@@ -78,16 +79,25 @@ class Gateway:
                 clock,
                 settings.table_refresh_s,
                 state,
+                token=settings.orchestrator_token,
             )
             self.reporter = ArrivalReporter(
-                settings.orchestrator_url, self.arrivals, http, clock, settings.arrivals_interval_s
+                settings.orchestrator_url,
+                self.arrivals,
+                http,
+                clock,
+                settings.arrivals_interval_s,
+                token=settings.orchestrator_token,
             )
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if not self._keys:
-            log.warning("no API keys configured (GW_API_KEY_HASHES): the gateway is open")
+            if is_loopback(self.settings.host):
+                log.info("no API keys configured (GW_API_KEY_HASHES): the gateway is open")
+            else:
+                warn_if_open(log, "the gateway", self.settings.host, ["generation, catalogue"])
         if self.poller is not None and self.reporter is not None:
             self.poller.restore()
             await self.poller.refresh()  # one try before serving; never blocks start for long

@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from genedge.auth import check_token_setting
+
 MiB = 1024**2
 
 
@@ -20,6 +22,16 @@ class GatewaySettings(BaseSettings):
     # Where routes come from
     orchestrator_url: str | None = Field(
         default=None, description="Polled for `GET /v1/routing`; none: cloud only."
+    )
+    orchestrator_token: str = Field(
+        default="",
+        description="The gateway's credential at the orchestrator (its ORCH_GATEWAY_TOKEN): "
+        "arrivals and the routing table.",
+    )
+    agent_token: str = Field(
+        default="",
+        description="The fleet's agent token, sent with every request to an agent (edge or "
+        "cloud role); not to a `cloud_url` backend, which gets `cloud_api_key`.",
     )
     table_refresh_s: float = Field(default=1.0, gt=0, description="Poll interval of the table.")
     table_max_age_s: float = Field(
@@ -71,6 +83,11 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
+
+    @field_validator("orchestrator_token", "agent_token")
+    @classmethod
+    def _token(cls, v: str, info: object) -> str:
+        return check_token_setting(v, f"GW_{getattr(info, 'field_name', 'token').upper()}")
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod

@@ -23,9 +23,19 @@ from edge_agent.api.wan import AddedDelay
 from edge_agent.core.ports import ModelLoader
 from edge_agent.runtime import AgentRuntime, HostInfo, ProfilerLike
 from edge_agent.settings import AgentSettings
+from genedge.auth import OPEN_PATHS, BearerAuth, Credentials, Role, Roles, warn_if_open
 from genedge.http_errors import BodySizeLimit
 
 log = logging.getLogger("edge_agent")
+
+
+_AGENT_ONLY: Roles = frozenset({Role.AGENT})
+
+
+def access_policy(method: str, path: str) -> Roles | None:
+    """Everything but health, metrics and docs needs the agent token: level changes,
+    profiles, host facts and generation alike (the gateway's calls carry it too)."""
+    return None if path in OPEN_PATHS else _AGENT_ONLY
 
 
 def _budgets(settings: AgentSettings, device: str) -> tuple[int, int]:
@@ -156,4 +166,10 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.wan_delay_ms > 0:
         app.add_middleware(AddedDelay, delay_ms=settings.wan_delay_ms)
+    credentials = Credentials.of(agent=settings.agent_token)
+    app.add_middleware(BearerAuth, credentials=credentials, policy=access_policy, service="agent")
+    if credentials.open:
+        warn_if_open(
+            log, f"agent {settings.host_id}", settings.host, ["levels, profiles, generation"]
+        )
     return app

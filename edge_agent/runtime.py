@@ -116,7 +116,7 @@ class AgentRuntime:
             self.link = OrchestratorLink(
                 http_client,
                 s.orchestrator_url,
-                s.orchestrator_token,
+                s.agent_token,
                 s.host_id,
                 s.advertise_url or f"http://{s.host}:{s.port}",
                 s.role,

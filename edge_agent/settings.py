@@ -10,8 +10,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from genedge.auth import check_token_setting
 
 GiB = 1024**3
 MiB = 1024**2
@@ -85,7 +87,12 @@ class AgentSettings(BaseSettings):
 
     # Orchestrator link (none: the agent runs alone)
     orchestrator_url: str | None = None
-    orchestrator_token: str = Field(default="", description="Shared registration token.")
+    agent_token: str = Field(
+        default="",
+        description="The fleet's agent token (genedge.auth): every call to this agent except "
+        "health, metrics and docs must carry it, and the agent presents it to the "
+        "orchestrator. Empty: the agent is open (a warning says so beyond loopback).",
+    )
     advertise_url: str | None = Field(
         default=None, description="URL the orchestrator reaches us at; default http://host:port."
     )
@@ -94,3 +101,8 @@ class AgentSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8100
     log_level: str = "info"
+
+    @field_validator("agent_token")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        return check_token_setting(v, "EDGE_AGENT_TOKEN")

@@ -9,16 +9,48 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# --------------------------------------------------------------------------------------
+# Bounds every message obeys (issue 11: a bad input is a 422 naming the field, never a 500)
+# --------------------------------------------------------------------------------------
+
+MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
+MAX_ID_CHARS = 256
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+ModelId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
+"""A model id: what a store folder, `genedge.json` or a Hugging Face repo id (`org/name`) may be."""
+MAX_MODELS_PER_MESSAGE = 10_000
+MAX_COUNT_PER_BATCH = 1_000_000  # requests of one model in one arrivals batch or heartbeat
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT_PER_BATCH)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Contract(BaseModel):
+    """Base of every schema: floats are finite (no NaN or Infinity from JSON or Python)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+_D = TypeVar("_D", bound=dict[str, Any])
+
+
+def _bounded_keys(v: _D) -> _D:
+    if len(v) > MAX_MODELS_PER_MESSAGE:
+        raise ValueError(f"at most {MAX_MODELS_PER_MESSAGE} models per message")
+    return v
+
 
 # --------------------------------------------------------------------------------------
 # Errors: one JSON shape for every service, `{"error": {"type", "message", ...}}`.
 # --------------------------------------------------------------------------------------
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Contract):
     type: str = Field(description="Machine-readable error class, e.g. `invalid_request`.")
     message: str = Field(description="What went wrong, for a human.")
     field: str | None = Field(default=None, description="The request field at fault, if any.")
@@ -27,7 +59,7 @@ class ErrorBody(BaseModel):
     details: list[dict[str, Any]] | None = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Contract):
     error: ErrorBody
 
 
@@ -71,20 +103,20 @@ class ModelState(StrEnum):
     FAILED = "failed"  # last transition failed; `failed_reason` says why
 
 
-class TextDefaults(BaseModel):
+class TextDefaults(Contract):
     max_tokens: int = 64
     temperature: float = 0.7
     top_p: float = 1.0
 
 
-class ImageDefaults(BaseModel):
+class ImageDefaults(Contract):
     width: int = 512
     height: int = 512
     steps: int = 20
     guidance_scale: float = 7.5
 
 
-class ModelManifest(BaseModel):
+class ModelManifest(Contract):
     """What the agent knows about a model folder before loading it.
 
     Read from `genedge.json` in the folder when present, otherwise inferred from the
@@ -100,16 +132,16 @@ class ModelManifest(BaseModel):
     text_defaults: TextDefaults | None = None
     image_defaults: ImageDefaults | None = None
     weight_files: list[str] = Field(default_factory=list, description="Relative paths.")
-    storage_bytes: int = 0
+    storage_bytes: NonNegInt = 0
     file_digest: str = ""
 
 
-class BadModelFolder(BaseModel):
+class BadModelFolder(Contract):
     path: str
     reason: str
 
 
-class LoaderTiming(BaseModel):
+class LoaderTiming(Contract):
     """Preload seconds of one loader from each tier (None: not measured)."""
 
     cold_s: float | None = None
@@ -117,7 +149,7 @@ class LoaderTiming(BaseModel):
     ram_s: float | None = None
 
 
-class ModelProfile(BaseModel):
+class ModelProfile(Contract):
     """A model measured on one host kind. Times count only finished work (weights on the
     device, device synchronised)."""
 
@@ -172,8 +204,8 @@ class ProfileStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-class ModelStatus(BaseModel):
-    id: str
+class ModelStatus(Contract):
+    id: ModelId
     kind: ModelKind
     format: ModelFormat
     architecture: str
@@ -183,14 +215,14 @@ class ModelStatus(BaseModel):
     progress: float = Field(ge=0.0, le=1.0, description="Of the transition under way.")
     progress_detail: str = ""
     failed_reason: str | None = None
-    in_flight: int = 0
-    queued: int = 0
-    memory_bytes: int = Field(0, description="Device memory this model holds now.")
-    host_ram_bytes: int = Field(0, description="Host RAM this model's cached copy holds now.")
-    storage_bytes: int = 0
-    pool_hits: int = 0
-    pool_misses: int = 0
-    requests_total: int = 0
+    in_flight: NonNegInt = 0
+    queued: NonNegInt = 0
+    memory_bytes: int = Field(0, ge=0, description="Device memory this model holds now.")
+    host_ram_bytes: int = Field(0, ge=0, description="Host RAM this model's cached copy holds now.")
+    storage_bytes: NonNegInt = 0
+    pool_hits: NonNegInt = 0
+    pool_misses: NonNegInt = 0
+    requests_total: NonNegInt = 0
     last_used: float | None = None
     profile_status: ProfileStatus = ProfileStatus.PENDING
     profile_progress: float = Field(0.0, ge=0.0, le=1.0, description="Of a profile under way.")
@@ -198,13 +230,13 @@ class ModelStatus(BaseModel):
     profile: ModelProfile | None = None
 
 
-class ModelStatusList(BaseModel):
+class ModelStatusList(Contract):
     object: Literal["list"] = "list"
     data: list[ModelStatus]
     bad_folders: list[BadModelFolder] = Field(default_factory=list)
 
 
-class SetLevelRequest(BaseModel):
+class SetLevelRequest(Contract):
     model_config = ConfigDict(extra="forbid")
 
     level: Literal["stored", "cached", "resident"]
@@ -213,35 +245,35 @@ class SetLevelRequest(BaseModel):
     )
 
 
-class HostFacts(BaseModel):
-    host_id: str
+class HostFacts(Contract):
+    host_id: str = Field(min_length=1, max_length=128)
     role: Literal["edge", "cloud"] = "edge"
     hostname: str
     fingerprint: str
     description: str
     device: str = Field(description="`cuda:0` or `cpu`.")
     gpu_name: str | None = None
-    gpu_total_bytes: int | None = None
-    gpu_free_bytes: int | None = None
-    gpu_used_bytes: int | None = None
+    gpu_total_bytes: NonNegInt | None = None
+    gpu_free_bytes: NonNegInt | None = None
+    gpu_used_bytes: NonNegInt | None = None
     nvml: bool = False
-    device_budget_bytes: int = Field(description="Memory the agent may use on its device.")
-    device_used_bytes: int = Field(description="Resident models plus the swap pool.")
+    device_budget_bytes: int = Field(ge=0, description="Memory the agent may use on its device.")
+    device_used_bytes: int = Field(ge=0, description="Resident models plus the swap pool.")
     pool_model: str | None = None
-    pool_bytes: int = 0
-    ram_total_bytes: int
-    ram_available_bytes: int
-    cache_budget_bytes: int = Field(description="Host RAM the cached level may use.")
-    cache_used_bytes: int
-    disk_total_bytes: int
-    disk_free_bytes: int
-    disk_read_GBps: float | None = None
-    h2d_GBps: float | None = Field(default=None, description="Host->device copy bandwidth.")
+    pool_bytes: NonNegInt = 0
+    ram_total_bytes: NonNegInt
+    ram_available_bytes: NonNegInt
+    cache_budget_bytes: int = Field(ge=0, description="Host RAM the cached level may use.")
+    cache_used_bytes: NonNegInt
+    disk_total_bytes: NonNegInt
+    disk_free_bytes: NonNegInt
+    disk_read_GBps: float | None = Field(default=None, ge=0)
+    h2d_GBps: float | None = Field(default=None, ge=0, description="Host->device copy bandwidth.")
     bandwidth_measured: bool = False
     versions: dict[str, str] = Field(default_factory=dict)
 
 
-class Health(BaseModel):
+class Health(Contract):
     status: Literal["ok", "starting", "degraded"]
     detail: str = ""
 
@@ -255,19 +287,19 @@ MAX_PROMPT_CHARS = 1_000_000
 MAX_TOKENS_CEILING = 1_000_000
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(Contract):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
-class _TextParams(BaseModel):
+class _TextParams(Contract):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request.")
 
@@ -280,19 +312,19 @@ class CompletionRequest(_TextParams):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
-class Usage(BaseModel):
+class Usage(Contract):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(Contract):
     index: int = 0
     message: ChatMessage
     finish_reason: str | None
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(Contract):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -301,13 +333,13 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(Contract):
     index: int = 0
     text: str
     finish_reason: str | None
 
 
-class CompletionResponse(BaseModel):
+class CompletionResponse(Contract):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -316,18 +348,18 @@ class CompletionResponse(BaseModel):
     usage: Usage
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(Contract):
     role: str | None = None
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
+class ChatChunkChoice(Contract):
     index: int = 0
     delta: ChatDelta
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(Contract):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -335,7 +367,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
 
 
-class CompletionChunk(BaseModel):
+class CompletionChunk(Contract):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -343,7 +375,7 @@ class CompletionChunk(BaseModel):
     choices: list[CompletionChoice]
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(Contract):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=256)
@@ -353,7 +385,7 @@ class ImageGenerationRequest(BaseModel):
     size: str | None = Field(default=None, description="`WIDTHxHEIGHT`, e.g. `512x512`.")
     steps: int | None = Field(default=None, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
-    seed: int | None = None
+    seed: Seed | None = None
     response_format: Literal["b64_json"] = "b64_json"
 
     @field_validator("size")
@@ -373,17 +405,17 @@ class ImageGenerationRequest(BaseModel):
         return int(w), int(h)
 
 
-class ImageData(BaseModel):
+class ImageData(Contract):
     b64_json: str
     revised_prompt: str | None = None
 
 
-class ImageGenerationResponse(BaseModel):
+class ImageGenerationResponse(Contract):
     created: int
     data: list[ImageData]
 
 
-class OpenAIModel(BaseModel):
+class OpenAIModel(Contract):
     id: str
     object: Literal["model"] = "model"
     created: int = 0
@@ -393,7 +425,7 @@ class OpenAIModel(BaseModel):
     served_by: str | None = None
 
 
-class OpenAIModelList(BaseModel):
+class OpenAIModelList(Contract):
     object: Literal["list"] = "list"
     data: list[OpenAIModel]
 
@@ -403,44 +435,71 @@ class OpenAIModelList(BaseModel):
 # --------------------------------------------------------------------------------------
 
 
-class PoolCounts(BaseModel):
-    hits: int = Field(0, ge=0)
-    misses: int = Field(0, ge=0)
+class PoolCounts(Contract):
+    hits: int = Field(0, ge=0, le=MAX_COUNT_PER_BATCH)
+    misses: int = Field(0, ge=0, le=MAX_COUNT_PER_BATCH)
 
 
-class AgentRegistration(BaseModel):
+class AgentRegistration(Contract):
     """An agent introduces itself (and re-registers after an orchestrator restart)."""
 
     agent_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
-    url: str = Field(description="Base URL where the orchestrator and gateway reach the agent.")
+    url: str = Field(
+        max_length=2048,
+        description="Base URL where the orchestrator and gateway reach the agent: http(s), "
+        "a host, no credentials, query or fragment.",
+    )
     role: Literal["edge", "cloud"] = "edge"
     facts: HostFacts
-    models: list[ModelStatus] = Field(default_factory=list)
+    models: list[ModelStatus] = Field(default_factory=list, max_length=MAX_MODELS_PER_MESSAGE)
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        try:
+            u = urlsplit(v)
+            port = u.port  # raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if u.username is not None or u.password is not None:
+            raise ValueError("must not carry credentials")
+        if u.query or u.fragment:
+            raise ValueError("must not have a query or fragment")
+        if port == 0:
+            raise ValueError("port 0 is not reachable")
+        return v
 
 
-class RegistrationAck(BaseModel):
+class RegistrationAck(Contract):
     agent_id: str
     heartbeat_interval_s: float
     server_time: float
 
 
-class Heartbeat(BaseModel):
+class Heartbeat(Contract):
     facts: HostFacts | None = None
-    models: list[ModelStatus] = Field(default_factory=list)
-    arrivals: dict[str, int] = Field(
+    models: list[ModelStatus] = Field(default_factory=list, max_length=MAX_MODELS_PER_MESSAGE)
+    arrivals: dict[ModelId, Count] = Field(
         default_factory=dict, description="Requests per model since the last heartbeat."
     )
-    pool: dict[str, PoolCounts] = Field(
+    pool: dict[ModelId, PoolCounts] = Field(
         default_factory=dict, description="Swap-pool hits/misses per model since the last one."
     )
 
+    @field_validator("arrivals", "pool")
+    @classmethod
+    def _few_models(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _bounded_keys(v)
 
-class HeartbeatAck(BaseModel):
+
+class HeartbeatAck(Contract):
     ok: bool = True
     known: bool = Field(True, description="False: the orchestrator lost us; register again.")
 
 
-class AgentInfo(BaseModel):
+class AgentInfo(Contract):
     id: str
     url: str
     role: str
@@ -451,29 +510,29 @@ class AgentInfo(BaseModel):
     models: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class AgentList(BaseModel):
+class AgentList(Contract):
     object: Literal["list"] = "list"
     data: list[AgentInfo]
 
 
-class ArrivalBatch(BaseModel):
+class ArrivalBatch(Contract):
+    """Requests per model counted by a gateway since its last batch. Arrivals are data: the
+    orchestrator's own clock decides the slot they fall in (there is no time field), each
+    count is bounded, and a model no agent holds is counted in one `_other` bucket, never
+    stored or exported under its name."""
+
     model_config = ConfigDict(extra="forbid")
 
-    counts: dict[str, int] = Field(description="Requests per model in this batch.")
-    at: float | None = Field(default=None, description="When (unix s); default: on receipt.")
-    source: str = "gateway"
+    counts: dict[ModelId, Count] = Field(description="Requests per model in this batch.")
+    source: str = Field(default="gateway", min_length=1, max_length=64, pattern=ID_PATTERN)
 
     @field_validator("counts")
     @classmethod
-    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
-        if any(c < 0 for c in v.values()):
-            raise ValueError("counts must be non-negative")
-        if len(v) > 10_000:
-            raise ValueError("at most 10000 models per batch")
-        return v
+    def _few_models(cls, v: dict[str, int]) -> dict[str, int]:
+        return _bounded_keys(v)
 
 
-class CostTerms(BaseModel):
+class CostTerms(Contract):
     delay: float
     resource: float
     cloud: float
@@ -481,7 +540,7 @@ class CostTerms(BaseModel):
     total: float
 
 
-class PlacementEntry(BaseModel):
+class PlacementEntry(Contract):
     model: str
     kind: str | None = None
     rate_rps: float
@@ -494,7 +553,7 @@ class PlacementEntry(BaseModel):
     why: str = ""
 
 
-class Placement(BaseModel):
+class Placement(Contract):
     algorithm: str
     computed_at: float | None
     seconds: float = 0.0
@@ -506,16 +565,21 @@ class Placement(BaseModel):
     pending_commands: int = 0
 
 
-class PlanRequest(BaseModel):
+class PlanRequest(Contract):
     model_config = ConfigDict(extra="forbid")
 
-    rates: dict[str, float] | None = Field(
+    rates: dict[ModelId, Annotated[float, Field(ge=0, le=1e9)]] | None = Field(
         default=None, description="Requests/s per model; default: the current estimates."
     )
-    algorithm: str | None = None
+    algorithm: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @field_validator("rates")
+    @classmethod
+    def _few_models(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        return None if v is None else _bounded_keys(v)
 
 
-class OptionCostDoc(BaseModel):
+class OptionCostDoc(Contract):
     host: str | None
     level: str | None
     cost: CostTerms
@@ -524,7 +588,7 @@ class OptionCostDoc(BaseModel):
     note: str = ""
 
 
-class Explanation(BaseModel):
+class Explanation(Contract):
     model: str
     rate_rps: float
     options: list[OptionCostDoc]
@@ -535,7 +599,7 @@ class Explanation(BaseModel):
 # --------------------------------------------------------------------------------------
 
 
-class RouteHost(BaseModel):
+class RouteHost(Contract):
     """One live edge host holding a model, as last reported by its agent."""
 
     host: str
@@ -553,7 +617,7 @@ class RouteHost(BaseModel):
     queued: int = Field(default=0, description="In flight plus queued at the agent, last reported.")
 
 
-class RouteModel(BaseModel):
+class RouteModel(Contract):
     model: str
     kind: str
     target_host: str | None = Field(
@@ -564,7 +628,7 @@ class RouteModel(BaseModel):
     cloud_infer_s: float | None = Field(default=None, description="Measured on the cloud agent.")
 
 
-class CloudRoute(BaseModel):
+class CloudRoute(Contract):
     """A live agent in role `cloud`."""
 
     id: str
@@ -572,7 +636,7 @@ class CloudRoute(BaseModel):
     models: list[str] = Field(default_factory=list)
 
 
-class RoutingTable(BaseModel):
+class RoutingTable(Contract):
     generated_at: float = Field(description="When the orchestrator built this table (unix s).")
     planned_at: float | None = Field(
         default=None, description="When the decision behind it was made."

@@ -22,6 +22,7 @@ from genedge.contract import ErrorBody, ErrorResponse
 HTTP_TYPES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",

@@ -8,6 +8,7 @@ restart another, and know each one's URL, which is a few lines here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,7 +22,42 @@ from typing import IO
 
 import httpx
 
+from genedge.auth import new_token
+
 MB = 10**6
+
+
+@dataclass(frozen=True)
+class SystemCredentials:
+    """Every credential of one run, fresh and random unless given (never a fixed default).
+
+    `gateway_key` is what clients send to the gateway (it is configured there by its sha256);
+    `agent_token` is the fleet's agent token; `gateway_token` is the gateway's at the
+    orchestrator; `operator_token` reads the fleet and asks what-ifs.
+    """
+
+    gateway_key: str = field(default_factory=new_token)
+    agent_token: str = field(default_factory=new_token)
+    gateway_token: str = field(default_factory=new_token)
+    operator_token: str = field(default_factory=new_token)
+
+    def env_file(self) -> str:
+        """`NAME=value` lines for `.genedge/run/credentials.env` (issue 11's names)."""
+        return (
+            f"GENEDGE_GATEWAY_KEY={self.gateway_key}\n"
+            f"GENEDGE_AGENT_TOKEN={self.agent_token}\n"
+            f"GENEDGE_OPERATOR_TOKEN={self.operator_token}\n"
+            f"GENEDGE_GATEWAY_TOKEN={self.gateway_token}\n"
+        )
+
+    def write(self, path: Path) -> Path:
+        """Write the env file readable by its owner only (created 0600, never wider)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.env_file())
+        os.chmod(path, 0o600)
+        return path
 
 
 def free_port() -> int:
@@ -65,7 +101,7 @@ class SystemConfig:
     state: Path
     store: Path
     agents: list[AgentSpec]
-    token: str = "genedge-local-token"
+    credentials: SystemCredentials = field(default_factory=SystemCredentials)
     slot_s: float = 15.0
     heartbeat_s: float = 1.0
     missed_heartbeats: int = 3
@@ -85,6 +121,8 @@ class System:
         self.cfg = cfg
         cfg.state.mkdir(parents=True, exist_ok=True)
         self.services: dict[str, Service] = {}
+        creds = cfg.credentials
+        self.credentials_file = creds.write(cfg.state / "credentials.env")
         base = {**os.environ, **cfg.extra_env}
         base.setdefault("OMP_NUM_THREADS", "1")
         base.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,7 +136,9 @@ class System:
                 "ORCH_HOST": "127.0.0.1",
                 "ORCH_PORT": str(orch),
                 "ORCH_DB_PATH": str(cfg.state / "orchestrator.sqlite"),
-                "ORCH_TOKEN": cfg.token,
+                "ORCH_AGENT_TOKEN": creds.agent_token,
+                "ORCH_GATEWAY_TOKEN": creds.gateway_token,
+                "ORCH_OPERATOR_TOKEN": creds.operator_token,
                 "ORCH_SLOT_S": str(cfg.slot_s),
                 "ORCH_HEARTBEAT_INTERVAL_S": str(cfg.heartbeat_s),
                 "ORCH_MISSED_HEARTBEATS": str(cfg.missed_heartbeats),
@@ -127,7 +167,7 @@ class System:
                     "EDGE_DEVICE_BUDGET_BYTES": str(a.device_budget_bytes),
                     "EDGE_CACHE_BUDGET_BYTES": str(a.cache_budget_bytes),
                     "EDGE_ORCHESTRATOR_URL": orch_url,
-                    "EDGE_ORCHESTRATOR_TOKEN": cfg.token,
+                    "EDGE_AGENT_TOKEN": creds.agent_token,
                     "EDGE_ADVERTISE_URL": f"http://127.0.0.1:{port}",
                     "EDGE_PROFILE_ON_START": str(cfg.profile_on_start).lower(),
                     "EDGE_PROFILE_TEXT_TOKENS": str(cfg.profile_text_tokens),
@@ -147,6 +187,9 @@ class System:
                 "GW_HOST": "127.0.0.1",
                 "GW_PORT": str(gw),
                 "GW_ORCHESTRATOR_URL": orch_url,
+                "GW_ORCHESTRATOR_TOKEN": creds.gateway_token,
+                "GW_AGENT_TOKEN": creds.agent_token,
+                "GW_API_KEY_HASHES": hashlib.sha256(creds.gateway_key.encode()).hexdigest(),
                 "GW_STATE_DIR": str(cfg.state / "gateway"),
                 "GW_LOG_LEVEL": cfg.log_level,
             },
@@ -159,6 +202,19 @@ class System:
 
     def url(self, name: str) -> str:
         return self.services[name].url
+
+    def headers(self, name: str) -> dict[str, str]:
+        """The credential a client of service `name` sends: the gateway key, the operator
+        token for the orchestrator, the agent token for an agent."""
+        c = self.cfg.credentials
+        token = {"gateway": c.gateway_key, "orchestrator": c.operator_token}.get(
+            name, c.agent_token
+        )
+        return {"authorization": f"Bearer {token}"}
+
+    def client(self, name: str, timeout: float = 60.0) -> httpx.Client:
+        """An httpx client for service `name` with its credential."""
+        return httpx.Client(base_url=self.url(name), headers=self.headers(name), timeout=timeout)
 
     @property
     def log_dir(self) -> Path:

@@ -149,7 +149,9 @@ def wait_profiles(system: System, agents: list[str], timeout: float) -> None:
         system.check()
         pending = []
         for a in agents:
-            data = httpx.get(f"{system.url(a)}/v1/models", timeout=10).json()["data"]
+            data = httpx.get(
+                f"{system.url(a)}/v1/models", headers=system.headers(a), timeout=10
+            ).json()["data"]
             pending += [
                 f"{a}:{m['id']}" for m in data if m["profile_status"] in ("pending", "running")
             ]
@@ -238,10 +240,8 @@ def run(state: Path, *, once: bool) -> int:
         print("waiting for the agents to measure their models (kept for the next run) ...")
         wait_profiles(system, [a.name for a in agents], timeout=900)
         print(f"  profiles ready after {time.perf_counter() - t0:.1f} s")
-        with (
-            httpx.Client(base_url=system.url("gateway"), timeout=300) as gw,
-            httpx.Client(base_url=system.url("orchestrator"), timeout=60) as orch,
-        ):
+        print(f"  credentials for clients: {system.credentials_file} (mode 0600)")
+        with system.client("gateway", timeout=300) as gw, system.client("orchestrator") as orch:
             deadline = time.monotonic() + 60
             while not (gw.get("/v1/models").json()["data"]) and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -289,10 +289,13 @@ def run(state: Path, *, once: bool) -> int:
                 print(
                     f"\nserving: gateway {system.url('gateway')}, orchestrator "
                     f"{system.url('orchestrator')} (Ctrl-C stops everything). Try:\n"
+                    f"  . {system.credentials_file}\n"
                     f"  curl -s {system.url('gateway')}/v1/chat/completions -H "
-                    "'content-type: application/json' -d '{\"model\": \"" + SMOL + '", '
+                    '"authorization: Bearer $GENEDGE_GATEWAY_KEY" '
+                    "-H 'content-type: application/json' -d '{\"model\": \"" + SMOL + '", '
                     '"messages": [{"role": "user", "content": "Hi!"}]}\'\n'
-                    f"  curl -s {system.url('orchestrator')}/v1/placement"
+                    f"  curl -s {system.url('orchestrator')}/v1/placement "
+                    '-H "authorization: Bearer $GENEDGE_OPERATOR_TOKEN"'
                 )
                 while True:
                     system.check()

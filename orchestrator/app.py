@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,10 +12,15 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from genedge.auth import BearerAuth, warn_if_open
+from genedge.http_errors import BodySizeLimit
 from orchestrator.adapters.registry import Registry
+from orchestrator.api import access
 from orchestrator.api.routes import install_error_handlers, router
 from orchestrator.service import Orchestrator
 from orchestrator.settings import OrchestratorSettings
+
+log = logging.getLogger("orchestrator")
 
 
 class OrchestratorMetrics:
@@ -29,7 +35,15 @@ class OrchestratorMetrics:
             "genedge_orch_pending_commands", "Level commands not yet done.", registry=self.registry
         )
         self.rate = Gauge(
-            "genedge_orch_rate_rps", "Estimated request rate.", ["model"], registry=self.registry
+            "genedge_orch_rate_rps",
+            "Estimated request rate of each model some agent holds.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.other = Gauge(
+            "genedge_orch_arrivals_other_total",
+            "Arrivals reported for models no agent holds (one bucket, names not kept).",
+            registry=self.registry,
         )
 
     def render(self) -> bytes:
@@ -38,8 +52,12 @@ class OrchestratorMetrics:
         if o.last is not None:
             self.cost.set(o.last.decision.cost.total)
         self.pending.set(len(o.pending))
+        known = o.known_models()
+        self.rate.clear()  # a model no agent holds any more leaves the output
         for m, r in o.rates.rates().items():
-            self.rate.labels(m).set(r)
+            if m in known:
+                self.rate.labels(m).set(r)
+        self.other.set(o.unknown_arrivals)
         return generate_latest(self.registry)
 
 
@@ -70,4 +88,12 @@ def create_app(
     app = FastAPI(title="genedge orchestrator", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(router)
+    credentials = settings.credentials()
+    # Outermost last: credentials are checked before any body is read.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BearerAuth, credentials=credentials, policy=access.policy, service="orchestrator"
+    )
+    if credentials.open:
+        warn_if_open(log, "the orchestrator", settings.host, ["agents, arrivals, fleet reads"])
     return app

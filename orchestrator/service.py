@@ -103,6 +103,7 @@ class Orchestrator:
         if saved is not None:
             self.restored_decision = saved[2]
         self.gateway_seen_at: float | None = None
+        self.unknown_arrivals = 0  # requests for models no agent holds (the `_other` bucket)
         self.pending: list[Command] = []
         self._replan = asyncio.Event()
         self._trigger = "start"
@@ -110,6 +111,8 @@ class Orchestrator:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._plan_lock = asyncio.Lock()
         self.started_at = clock()
+        tok = settings.agent_token
+        self._agent_headers = {"authorization": f"Bearer {tok}"} if tok else {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -175,8 +178,9 @@ class Orchestrator:
         )
         self._store_profiles(agent_id, hb.models, now)
         if not self._gateway_active(now):
+            own = {m.id for m in hb.models}  # an agent counts only what it serves
             for model, n in hb.arrivals.items():
-                if n:
+                if n and model in own:
                     self.rates.observe(model, n, now)
         for model, pc in hb.pool.items():
             if rec.role == "edge" and (pc.hits or pc.misses):
@@ -190,14 +194,28 @@ class Orchestrator:
             and now - self.gateway_seen_at < 2 * self.settings.slot_s
         )
 
-    def arrivals(self, batch: ArrivalBatch) -> None:
+    def known_models(self) -> set[str]:
+        """Every model some registered agent (up or down) holds: the only names whose rates
+        are kept, planned and exported."""
+        return {m["id"] for a in self.registry.agents() for m in self.registry.agent_models(a.id)}
+
+    def arrivals(self, batch: ArrivalBatch) -> int:
+        """Count a gateway's batch at the orchestrator's own clock. Names no agent holds go
+        to one `_other` tally (never stored, never a metric label). Returns how many were
+        counted under a known model."""
         now = self.clock()
         if batch.source == "gateway":
             self.gateway_seen_at = now
+        known = self.known_models()
+        counted = 0
         for model, n in batch.counts.items():
-            if n:
-                self.rates.observe(model, n, batch.at if batch.at is not None else now)
+            if model not in known:
+                self.unknown_arrivals += n
+            elif n:
+                self.rates.observe(model, n, now)
+                counted += n
         self._check_surges()
+        return counted
 
     def _check_surges(self) -> None:
         surged = self.rates.check_surges()
@@ -442,10 +460,19 @@ class Orchestrator:
                     f"{url.rstrip('/')}/v1/models/{c.model}/level",
                     json={"level": c.level, "wait": True},
                     timeout=self.settings.command_timeout_s,
+                    headers=self._agent_headers,
                 )
                 if r.status_code in (200, 202):
                     log.info("%s: %s %s -> %s", c.host, c.model, c.was, c.level)
                     return True
+                if r.status_code in (401, 403):
+                    log.error(
+                        "%s refused the agent token (HTTP %d): ORCH_AGENT_TOKEN must be the "
+                        "agents' EDGE_AGENT_TOKEN",
+                        c.host,
+                        r.status_code,
+                    )
+                    return False
                 if r.status_code in (404, 409, 422):  # will not get better by retrying
                     log.warning("%s: %s -> %s refused: %s", c.host, c.model, c.level, r.text[:200])
                     return False

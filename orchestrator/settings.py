@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from genedge.auth import Credentials, check_distinct, check_token_setting
 
 
 class OrchestratorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
 
     db_path: Path = Field(default=Path("state/orchestrator.sqlite"), description="SQLite file.")
-    token: str = Field(
-        default="genedge-dev-token",
-        description="Shared token agents present as `Authorization: Bearer ...` to register "
-        "and heartbeat. Change it in any real deployment.",
+    # Credentials (genedge.auth; docs/deploy.md, "Credentials"). No token at all: the
+    # orchestrator runs open (tests, a laptop) and says so when it listens beyond loopback.
+    # Once any is set, a role without its token is refused.
+    agent_token: str = Field(
+        default="",
+        description="The fleet's agent token: agents present it to register and heartbeat, "
+        "and the orchestrator sends it with its commands to agents.",
     )
+    gateway_token: str = Field(
+        default="", description="The gateway's token: arrivals and the routing table."
+    )
+    operator_token: str = Field(
+        default="", description="Operators' token: reads of the fleet and what-if plans."
+    )
+
+    # Bounds on what clients may send
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="413 past it.")
 
     # Liveness
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
@@ -53,3 +67,24 @@ class OrchestratorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+
+    @field_validator("agent_token", "gateway_token", "operator_token")
+    @classmethod
+    def _token(cls, v: str, info: object) -> str:
+        return check_token_setting(v, f"ORCH_{getattr(info, 'field_name', 'token').upper()}")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> OrchestratorSettings:
+        check_distinct(
+            {
+                "ORCH_AGENT_TOKEN": self.agent_token,
+                "ORCH_GATEWAY_TOKEN": self.gateway_token,
+                "ORCH_OPERATOR_TOKEN": self.operator_token,
+            }
+        )
+        return self
+
+    def credentials(self) -> Credentials:
+        return Credentials.of(
+            agent=self.agent_token, gateway=self.gateway_token, operator=self.operator_token
+        )

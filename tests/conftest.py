@@ -24,6 +24,15 @@ from tests.fixtures_models import (  # noqa: F401 - registered here once for eve
     tiny_zoo,
 )
 
+# Credentials of the tests (each role its own, long enough for the settings' check).
+AGENT_TOKEN = "test-agent-token-0123456789"
+GATEWAY_TOKEN = "test-gateway-token-0123456789"
+OPERATOR_TOKEN = "test-operator-token-0123456789"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
 
 def _has_cuda() -> bool:
     try:
@@ -94,7 +103,9 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serving(app: Any, port: int = 0) -> AsyncIterator[httpx.AsyncClient]:
+async def serving(
+    app: Any, port: int = 0, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """Serve `app` with a real uvicorn server on a loopback port, in the test's own event
     loop (so tests may also look at `client.app.state`). httpx's ASGI transport would buffer
     whole responses, which hides what streaming really does."""
@@ -109,7 +120,9 @@ async def serving(app: Any, port: int = 0) -> AsyncIterator[httpx.AsyncClient]:
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers
+        ) as client:
             client.app = app  # type: ignore[attr-defined]
             client.server = server  # type: ignore[attr-defined]
             yield client
@@ -122,7 +135,9 @@ async def serving(app: Any, port: int = 0) -> AsyncIterator[httpx.AsyncClient]:
 async def running_agent(
     settings: AgentSettings, **app_kw: object
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An agent app served on a real loopback port (`settings.port`, 0 for any)."""
+    """An agent app served on a real loopback port (`settings.port`, 0 for any); the client
+    carries the agent's token when it has one."""
     app = create_app(settings, **app_kw)  # type: ignore[arg-type]
-    async with serving(app, settings.port if settings.port != 8100 else 0) as client:
+    headers = bearer(settings.agent_token) if settings.agent_token else None
+    async with serving(app, settings.port if settings.port != 8100 else 0, headers) as client:
         yield client

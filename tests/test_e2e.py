@@ -30,8 +30,8 @@ class Load:
     """A client thread sending chat requests through the gateway at `rate_rps` for whichever
     model `model` names now; it records every outcome."""
 
-    def __init__(self, gateway: str, rate_rps: float) -> None:
-        self.client = httpx.Client(base_url=gateway, timeout=60)
+    def __init__(self, client: httpx.Client, rate_rps: float) -> None:
+        self.client = client
         self.rate = rate_rps
         self.model = "tiny-llama"
         self.outcomes: list[tuple[str, int, str, str]] = []  # model, status, served_by, route
@@ -118,11 +118,7 @@ def placement(orch: httpx.Client) -> dict[str, dict[str, Any]]:
 
 def test_whole_system(system: System) -> None:
     t_start = time.monotonic()
-    gw_url, orch_url = system.url("gateway"), system.url("orchestrator")
-    with (
-        httpx.Client(base_url=gw_url, timeout=60) as gw,
-        httpx.Client(base_url=orch_url, timeout=30) as orch,
-    ):
+    with system.client("gateway") as gw, system.client("orchestrator", timeout=30) as orch:
 
         def profiled() -> bool:
             return len(orch.get("/v1/profiles").json()["data"]) == 9  # 3 models x 3 agents
@@ -146,7 +142,7 @@ def test_whole_system(system: System) -> None:
         )
         assert r.status_code == 200 and r.json()["data"][0]["b64_json"]
 
-        with Load(gw_url, rate_rps=4.0) as load:
+        with Load(system.client("gateway"), rate_rps=4.0) as load:
             # Demand for tiny-llama: the orchestrator places it on an edge host; the
             # gateway's requests follow.
             load.model = "tiny-llama"

@@ -21,7 +21,16 @@ from cloud_gateway.core.limits import ArrivalCounter, RateLimiter
 from cloud_gateway.core.routing import CloudBackend, Router
 from cloud_gateway.settings import GatewaySettings
 from genedge.contract import CloudRoute, RouteModel
-from tests.conftest import agent_settings, free_port, running_agent, serving
+from tests.conftest import (
+    AGENT_TOKEN,
+    GATEWAY_TOKEN,
+    OPERATOR_TOKEN,
+    agent_settings,
+    bearer,
+    free_port,
+    running_agent,
+    serving,
+)
 from tests.gateway_fakes import FakeOrchestrator, ScriptedBackend, dropping_server, host, table
 from tests.test_orchestrator_system import orch_settings, until
 
@@ -527,13 +536,14 @@ async def test_placement_follows_demand_through_the_gateway(
     model on the edge; the gateway's next requests go there."""
     from orchestrator.app import create_app as create_orchestrator
 
-    token = "test-token"
     # Many missed heartbeats before "down": every server shares this test's event loop.
     osettings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0, missed_heartbeats=20)
     oport = free_port()
     ourl = f"http://127.0.0.1:{oport}"
     async with AsyncExitStack() as stack:
-        o = await stack.enter_async_context(serving(create_orchestrator(osettings), oport))
+        o = await stack.enter_async_context(
+            serving(create_orchestrator(osettings), oport, bearer(OPERATOR_TOKEN))
+        )
         orch = o.app.state.orchestrator  # type: ignore[attr-defined]
         for store, name, role in (
             (two_stores[0], "edge-1", "edge"),
@@ -548,13 +558,22 @@ async def test_placement_follows_demand_through_the_gateway(
                 port=port,
                 wan_delay_ms=20 if role == "cloud" else 0,
                 orchestrator_url=ourl,
-                orchestrator_token=token,
+                agent_token=AGENT_TOKEN,
                 advertise_url=f"http://127.0.0.1:{port}",
                 profile_on_start=True,  # placement plans with measured times
                 profile_text_tokens=2,
             )
             await stack.enter_async_context(running_agent(s))
-        gw = await stack.enter_async_context(gateway(gw_settings(tmp_path, orchestrator_url=ourl)))
+        gw = await stack.enter_async_context(
+            gateway(
+                gw_settings(
+                    tmp_path,
+                    orchestrator_url=ourl,
+                    orchestrator_token=GATEWAY_TOKEN,
+                    agent_token=AGENT_TOKEN,
+                )
+            )
+        )
 
         async def both_known() -> bool:
             t = (

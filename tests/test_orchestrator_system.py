@@ -15,15 +15,27 @@ import pytest
 
 from orchestrator.app import create_app as create_orchestrator
 from orchestrator.settings import OrchestratorSettings
-from tests.conftest import agent_settings, free_port, running_agent, serving
+from tests.conftest import (
+    AGENT_TOKEN,
+    GATEWAY_TOKEN,
+    OPERATOR_TOKEN,
+    agent_settings,
+    bearer,
+    free_port,
+    running_agent,
+    serving,
+)
 
-TOKEN = "test-token"
+TOKEN = AGENT_TOKEN
+AS_GATEWAY = bearer(GATEWAY_TOKEN)
 
 
 def orch_settings(tmp: Path, **kw: Any) -> OrchestratorSettings:
     base: dict[str, Any] = dict(
         db_path=tmp / "orch.sqlite",
-        token=TOKEN,
+        agent_token=AGENT_TOKEN,
+        gateway_token=GATEWAY_TOKEN,
+        operator_token=OPERATOR_TOKEN,
         heartbeat_interval_s=0.2,
         missed_heartbeats=3,
         slot_s=60.0,
@@ -55,7 +67,7 @@ async def agent(
         host_id=name,
         port=port,
         orchestrator_url=f"http://127.0.0.1:{orch_port}",
-        orchestrator_token=TOKEN,
+        agent_token=AGENT_TOKEN,
         advertise_url=f"http://127.0.0.1:{port}",
         profile_on_start=True,
         profile_text_tokens=2,
@@ -86,7 +98,9 @@ async def test_placement_follows_rates_and_survives_faults(
     settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
     orch_port = free_port()
     async with AsyncExitStack() as stack:
-        o = await stack.enter_async_context(serving(create_orchestrator(settings), orch_port))
+        o = await stack.enter_async_context(
+            serving(create_orchestrator(settings), orch_port, bearer(OPERATOR_TOKEN))
+        )
         orch = o.app.state.orchestrator  # type: ignore[attr-defined]
         a = await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
         b_stack = AsyncExitStack()
@@ -106,7 +120,9 @@ async def test_placement_follows_rates_and_survives_faults(
         # Steady demand for tiny-llama, none for the others: it goes to the edge.
         for _ in range(3):
             r = await o.post(
-                "/v1/arrivals", json={"counts": {"tiny-llama": 2}, "source": "gateway"}
+                "/v1/arrivals",
+                json={"counts": {"tiny-llama": 2}, "source": "gateway"},
+                headers=AS_GATEWAY,
             )
             assert r.status_code == 202
             await asyncio.sleep(settings.slot_s)
@@ -138,7 +154,11 @@ async def test_placement_follows_rates_and_survives_faults(
         # Demand shifts to tiny-gpt2 (unused so far, so in the cloud): it follows to the edge.
         assert entries["tiny-gpt2"]["target_host"] is None
         for _ in range(2):
-            await o.post("/v1/arrivals", json={"counts": {"tiny-gpt2": 2}, "source": "gateway"})
+            await o.post(
+                "/v1/arrivals",
+                json={"counts": {"tiny-gpt2": 2}, "source": "gateway"},
+                headers=AS_GATEWAY,
+            )
             await asyncio.sleep(settings.slot_s)
         await orch.plan_now("test: shift to gpt2")
         gpt2 = {e["model"]: e for e in (await o.get("/v1/placement")).json()["entries"]}[
@@ -187,7 +207,7 @@ async def test_placement_follows_rates_and_survives_faults(
         await until(replanned_without_b)
 
     # Restart: agents, profiles, rates and the last decision come back from SQLite.
-    async with serving(create_orchestrator(settings)) as o2:
+    async with serving(create_orchestrator(settings), 0, bearer(OPERATOR_TOKEN)) as o2:
         agents = {x["id"]: x["status"] for x in (await o2.get("/v1/agents")).json()["data"]}
         assert agents == {"edge-a": "up", "edge-b": "down"} or agents["edge-b"] == "down"
         p = (await o2.get("/v1/placement")).json()
@@ -197,7 +217,9 @@ async def test_placement_follows_rates_and_survives_faults(
 
 
 async def test_orchestrator_errors(tmp_path: Path) -> None:
-    async with serving(create_orchestrator(orch_settings(tmp_path))) as o:
+    async with serving(
+        create_orchestrator(orch_settings(tmp_path)), 0, bearer(OPERATOR_TOKEN)
+    ) as o:
         facts = {
             "host_id": "x",
             "hostname": "x",
@@ -214,8 +236,10 @@ async def test_orchestrator_errors(tmp_path: Path) -> None:
             "disk_free_bytes": 1,
         }
         reg = {"agent_id": "x", "url": "http://127.0.0.1:1", "facts": facts}
-        r = await o.post("/v1/agents/register", json=reg)
+        r = await o.post("/v1/agents/register", json=reg, headers={"authorization": ""})
         assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        r = await o.post("/v1/agents/register", json=reg)  # the operator's token: wrong role
+        assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden"
         r = await o.post("/v1/agents/register", json=reg, headers={"authorization": "Bearer nope"})
         assert r.status_code == 401
         r = await o.post(
@@ -228,8 +252,8 @@ async def test_orchestrator_errors(tmp_path: Path) -> None:
             "/v1/agents/ghost/heartbeat", json={}, headers={"authorization": f"Bearer {TOKEN}"}
         )
         assert r.status_code == 200 and r.json()["known"] is False
-        r = await o.post("/v1/arrivals", json={"counts": {"m": -1}})
-        assert r.status_code == 422 and r.json()["error"]["field"] == "counts"
+        r = await o.post("/v1/arrivals", json={"counts": {"m": -1}}, headers=AS_GATEWAY)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "counts.m"
         assert (await o.get("/v1/placement")).json()["computed_at"] is None
         r = await o.post("/v1/placement/plan", json={})
         assert r.status_code == 503 and r.json()["error"]["type"] == "no_hosts"

@@ -26,6 +26,10 @@ log = logging.getLogger("cloud_gateway.orchestrator")
 _SAVE_EVERY_S = 10.0
 
 
+def _auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 class TablePoller:
     def __init__(
         self,
@@ -35,8 +39,10 @@ class TablePoller:
         clock: Callable[[], float],
         interval_s: float,
         state_file: Path | None,
+        token: str = "",
     ) -> None:
         self.url = url.rstrip("/")
+        self.headers = _auth(token)
         self.router = router
         self.http = http
         self.clock = clock
@@ -66,7 +72,9 @@ class TablePoller:
     async def refresh(self) -> bool:
         timeout = aiohttp.ClientTimeout(total=max(self.interval_s, 2.0))
         try:
-            async with self.http.get(f"{self.url}/v1/routing", timeout=timeout) as r:
+            async with self.http.get(
+                f"{self.url}/v1/routing", timeout=timeout, headers=self.headers
+            ) as r:
                 r.raise_for_status()
                 table = RoutingTable.model_validate_json(await r.read())
         except (aiohttp.ClientError, TimeoutError, ValidationError) as exc:
@@ -122,8 +130,10 @@ class ArrivalReporter:
         http: aiohttp.ClientSession,
         clock: Callable[[], float],
         interval_s: float,
+        token: str = "",
     ) -> None:
         self.url = url.rstrip("/")
+        self.headers = {"content-type": "application/json", **_auth(token)}
         self.counter = counter
         self.http = http
         self.clock = clock
@@ -134,14 +144,30 @@ class ArrivalReporter:
         counts = self.counter.take()
         if not counts:
             return True
-        batch = ArrivalBatch(counts=counts, at=self.clock(), source="gateway")
+        # No time stamp: the orchestrator's own clock decides the slot (arrivals are data).
+        batch = ArrivalBatch(counts=counts, source="gateway")
         try:
             async with self.http.post(
                 f"{self.url}/v1/arrivals",
                 data=batch.model_dump_json(),
-                headers={"content-type": "application/json"},
+                headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=5.0),
             ) as r:
+                if 400 <= r.status < 500 and r.status not in (401, 403, 408, 429):
+                    # The orchestrator will never take this batch: resending it forever
+                    # would block every later one.
+                    log.warning(
+                        "orchestrator refused an arrivals batch (HTTP %d): %s",
+                        r.status,
+                        (await r.text())[:300],
+                    )
+                    return False
+                if r.status in (401, 403):
+                    log.warning(
+                        "orchestrator refused the gateway token (HTTP %d): GW_ORCHESTRATOR_TOKEN "
+                        "must be its ORCH_GATEWAY_TOKEN; arrivals kept",
+                        r.status,
+                    )
                 r.raise_for_status()
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.counter.give_back(counts)

@@ -42,9 +42,15 @@ class Router:
     """Holds the last routing table and answers `candidates(model)`."""
 
     def __init__(
-        self, cloud: CloudBackend | None, suspect_s: float = 5.0, remember_s: float = 600.0
+        self,
+        cloud: CloudBackend | None,
+        suspect_s: float = 5.0,
+        remember_s: float = 600.0,
+        agent_token: str = "",
     ) -> None:
         self.cloud = cloud
+        # Every agent (edge or cloud role) wants the fleet's agent token.
+        self.agent_key = agent_token or None
         self.suspect_s = suspect_s
         self.remember_s = remember_s
         self.table: RoutingTable | None = None
@@ -119,7 +125,7 @@ class Router:
             preload = 0.0 if h.in_pool else (h.preload_s or _UNMEASURED_PRELOAD_S)
             expected = preload + infer * (1 + load(h.host, h.queued))
             if cloud_s is None or not cloud or expected < cloud_s:
-                pooled.append((expected, Target(h.host, h.url, "pooled", expected)))
+                pooled.append((expected, Target(h.host, h.url, "pooled", expected, self.agent_key)))
         pooled.sort(key=lambda p: (p[0], p[1].backend))
         # A resident host whose queue would make the request wait longer than the cloud
         # takes goes after the cloud (still a fallback), as the simulator assumes.
@@ -127,7 +133,7 @@ class Router:
         behind_cloud: list[Target] = []
         for h in resident:
             wait = None if h.infer_s is None else h.infer_s * (1 + load(h.host, h.queued))
-            t = Target(h.host, h.url, "resident", wait)
+            t = Target(h.host, h.url, "resident", wait, self.agent_key)
             slower = bool(cloud) and cloud_s is not None and wait is not None and wait > cloud_s
             (behind_cloud if slower else edge).append(t)
         edge += [t for _, t in pooled]
@@ -156,7 +162,7 @@ class Router:
             recent = self.fetched_at - self.remember_s
             clouds = [c for c, at in self._clouds.values() if at > recent]
         return [
-            Target(c.id, c.url, "cloud")
+            Target(c.id, c.url, "cloud", api_key=self.agent_key)
             for c in clouds
             if model in c.models or (entry is None and not c.models)
         ]
