@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from genedge.auth import check_token_setting
+from genedge.auth import check_token_setting, read_credential
 
 MiB = 1024**2
 
@@ -32,6 +32,12 @@ class GatewaySettings(BaseSettings):
         default="",
         description="The fleet's agent token, sent with every request to an agent (edge or "
         "cloud role); not to a `cloud_url` backend, which gets `cloud_api_key`.",
+    )
+    credentials_dir: Path | None = Field(
+        default=None,
+        description="A folder of credential files (`genedge credentials DIR`): tokens not "
+        "set here are read from `gateway_token` and `agent_token`, and the client key hash "
+        "from `gateway_key.sha256`.",
     )
     table_refresh_s: float = Field(default=1.0, gt=0, description="Poll interval of the table.")
     table_max_age_s: float = Field(
@@ -83,6 +89,15 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _from_dir(self) -> GatewaySettings:
+        d = self.credentials_dir
+        self.orchestrator_token = self.orchestrator_token or read_credential(d, "gateway_token")
+        self.agent_token = self.agent_token or read_credential(d, "agent_token")
+        if not self.api_key_hashes and (digest := read_credential(d, "gateway_key.sha256")):
+            self.api_key_hashes = self._hex([digest])
+        return self
 
     @field_validator("orchestrator_token", "agent_token")
     @classmethod

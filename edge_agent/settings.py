@@ -10,10 +10,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from genedge.auth import check_token_setting
+from genedge.auth import check_token_setting, read_credential
 
 GiB = 1024**3
 MiB = 1024**2
@@ -79,6 +79,26 @@ class AgentSettings(BaseSettings):
     max_images: int = Field(default=4, ge=1)
     max_body_bytes: int = Field(default=4 * MiB, ge=1024)
 
+    # Work bounds: what one request may cost this host, beyond each field's own limit
+    max_request_s: float | None = Field(
+        default=120.0,
+        gt=0,
+        description="Estimated seconds one generation may run; 422 (naming size, steps, n or "
+        "max_tokens) past it, before the request waits for its model. Fields each within "
+        "their limits can multiply into minutes (a 1024x1024 image at 100 steps on CPU), "
+        "and a request holds its model, and the swap pool with every pooled model behind "
+        "it, while it runs. Estimated from the model's measured profile (its default "
+        "generation's time, scaled by pixels x steps x images or by tokens); a model not "
+        "profiled yet has only the per-field limits. None: no bound.",
+    )
+    max_profile_queue: int = Field(
+        default=2,
+        ge=0,
+        description="Profiles (`POST /v1/models/{id}/profile`) that may wait behind the one "
+        "running; 429 with Retry-After past it. Each takes seconds of device time and "
+        "holds the swap pool, so an unbounded queue lets callers starve requests.",
+    )
+
     # Profiling
     profile_on_start: bool = True
     profile_text_tokens: int = Field(default=16, ge=1)
@@ -93,6 +113,11 @@ class AgentSettings(BaseSettings):
         "health, metrics and docs must carry it, and the agent presents it to the "
         "orchestrator. Empty: the agent is open (a warning says so beyond loopback).",
     )
+    credentials_dir: Path | None = Field(
+        default=None,
+        description="A folder of credential files (`genedge credentials DIR`): the agent "
+        "token is read from its `agent_token` file when not set above.",
+    )
     advertise_url: str | None = Field(
         default=None, description="URL the orchestrator reaches us at; default http://host:port."
     )
@@ -106,3 +131,9 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _token(cls, v: str) -> str:
         return check_token_setting(v, "EDGE_AGENT_TOKEN")
+
+    @model_validator(mode="after")
+    def _token_from_dir(self) -> AgentSettings:
+        if not self.agent_token:
+            self.agent_token = read_credential(self.credentials_dir, "agent_token")
+        return self

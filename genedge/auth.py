@@ -24,13 +24,16 @@ does not tell which role came close) and are never logged.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -180,3 +183,60 @@ def warn_if_open(log: logging.Logger, service: str, host: str, open_what: list[s
             host,
             ", ".join(open_what),
         )
+
+
+# ---------------------------------------------------------------------- a credentials folder
+#
+# For deployments that cannot pass secrets by environment alone (docker compose generates
+# them once into a volume): one file per credential, read by each service's settings through
+# `*_CREDENTIALS_DIR` for any token not given in its environment.
+
+CREDENTIAL_FILES = ("agent_token", "gateway_token", "operator_token", "gateway_key")
+
+
+def read_credential(folder: Path | None, name: str) -> str:
+    """The credential `name` from `folder` ("" when there is no folder or no such file)."""
+    if folder is None:
+        return ""
+    path = Path(folder) / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def ensure_credentials(folder: Path, given: Mapping[str, str]) -> dict[str, str]:
+    """Make `folder` hold every credential: a value in `given` (by file name) wins, an
+    existing file is kept (restarts keep their tokens), anything else is generated. Writes
+    `gateway_key.sha256` (what the gateway is configured with) and `credentials.env`, all
+    mode 0600. Returns the credentials by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {}
+    for name in CREDENTIAL_FILES:
+        value = (given.get(name) or "").strip() or read_credential(folder, name) or new_token()
+        check_token_setting(value, name)
+        write_private(folder / name, value + "\n")
+        out[name] = value
+    check_distinct({n: out[n] for n in CREDENTIAL_FILES if n != "gateway_key"})
+    digest = hashlib.sha256(out["gateway_key"].encode()).hexdigest()
+    write_private(folder / "gateway_key.sha256", digest + "\n")
+    write_private(folder / "credentials.env", credentials_env(out))
+    return out
+
+
+def credentials_env(creds: Mapping[str, str]) -> str:
+    """`NAME=value` lines a user or a script sources to call the system."""
+    return (
+        f"GENEDGE_GATEWAY_KEY={creds['gateway_key']}\n"
+        f"GENEDGE_AGENT_TOKEN={creds['agent_token']}\n"
+        f"GENEDGE_OPERATOR_TOKEN={creds['operator_token']}\n"
+        f"GENEDGE_GATEWAY_TOKEN={creds['gateway_token']}\n"
+    )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600, never wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT: set it

@@ -5,6 +5,7 @@
     genedge gateway       run the cloud gateway (the user-facing OpenAI-style API)
     genedge profile  measure model folders on this host and print/write their profiles
     genedge models   build the demo model store (random-weight real architectures)
+    genedge credentials  create the fleet's tokens in a folder (for docker compose)
     genedge up       the main job: the whole system on the demo models, with real requests
 
 Heavy imports (torch, diffusers, transformers) happen inside the subcommands that need them,
@@ -185,6 +186,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_credentials(args: argparse.Namespace) -> int:
+    """Make a folder hold every credential (docker compose runs this once into a volume)."""
+    import os
+
+    from genedge.auth import ensure_credentials
+
+    given = {
+        name: os.environ.get(f"GENEDGE_{name.upper()}", "")
+        for name in ("agent_token", "gateway_token", "operator_token", "gateway_key")
+    }
+    ensure_credentials(Path(args.dir), given)
+    print(f"credentials in {Path(args.dir) / 'credentials.env'} (mode 0600)")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from genedge.up import run
 
@@ -235,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("dest")
     m.add_argument("--scale", type=int, default=1, help="grow the tiny architectures")
     m.set_defaults(func=cmd_models)
+
+    c = sub.add_parser(
+        "credentials",
+        help="create the fleet's tokens and the gateway key in a folder (kept if present; "
+        "GENEDGE_AGENT_TOKEN etc. in the environment win)",
+    )
+    c.add_argument("dir")
+    c.set_defaults(func=cmd_credentials)
 
     for name in ("up", "demo"):
         d = sub.add_parser(

@@ -22,7 +22,7 @@ from typing import IO
 
 import httpx
 
-from genedge.auth import new_token
+from genedge.auth import credentials_env, new_token, write_private
 
 MB = 10**6
 
@@ -41,22 +41,16 @@ class SystemCredentials:
     gateway_token: str = field(default_factory=new_token)
     operator_token: str = field(default_factory=new_token)
 
-    def env_file(self) -> str:
-        """`NAME=value` lines for `.genedge/run/credentials.env` (issue 11's names)."""
-        return (
-            f"GENEDGE_GATEWAY_KEY={self.gateway_key}\n"
-            f"GENEDGE_AGENT_TOKEN={self.agent_token}\n"
-            f"GENEDGE_OPERATOR_TOKEN={self.operator_token}\n"
-            f"GENEDGE_GATEWAY_TOKEN={self.gateway_token}\n"
-        )
-
     def write(self, path: Path) -> Path:
-        """Write the env file readable by its owner only (created 0600, never wider)."""
+        """`credentials.env` (issue 11's names), mode 0600."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.env_file())
-        os.chmod(path, 0o600)
+        creds = {
+            "gateway_key": self.gateway_key,
+            "agent_token": self.agent_token,
+            "gateway_token": self.gateway_token,
+            "operator_token": self.operator_token,
+        }
+        write_private(path, credentials_env(creds))
         return path
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from genedge.auth import Credentials, check_distinct, check_token_setting
+from genedge.auth import Credentials, check_distinct, check_token_setting, read_credential
 
 
 class OrchestratorSettings(BaseSettings):
@@ -27,6 +27,12 @@ class OrchestratorSettings(BaseSettings):
     )
     operator_token: str = Field(
         default="", description="Operators' token: reads of the fleet and what-if plans."
+    )
+    credentials_dir: Path | None = Field(
+        default=None,
+        description="A folder of credential files (`genedge credentials DIR`): each token "
+        "not set above is read from its file (`agent_token`, `gateway_token`, "
+        "`operator_token`).",
     )
 
     # Bounds on what clients may send
@@ -75,6 +81,10 @@ class OrchestratorSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct(self) -> OrchestratorSettings:
+        d = self.credentials_dir
+        self.agent_token = self.agent_token or read_credential(d, "agent_token")
+        self.gateway_token = self.gateway_token or read_credential(d, "gateway_token")
+        self.operator_token = self.operator_token or read_credential(d, "operator_token")
         check_distinct(
             {
                 "ORCH_AGENT_TOKEN": self.agent_token,

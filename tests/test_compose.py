@@ -12,6 +12,7 @@ own port, and that the services' settings agree with one another.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -30,7 +31,7 @@ REMOTE_AGENT_ENV = {
     "EDGE_HOST_ID": "gpu-host-3",
     "EDGE_PUBLIC_HOST": "gpu-host-3.lan",
     "EDGE_ORCHESTRATOR_URL": "http://orchestrator.lan:8000",
-    "GENEDGE_TOKEN": "a-test-token",
+    "GENEDGE_AGENT_TOKEN": "a-test-agent-token-0123456789",
 }
 
 # name: (compose files under docker/, env file under docker/ or None for an empty one, env)
@@ -292,6 +293,11 @@ def _port(svc: dict[str, Any]) -> int:
     raise AssertionError(f"no port setting in {sorted(env)}")
 
 
+def _long_running(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every service but the one-shot `credentials` (it runs once and exits)."""
+    return {n: s for n, s in config["services"].items() if n != "credentials"}
+
+
 def _agents(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: s for n, s in config["services"].items() if "EDGE_ROLE" in _env(s)}
 
@@ -306,7 +312,7 @@ def _gpu_devices(svc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_every_service_has_a_health_check_on_its_port(
     configs: dict[str, dict[str, Any]], variant: str
 ) -> None:
-    for name, svc in configs[variant]["services"].items():
+    for name, svc in _long_running(configs[variant]).items():
         hc = svc.get("healthcheck") or {}
         assert hc.get("test") and not hc.get("disable"), f"{name} has no health check"
         assert hc["test"][:2] == ["CMD", "genedge-healthcheck"], name
@@ -370,11 +376,59 @@ def test_stack_wiring(configs: dict[str, dict[str, Any]], variant: str) -> None:
         env = _env(svc)
         assert env["EDGE_HOST"] == "0.0.0.0", name
         assert env["EDGE_ORCHESTRATOR_URL"] == orch_url, name
-        assert env["EDGE_ORCHESTRATOR_TOKEN"] == orch["ORCH_TOKEN"], name
+        assert env["EDGE_AGENT_TOKEN"] == orch["ORCH_AGENT_TOKEN"] == gw["GW_AGENT_TOKEN"], name
         assert env["EDGE_ADVERTISE_URL"] == f"http://{name}:{env['EDGE_PORT']}", name
+    assert gw["GW_ORCHESTRATOR_TOKEN"] == orch["ORCH_GATEWAY_TOKEN"]
     for name in ["gateway", *agents]:
         dep = services[name].get("depends_on", {}).get("orchestrator", {})
         assert dep.get("condition") == "service_healthy", name
+
+
+@pytest.mark.parametrize("variant", STACKS)
+def test_credentials_are_generated_never_a_fixed_default(
+    configs: dict[str, dict[str, Any]], variant: str
+) -> None:
+    """No token has a default value in the files: the one-shot `credentials` service makes
+    random ones into a volume, and every other service reads that volume (read-only) after
+    the service has completed."""
+    config = configs[variant]
+    services = config["services"]
+    creds = services["credentials"]
+    assert creds["command"] == ["genedge", "credentials", "/credentials"]
+    assert _volume_targets(config, creds) == {"/credentials": "credentials"}
+    for name, svc in _long_running(config).items():
+        env = _env(svc)
+        tokens = {k: v for k, v in env.items() if k.endswith(("_TOKEN", "_KEY"))}
+        tokens.pop("GW_CLOUD_API_KEY", None)  # the user's own cloud's key, not ours
+        assert tokens, name
+        assert all(v == "" for v in tokens.values()), f"{name} has a fixed token: {tokens}"
+        dirs = [v for k, v in env.items() if k.endswith("_CREDENTIALS_DIR")]
+        assert dirs == ["/credentials"], name
+        mount = [v for v in svc["volumes"] if v.get("source") == "credentials"]
+        assert mount and mount[0]["target"] == "/credentials" and mount[0]["read_only"], name
+        dep = svc.get("depends_on", {}).get("credentials", {})
+        assert dep.get("condition") == "service_completed_successfully", name
+
+
+def test_the_credentials_service_makes_what_the_settings_read(tmp_path: Path) -> None:
+    """`genedge credentials` writes the files each service's settings read from
+    `*_CREDENTIALS_DIR`, and the three services then agree on every token."""
+    from cloud_gateway.settings import GatewaySettings
+    from edge_agent.settings import AgentSettings
+    from genedge.auth import ensure_credentials
+    from orchestrator.settings import OrchestratorSettings
+
+    made = ensure_credentials(tmp_path, {"operator_token": "an-operator-token-0123456789"})
+    assert ensure_credentials(tmp_path, {}) == made  # kept across restarts
+    assert oct((tmp_path / "credentials.env").stat().st_mode & 0o777) == "0o600"
+    o = OrchestratorSettings(credentials_dir=tmp_path)
+    g = GatewaySettings(credentials_dir=tmp_path)
+    a = AgentSettings(credentials_dir=tmp_path)
+    assert o.operator_token == "an-operator-token-0123456789"
+    assert o.agent_token == a.agent_token == g.agent_token == made["agent_token"]
+    assert o.gateway_token == g.orchestrator_token == made["gateway_token"]
+    assert g.api_key_hashes == [hashlib.sha256(made["gateway_key"].encode()).hexdigest()]
+    assert len({o.agent_token, o.gateway_token, o.operator_token}) == 3
 
 
 def _volume_targets(config: dict[str, Any], svc: dict[str, Any]) -> dict[str, str]:
