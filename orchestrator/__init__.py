@@ -1,1 +1,3 @@
-"""The orchestrator: placement from measured profiles and live rates (issue 3; not built yet)."""
+"""The orchestrator: registry of hosts, models and measured profiles; request rates; the
+placement decision (`core/`), carried out on the agents by idempotent level commands; the
+placement, what-if, explain and routing views over REST (`api/`)."""
