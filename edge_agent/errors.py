@@ -10,6 +10,7 @@ Hierarchy::
     ├── ModelUnavailable            503 model_unavailable (model failed to load / is broken)
     ├── DoesNotFit                  409 does_not_fit      (not enough device memory or RAM)
     ├── TransitionConflict          409 transition_conflict
+    ├── ClientDisconnected          499 client_disconnected (the client left; work stopped)
     └── ModelFolderError            (never reaches HTTP: a bad folder in the store)
         ├── BadModelFolder          folder layout / config problem
         └── CorruptWeights          safetensors file truncated or unreadable
@@ -66,6 +67,14 @@ class DoesNotFit(AgentError):
 class TransitionConflict(AgentError):
     status = 409
     type = "transition_conflict"
+
+
+class ClientDisconnected(AgentError):
+    """The client closed its connection, so the generation was stopped early. No one reads
+    the answer; the status (nginx's 499) only labels the request in metrics and logs."""
+
+    status = 499
+    type = "client_disconnected"
 
 
 class ModelFolderError(AgentError):

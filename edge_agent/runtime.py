@@ -18,7 +18,7 @@ import httpx
 from edge_agent.core.limits import Limits
 from edge_agent.core.manager import ModelManager
 from edge_agent.core.ports import ModelLoader
-from edge_agent.errors import UnknownModel
+from edge_agent.errors import Overloaded, UnknownModel
 from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import AgentSettings
 from genedge.contract import (
@@ -83,6 +83,8 @@ class AgentRuntime:
             max_steps=settings.max_steps,
             max_image_side=settings.max_image_side,
             max_images=settings.max_images,
+            max_request_s=settings.max_request_s,
+            profile_text_tokens=settings.profile_text_tokens,
         )
         self.manager = ModelManager(
             manifests,
@@ -102,6 +104,8 @@ class AgentRuntime:
         self.ready = False
         self._jobs: list[asyncio.Task[None]] = []
         self._profile_lock = asyncio.Lock()
+        self._profiles_waiting = 0  # profiles queued behind `_profile_lock`
+        self._last_profile_s = 0.0  # how long the last profile ran (for Retry-After)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, http_client: httpx.AsyncClient | None = None) -> None:
@@ -138,7 +142,7 @@ class AgentRuntime:
             if self.settings.profile_on_start and self.profiler is not None:
                 for model_id in self.manager.model_ids():
                     if self.manager.status(model_id).profile_status == ProfileStatus.PENDING:
-                        await self.profile(model_id)
+                        await self.profile(model_id, bounded=False)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -162,20 +166,43 @@ class AgentRuntime:
             elif self.profiler is None or not self.settings.profile_on_start:
                 self.manager.set_profile(model_id, None, ProfileStatus.SKIPPED)
 
-    async def profile(self, model_id: str) -> ModelProfile | None:
-        """Measure one model now (in turn with requests for the swap pool)."""
+    async def profile(self, model_id: str, *, bounded: bool = True) -> ModelProfile | None:
+        """Measure one model now (in turn with requests for the swap pool).
+
+        `bounded` (API callers): refused with `Overloaded` (429) when `max_profile_queue`
+        profiles already wait behind the one running, since each takes seconds of device
+        time and the swap pool. The start-up job, one profile at a time, is never refused.
+        """
         if self.profiler is None:
             raise UnknownModel("profiling is not available on this agent")
         manifest = self.manager.manifest(model_id)
         profiler = self.profiler
         loop = asyncio.get_running_loop()
+        limit = self.settings.max_profile_queue
+        if bounded and self._profile_lock.locked() and self._profiles_waiting >= limit:
+            raise Overloaded(
+                f"{self._profiles_waiting} profile(s) already wait behind the one running "
+                f"(max_profile_queue {limit})",
+                model=model_id,
+                retry_after_s=max(self.settings.retry_after_s, self._last_profile_s),
+            )
 
         def progress(what: str, frac: float) -> None:  # called from the profiling thread
             loop.call_soon_threadsafe(
                 self.manager.set_profile, model_id, None, ProfileStatus.RUNNING, frac, what
             )
 
-        async with self._profile_lock:
+        if self._profile_lock.locked():
+            self.manager.set_profile(
+                model_id, None, ProfileStatus.RUNNING, 0.0, "queued behind another profile"
+            )
+        self._profiles_waiting += 1
+        try:
+            await self._profile_lock.acquire()
+        finally:
+            self._profiles_waiting -= 1
+        started = time.perf_counter()
+        try:
             self.manager.set_profile(
                 model_id, None, ProfileStatus.RUNNING, 0.0, "waiting for the swap pool"
             )
@@ -201,6 +228,9 @@ class AgentRuntime:
                 profile.load_ram_s,
             )
             return profile
+        finally:
+            self._last_profile_s = time.perf_counter() - started
+            self._profile_lock.release()
 
     async def _measure_bandwidth(self) -> None:
         from edge_agent.adapters import host as hostmod

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge_agent.core.ports import ImageParams, LoadReport, TextParams, TextResult
-from genedge.contract import ChatMessage, ModelFormat, ModelKind, ModelManifest
+from genedge.contract import ChatMessage, ModelFormat, ModelKind, ModelManifest, ModelProfile
 
 
 class FakeOOM(RuntimeError):
@@ -66,7 +66,7 @@ class FakeModel:
                 on_token(w)
         return TextResult("".join(words), 3, len(words), "length")
 
-    def generate_image(self, prompt: str, params: ImageParams) -> list[bytes]:
+    def generate_image(self, prompt: str, params: ImageParams, should_stop=None) -> list[bytes]:
         return [b"\x89PNG fake"] * params.n
 
     def close(self) -> None:
@@ -130,3 +130,48 @@ def manifest(model_id: str, nbytes: int, kind: ModelKind = ModelKind.TEXT) -> Mo
 
 def msgs(text: str = "hi") -> list[ChatMessage]:
     return [ChatMessage(role="user", content=text)]
+
+
+def fake_profile(
+    model_id: str,
+    kind: ModelKind = ModelKind.TEXT,
+    *,
+    generation_s: float = 1.0,
+    generation_what: str = "~96-word chat prompt, 16 new tokens, greedy, batch 1",
+) -> ModelProfile:
+    """A profile as if measured on this host, with a chosen default generation's time."""
+    return ModelProfile(
+        model_id=model_id,
+        kind=kind,
+        architecture="Fake",
+        host_fingerprint="fake-host",
+        file_digest="fake-digest",
+        device="fake",
+        dtype="float32",
+        params=1,
+        storage_bytes=1,
+        resident_bytes=1,
+        peak_bytes=1,
+        memory_method="tensor_bytes+rss_growth",
+        load_cold_s=0.01,
+        load_warm_s=0.01,
+        load_ram_s=0.01,
+        generation_s=generation_s,
+        generation_what=generation_what,
+    )
+
+
+class FakeProfiler:
+    """A profiler (runtime.ProfilerLike) that holds each run at `gate` until a test opens it,
+    so a test can fill the profile queue; counts runs started in `started`."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = 0
+        self._lock = threading.Lock()
+
+    def profile(self, manifest: ModelManifest, progress=None) -> ModelProfile:
+        with self._lock:
+            self.started += 1
+        assert self.gate.wait(10), "test gate never opened"
+        return fake_profile(manifest.id, manifest.kind)

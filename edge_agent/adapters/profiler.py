@@ -18,13 +18,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.adapters import pagecache, store
 from edge_agent.adapters.device import MemoryMeter, synchronize
 from edge_agent.adapters.host import Nvml
-from edge_agent.adapters.torch_models import TorchModelLoader, dtype_name, param_count
+from edge_agent.adapters.torch_models import TextModel, TorchModelLoader, dtype_name, param_count
 from edge_agent.core.ports import ImageParams, LoadedModel, TextParams
+from edge_agent.errors import BadModelFolder
 from genedge.contract import (
     ChatMessage,
     ImageDefaults,
@@ -52,9 +54,47 @@ def _pinned(copy: object) -> bool:
     return bool(getattr(copy, "pinned", False))
 
 
-def profile_prompt(words: int = 96) -> str:
+PROBE_WORDS = 96  # words of the standard text probe
+
+
+def profile_prompt(words: int = PROBE_WORDS) -> str:
     reps = words // len(_PROMPT_WORDS) + 1
     return " ".join((_PROMPT_WORDS * reps)[:words])
+
+
+@dataclass(frozen=True)
+class TextProbe:
+    """The text generation a profile times: `words` of the fixed prompt (as a chat message
+    or a plain prompt) and `tokens` new tokens; `notes` say what was shortened."""
+
+    prompt: str
+    chat: bool
+    words: int
+    tokens: int
+    notes: list[str] = field(default_factory=list)
+
+    def inputs(self) -> tuple[list[ChatMessage] | None, str | None]:
+        """(messages, prompt) for `generate_text`."""
+        if self.chat:
+            return [ChatMessage(role="user", content=self.prompt)], None
+        return None, self.prompt
+
+
+def _longest_fitting(model: TextModel, chat: bool, budget: int) -> int | None:
+    """The most words of the probe prompt (up to PROBE_WORDS) whose tokens fit `budget`,
+    by bisection; None when not even one word fits."""
+
+    def fits(words: int) -> bool:
+        probe = TextProbe(profile_prompt(words), chat, words, 0)
+        return model.prompt_tokens(*probe.inputs()) <= budget
+
+    if not fits(1):
+        return None
+    lo, hi = 1, PROBE_WORDS
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 class Profiler:
@@ -77,13 +117,65 @@ class Profiler:
         self.nvml = nvml
 
     # -------------------------------------------------------------------------------
-    def _generate(self, model: LoadedModel, manifest: ModelManifest, warmup: bool) -> str:
+    def text_probe(self, model: LoadedModel) -> TextProbe:
+        """The probe prompt and output length, fitted to the model's context.
+
+        The output is capped at half the context, and the prompt shortened (fewest words
+        dropped) until prompt plus output fit: any valid causal LM can be profiled, also
+        one with a context shorter than the standard probe (a 64-position GPT-2). A model
+        whose chat template alone overruns the context is probed with a plain prompt. The
+        notes say what was shortened, so profiles of different models stay comparable.
+        """
+        words, tokens = PROBE_WORDS, self.text_tokens
+        if not isinstance(model, TextModel):
+            return TextProbe(profile_prompt(words), True, words, tokens)
+        ctx = model.context_length()
+        if ctx is None:
+            return TextProbe(profile_prompt(words), True, words, tokens)
+        notes: list[str] = []
+        if tokens > max(1, ctx // 2):
+            tokens = max(1, ctx // 2)
+            notes.append(
+                f"probe output capped at {tokens} new tokens (asked {self.text_tokens}) "
+                f"by the {ctx}-token context"
+            )
+        for chat in (True, False):
+            fitted = _longest_fitting(model, chat, ctx - tokens)
+            if fitted is None:
+                continue
+            if not chat:
+                notes.append("the chat template alone overruns the context: plain prompt")
+            if fitted < words:
+                notes.append(
+                    f"probe prompt shortened from {words} words to {fitted} to fit the "
+                    f"{ctx}-token context with {tokens} new tokens"
+                )
+            return TextProbe(profile_prompt(fitted), chat, fitted, tokens, notes)
+        # Not even one word and the output fit: shrink the output to what one word leaves.
+        left = ctx - model.prompt_tokens(None, profile_prompt(1))
+        if left < 1:
+            raise BadModelFolder(f"{model.model_id}: a {ctx}-token context holds no prompt")
+        notes.append(f"probe cut to 1 word and {left} new tokens by the {ctx}-token context")
+        return TextProbe(profile_prompt(1), False, 1, left, notes)
+
+    def _generate(
+        self,
+        model: LoadedModel,
+        manifest: ModelManifest,
+        warmup: bool,
+        probe: TextProbe | None = None,
+    ) -> str:
         if manifest.kind == ModelKind.TEXT:
-            tokens = 1 if warmup else self.text_tokens
+            probe = probe or self.text_probe(model)
+            tokens = 1 if warmup else probe.tokens
             text_params = TextParams(max_tokens=tokens, temperature=0.0, top_p=1.0, seed=0)
-            prompt = profile_prompt()
-            model.generate_text([ChatMessage(role="user", content=prompt)], None, text_params)
-            return f"~{len(prompt.split())}-word chat prompt, {tokens} new tokens, greedy, batch 1"
+            messages, prompt = probe.inputs()
+            res = model.generate_text(messages, prompt, text_params)
+            # The tokens really generated (greedy may meet EOS first): what cost estimates
+            # scale by (edge_agent.core.limits reads "N new tokens").
+            made = res.completion_tokens or tokens
+            kind = "chat prompt" if probe.chat else "plain prompt"
+            return f"~{probe.words}-word {kind}, {made} new tokens, greedy, batch 1"
         d = manifest.image_defaults or ImageDefaults()
         steps = 1 if warmup else d.steps
         params = ImageParams(
@@ -117,7 +209,10 @@ class Profiler:
         # (lazy imports, allocator pools, thread pools) that are not the model's.
         step("warm-up load and generation", 0.02)
         model, _ = self.loader.load(manifest, None)
-        self._generate(model, manifest, warmup=True)
+        probe = self.text_probe(model) if manifest.kind == ModelKind.TEXT else None
+        if probe is not None:
+            notes.extend(probe.notes)
+        self._generate(model, manifest, warmup=True, probe=probe)
         self._timed_close(model)
         del model
 
@@ -144,11 +239,11 @@ class Profiler:
         params = param_count(model)
         dtype = dtype_name(model)
         step("one default generation", 0.3)
-        self._generate(model, manifest, warmup=True)
+        self._generate(model, manifest, warmup=True, probe=probe)
         meter.start_peak()
         gen_base = meter.now()
         t0 = time.perf_counter()
-        what = self._generate(model, manifest, warmup=False)
+        what = self._generate(model, manifest, warmup=False, probe=probe)
         synchronize(self.device)
         generation_s = time.perf_counter() - t0
         if meter.cuda:

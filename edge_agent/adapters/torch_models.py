@@ -77,6 +77,7 @@ from edge_agent.core.ports import (
 )
 from edge_agent.errors import (
     BadModelFolder,
+    ClientDisconnected,
     CorruptWeights,
     InvalidRequest,
     ModelUnavailable,
@@ -617,6 +618,19 @@ class TextModel(_Loaded):
             raise InvalidRequest("either messages or prompt is required")
         return prompt, True
 
+    def context_length(self) -> int | None:
+        """Tokens the model can attend to (prompt plus output), when its config says."""
+        model = self.model
+        return None if model is None else self._context_length(model)
+
+    def prompt_tokens(self, messages: list[ChatMessage] | None, prompt: str | None) -> int:
+        """How many tokens `generate_text` would feed the model for this prompt."""
+        tok = self.tokenizer
+        if tok is None:
+            raise ModelUnavailable(f"model {self.model_id} has been closed", model=self.model_id)
+        text, special = self._prompt_text(tok, messages, prompt)
+        return max(1, len(tok(text, add_special_tokens=special)["input_ids"]))
+
     def _context_length(self, model: Any) -> int | None:
         cfg = model.config
         for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
@@ -664,6 +678,14 @@ class TextModel(_Loaded):
                     field="messages" if messages is not None else "prompt",
                     model=self.model_id,
                 )
+            if n_prompt + max_new > ctx and not params.fit_to_context:
+                raise InvalidRequest(
+                    f"the prompt is {n_prompt} tokens and max_tokens is {max_new}: "
+                    f"{n_prompt + max_new} tokens, above the context of {ctx} of "
+                    f"{self.model_id}; ask for at most {ctx - n_prompt} tokens",
+                    field="max_tokens",
+                    model=self.model_id,
+                )
             max_new = min(max_new, ctx - n_prompt)
         gen_cfg.max_new_tokens = max_new
         gen_cfg.max_length = None
@@ -706,7 +728,12 @@ class TextModel(_Loaded):
             finish_reason=finish,
         )
 
-    def generate_image(self, prompt: str, params: ImageParams) -> list[bytes]:
+    def generate_image(
+        self,
+        prompt: str,
+        params: ImageParams,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[bytes]:
         raise WrongModelKind(
             f"{self.model_id} is a text model; it cannot generate images", model=self.model_id
         )
@@ -754,8 +781,21 @@ class ImagePipelineModel(_Loaded):
             f"{self.model_id} is an image model; it cannot generate text", model=self.model_id
         )
 
-    def generate_image(self, prompt: str, params: ImageParams) -> list[bytes]:
-        """Generate `params.n` images of `params.width` x `params.height`; PNG bytes."""
+    def generate_image(
+        self,
+        prompt: str,
+        params: ImageParams,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[bytes]:
+        """Generate `params.n` images of `params.width` x `params.height`; PNG bytes.
+
+        `should_stop` is polled after every denoising step (diffusers' `callback_on_step_end`)
+        and before each pipeline call; once it says so, `ClientDisconnected` is raised from
+        the step callback. Raising, rather than setting the pipeline's `_interrupt`, also
+        skips the VAE decode that diffusers still runs after an interrupt (on CPU a large
+        image's decode alone takes longer than a step). Pipelines without that callback
+        stop only between images.
+        """
         pipe = self.pipeline
         if pipe is None:
             raise ModelUnavailable(f"model {self.model_id} has been closed", model=self.model_id)
@@ -781,12 +821,31 @@ class ImagePipelineModel(_Loaded):
             kwargs["negative_prompt"] = params.negative_prompt
         if params.seed is not None:
             kwargs["generator"] = torch.Generator(device=self.device).manual_seed(params.seed)
+        if should_stop is not None and "callback_on_step_end" in accepted:
+            kwargs["callback_on_step_end"] = _stop_on_step_end(should_stop, self.model_id)
+        calls = 1 if "num_images_per_prompt" in accepted else params.n
+        images: list[Any] = []
         with self._lock, torch.inference_mode():
-            images = list(pipe(**kwargs).images)
-            if "num_images_per_prompt" not in accepted:
-                for _ in range(params.n - 1):
-                    images.extend(pipe(**kwargs).images)
+            for _ in range(calls):
+                if should_stop is not None and should_stop():
+                    raise _stopped(self.model_id)
+                images.extend(pipe(**kwargs).images)
         return [_png(im) for im in images]
+
+
+def _stopped(model_id: str) -> ClientDisconnected:
+    return ClientDisconnected("the client went away: generation stopped", model=model_id)
+
+
+def _stop_on_step_end(should_stop: Callable[[], bool], model_id: str) -> Callable[..., Any]:
+    """A diffusers `callback_on_step_end` that ends the denoising loop once `should_stop()`."""
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+        if should_stop():
+            raise _stopped(model_id)
+        return tensors
+
+    return on_step_end
 
 
 def param_count(loaded: Any) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -70,6 +71,19 @@ def _count(rt: AgentRuntime, model: str, endpoint: str, status: int, t0: float) 
     rt.metrics.request_seconds.labels(model, endpoint).observe(time.perf_counter() - t0)
 
 
+def _client_gone(request: Request) -> Callable[[], Awaitable[None]]:
+    """What `serving` awaits to learn that the client has gone: returns on the ASGI
+    `http.disconnect` message. The body has been read by then, so nothing else is taken
+    from `receive`; a server that answers with anything else is asked again a little
+    later (never a busy loop)."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            await asyncio.sleep(0.05)
+
+    return gone
+
+
 def _known(rt: AgentRuntime, model: str) -> str:
     """Label value for metrics: unknown model names collapse, so clients cannot blow up
     the label cardinality."""
@@ -87,6 +101,7 @@ async def _text(
     try:
         manifest = rt.manager.manifest(req.model)
         params = lim.text_params(req, manifest.text_defaults or TextDefaults(), rt.limits)
+        lim.check_text_cost(params, rt.manager.profile(req.model), rt.limits)
         chat = isinstance(req, ChatCompletionRequest)
         messages = req.messages if isinstance(req, ChatCompletionRequest) else None
         prompt = req.prompt if isinstance(req, CompletionRequest) else None
@@ -98,7 +113,9 @@ async def _text(
             return StreamingResponse(
                 _sse(stream, req.model, chat), media_type="text/event-stream", headers=headers
             )
-        outcome = await generate_text(rt.manager, req.model, messages, prompt, params)
+        outcome = await generate_text(
+            rt.manager, req.model, messages, prompt, params, _client_gone(request)
+        )
     except AgentError as exc:
         _count(rt, label, endpoint, exc.status, t0)
         raise
@@ -196,8 +213,12 @@ async def images(request: Request, body: ImageGenerationRequest) -> Response:
     label = _known(rt, body.model)
     try:
         manifest = rt.manager.manifest(body.model)
-        params = lim.image_params(body, manifest.image_defaults or ImageDefaults(), rt.limits)
-        lease, pngs = await generate_images(rt.manager, body.model, body.prompt, params)
+        defaults = manifest.image_defaults or ImageDefaults()
+        params = lim.image_params(body, defaults, rt.limits)
+        lim.check_image_cost(params, rt.manager.profile(body.model), defaults, rt.limits)
+        lease, pngs = await generate_images(
+            rt.manager, body.model, body.prompt, params, _client_gone(request)
+        )
     except AgentError as exc:
         _count(rt, label, "images", exc.status, t0)
         raise

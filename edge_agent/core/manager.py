@@ -226,6 +226,10 @@ class ModelManager:
     def pool_bytes(self) -> int:
         return self._pool.bytes
 
+    def profile(self, model_id: str) -> ModelProfile | None:
+        """The model's measured profile on this host, if any (what cost estimates scale)."""
+        return self._entry(model_id).profile
+
     def set_profile(
         self,
         model_id: str,

@@ -23,6 +23,10 @@ class TextParams:
     temperature: float
     top_p: float
     seed: int | None = None
+    # True: `max_tokens` is a default, shortened to what the model's context leaves after
+    # the prompt. False: the client asked for that many, so a prompt plus `max_tokens` over
+    # the context is refused (422) rather than silently answered with fewer tokens.
+    fit_to_context: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,17 @@ class LoadedModel(Protocol):
         """
         ...
 
-    def generate_image(self, prompt: str, params: ImageParams) -> list[bytes]:
-        """Generate `params.n` images; returns PNG-encoded bytes."""
+    def generate_image(
+        self,
+        prompt: str,
+        params: ImageParams,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[bytes]:
+        """Generate `params.n` images; returns PNG-encoded bytes.
+
+        `should_stop` is polled after every denoising step; when it says so the generation
+        ends there and raises `ClientDisconnected` (nobody wants a half-denoised image).
+        """
         ...
 
     def close(self) -> None:
