@@ -174,8 +174,8 @@ async def test_placement_follows_rates_and_survives_faults(
 
         await until(gpt2_at_target)
 
-        # What-if: demand shifts to tiny-gpt2; no side effects on the stored decision.
-        before = (await o.get("/v1/placement")).json()["computed_at"]
+        # What-if: demand shifts to tiny-gpt2; no side effects on the stored decision (the
+        # planner loop may store a slot plan meanwhile, so compare what is stored, not when).
         w = await o.post(
             "/v1/placement/plan", json={"rates": {"tiny-gpt2": 10.0, "tiny-llama": 0.0}}
         )
@@ -183,7 +183,9 @@ async def test_placement_follows_rates_and_survives_faults(
         we = {e["model"]: e for e in w.json()["entries"]}
         assert we["tiny-gpt2"]["target_host"] is not None
         assert we["tiny-llama"]["target_level"] != "resident"
-        assert (await o.get("/v1/placement")).json()["computed_at"] == before
+        stored = (await o.get("/v1/placement")).json()
+        assert stored["trigger"] != "what-if"
+        assert all(e["rate_rps"] < 10.0 for e in stored["entries"])
 
         # Explain lists every option with its cost; the chosen one is marked.
         ex = (await o.get("/v1/placement/explain/tiny-llama")).json()
