@@ -537,15 +537,37 @@ class CostTerms(Contract):
     resource: float
     cloud: float
     transition: float
+    wait: float = Field(default=0.0, description="Expected queueing at the hosts (seconds).")
     total: float
+
+
+class Share(Contract):
+    """One part of a model's traffic in a decision: the cloud (`host` None) or a level on a
+    host, the fraction of the model's requests it serves and what that means in requests/s."""
+
+    host: str | None = Field(description="None: the cloud.")
+    level: str | None
+    fraction: float = Field(ge=0, le=1)
+    rate_rps: float = Field(ge=0)
+    expected_wait_s: float = Field(
+        default=0.0, ge=0, description="Expected queueing per request on the host (0: cloud)."
+    )
 
 
 class PlacementEntry(Contract):
     model: str
     kind: str | None = None
     rate_rps: float
-    target_host: str | None = Field(description="None: the cloud.")
+    target_host: str | None = Field(description="The heaviest share's host; None: the cloud.")
     target_level: str | None
+    split: list[Share] = Field(
+        default_factory=list,
+        description="Every option that serves part of the traffic, heaviest first (sums to 1).",
+    )
+    levels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Level the decision keeps on each host (host -> level), serving or not.",
+    )
     actual: dict[str, str] = Field(
         default_factory=dict, description="Level on each live host now (host -> level)."
     )
@@ -585,6 +607,7 @@ class OptionCostDoc(Contract):
     cost: CostTerms
     feasible: bool
     chosen: bool = False
+    fraction: float = Field(default=0.0, description="Share of the traffic the decision sends.")
     note: str = ""
 
 
@@ -608,6 +631,12 @@ class RouteHost(Contract):
     state: str = Field(description="`ready`, `loading`, ... (`ModelState`).")
     in_pool: bool = Field(default=False, description="The model occupies the host's swap pool now.")
     planned: bool = Field(default=False, description="The current decision serves the model here.")
+    fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the model's requests the decision sends here.",
+    )
     preload_s: float | None = Field(
         default=None, description="Measured preload when not in GPU memory (RAM tier if cached)."
     )
@@ -625,6 +654,13 @@ class RouteModel(Contract):
     )
     target_level: str | None = None
     hosts: list[RouteHost] = Field(default_factory=list)
+    cloud_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share the decision sends to the cloud; None: no decision yet (route by "
+        "level and queue alone).",
+    )
     cloud_infer_s: float | None = Field(default=None, description="Measured on the cloud agent.")
 
 

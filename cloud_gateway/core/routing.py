@@ -1,11 +1,21 @@
 """Routing policy: for one request, the ordered list of backends to try.
 
-Order (DESIGN.md, issue 4): hosts where the model is resident, least loaded first (unless
-its queue would keep the request longer than the cloud would); then
-hosts where the decision serves it from the swap pool, when their expected delay (preload
-unless the pool already holds it, plus inference times the queue ahead) beats the cloud's;
-then the cloud. Hosts that failed a moment ago go last, so a dead host costs one failed
-connection, not one per request. Pure Python: no HTTP, no clock of its own.
+With a decision (the routing table gives each model's traffic split: a fraction per host
+and one for the cloud, DESIGN.md "The decision model"), the first backend is chosen in
+proportion to those fractions by smooth weighted round-robin (`genedge.weighted`), among
+the planned hosts that are ready and not suspect; a chosen host whose expected delay (its
+queue ahead times the measured inference, plus a preload when the pool does not hold the
+model) exceeds the cloud's goes behind the cloud: the live-queue correction of the plan.
+The rest follow as fallbacks: the other planned hosts that beat the cloud, the cloud, the
+slower ones, then unplanned hosts that hold the model.
+
+Without a decision yet (`cloud_fraction` is None), by level and queue alone: hosts where
+the model is resident, least loaded first (unless the queue would keep the request longer
+than the cloud would); then hosts whose swap pool holds it or where the decision serves it,
+when their expected delay beats the cloud's; then the cloud.
+
+Hosts that failed a moment ago go last, so a dead host costs one failed connection, not one
+per request. Pure Python: no HTTP, no clock of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from genedge.contract import CloudRoute, RouteModel, RoutingTable
+from genedge.contract import CloudRoute, RouteHost, RouteModel, RoutingTable
+from genedge.weighted import SmoothWeighted
 
 Route = Literal["resident", "pooled", "cloud"]
 _UNMEASURED_PRELOAD_S = 5.0  # a host that has not measured the model yet: assume slow
@@ -62,6 +73,7 @@ class Router:
         # a cloud agent that vanished from the table is most likely still there.
         self._seen: dict[str, tuple[RouteModel, float]] = {}
         self._clouds: dict[str, tuple[CloudRoute, float]] = {}
+        self._choosers: dict[str, SmoothWeighted[str | None]] = {}  # per model; None: cloud
 
     # ------------------------------------------------------------------ table
     def update(self, table: RoutingTable, fetched_at: float) -> None:
@@ -108,6 +120,95 @@ class Router:
         cloud = self._cloud_targets(model, entry)
         if entry is None:
             return cloud
+        if entry.cloud_fraction is None:
+            return self._by_level(entry, cloud, inflight, now)
+        return self._by_split(entry, cloud, inflight, now)
+
+    def _expected(self, h: RouteHost, inflight: Mapping[str, int]) -> float | None:
+        """Seconds until a request sent to `h` now would be answered: the queue ahead and
+        itself at the measured inference time, plus a preload unless the model is resident
+        or in the pool already. None when the host has not measured the model."""
+        if h.infer_s is None:
+            return None
+        queue = inflight.get(h.host, 0) + h.queued
+        preload = 0.0
+        if h.level != "resident" and not h.in_pool:
+            preload = h.preload_s if h.preload_s is not None else _UNMEASURED_PRELOAD_S
+        return preload + h.infer_s * (1 + queue)
+
+    def _target(self, h: RouteHost, expected: float | None) -> Target:
+        route: Route = "resident" if h.level == "resident" else "pooled"
+        return Target(h.host, h.url, route, expected, self.agent_key)
+
+    def _by_split(
+        self, entry: RouteModel, cloud: list[Target], inflight: Mapping[str, int], now: float
+    ) -> list[Target]:
+        cloud_s = self._cloud_expected(entry)
+        ready = [h for h in entry.hosts if h.state == "ready"]
+        planned = [h for h in ready if h.fraction > 0 and not self._is_suspect(h.host, now)]
+        weights: dict[str | None, float] = {h.host: h.fraction for h in planned}
+        if cloud:
+            weights[None] = entry.cloud_fraction or 0.0
+        chooser = self._choosers.setdefault(entry.model, SmoothWeighted())
+        pick = chooser.pick(weights)
+
+        def slower_than_cloud(expected: float | None) -> bool:
+            return (
+                bool(cloud)
+                and cloud_s is not None
+                and expected is not None
+                and (expected > cloud_s)
+            )
+
+        first: list[Target] = []
+        if pick is None and not planned:
+            pass  # nothing planned is reachable: fallbacks only
+        elif pick is None:
+            first = cloud
+        else:
+            h = next(x for x in planned if x.host == pick)
+            exp = self._expected(h, inflight)
+            if not slower_than_cloud(exp):
+                first = [self._target(h, exp)]
+        chosen = {t.backend for t in first}
+        edge: list[tuple[float, Target]] = []
+        behind: list[tuple[float, Target]] = []
+        for h in planned:
+            if h.host in chosen:
+                continue
+            exp = self._expected(h, inflight)
+            rank = exp if exp is not None else float("inf")
+            (behind if slower_than_cloud(exp) else edge).append((rank, self._target(h, exp)))
+        edge.sort(key=lambda p: (p[0], p[1].backend))
+        behind.sort(key=lambda p: (p[0], p[1].backend))
+        planned_ids = {h.host for h in planned}
+        unplanned = sorted(
+            (
+                h
+                for h in ready
+                if h.host not in planned_ids and (h.level == "resident" or h.in_pool)
+            ),
+            key=lambda h: (inflight.get(h.host, 0) + h.queued, h.host),
+        )
+        rest_cloud = [] if first is cloud else cloud
+        order = [
+            *first,
+            *(t for _, t in edge),
+            *rest_cloud,
+            *(t for _, t in behind),
+            *(self._target(h, self._expected(h, inflight)) for h in unplanned),
+        ]
+        fresh = [t for t in order if not self._is_suspect(t.backend, now)]
+        stale = [
+            self._target(h, self._expected(h, inflight))
+            for h in ready
+            if self._is_suspect(h.host, now)
+        ]
+        return fresh + stale
+
+    def _by_level(
+        self, entry: RouteModel, cloud: list[Target], inflight: Mapping[str, int], now: float
+    ) -> list[Target]:
         cloud_s = self._cloud_expected(entry)
 
         def load(h_host: str, h_queued: int) -> int:
@@ -121,19 +222,19 @@ class Router:
         for h in entry.hosts:
             if h.level == "resident" or h.state != "ready" or not (h.planned or h.in_pool):
                 continue
-            infer = h.infer_s if h.infer_s is not None else 0.0
-            preload = 0.0 if h.in_pool else (h.preload_s or _UNMEASURED_PRELOAD_S)
-            expected = preload + infer * (1 + load(h.host, h.queued))
+            expected = self._expected(h, inflight)
+            if expected is None:  # unmeasured: preload guess, no inference time
+                expected = 0.0 if h.in_pool else (h.preload_s or _UNMEASURED_PRELOAD_S)
             if cloud_s is None or not cloud or expected < cloud_s:
-                pooled.append((expected, Target(h.host, h.url, "pooled", expected, self.agent_key)))
+                pooled.append((expected, self._target(h, expected)))
         pooled.sort(key=lambda p: (p[0], p[1].backend))
         # A resident host whose queue would make the request wait longer than the cloud
         # takes goes after the cloud (still a fallback), as the simulator assumes.
         edge: list[Target] = []
         behind_cloud: list[Target] = []
         for h in resident:
-            wait = None if h.infer_s is None else h.infer_s * (1 + load(h.host, h.queued))
-            t = Target(h.host, h.url, "resident", wait, self.agent_key)
+            wait = self._expected(h, inflight)
+            t = self._target(h, wait)
             slower = bool(cloud) and cloud_s is not None and wait is not None and wait > cloud_s
             (behind_cloud if slower else edge).append(t)
         edge += [t for _, t in pooled]
