@@ -4,7 +4,7 @@
         [--img-dir DIR] [--measured PATH]
 
 Like the simulations of Liang et al. (GLOBECOM 2024), but each point is a *simulation*
-(`orchestrator.core.simulator`), not a one-shot cost: Poisson arrivals at the scenario's
+(`sim.simulator`), not a one-shot cost: Poisson arrivals at the scenario's
 rates are replayed slot by slot, every policy plans from rates it estimated from earlier
 slots (the orchestrator's estimator, primed with `HISTORY_SLOTS` slots of history), and
 requests are served with the edge agent's semantics. One parameter varies per experiment,
@@ -41,8 +41,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from bench.common import quiet_native_stdout  # noqa: E402
 from bench.replay import update_doc  # noqa: E402
 from orchestrator.core.placement import Instance  # noqa: E402
-from orchestrator.core.scenarios import MeasuredModel, load_measured, random_instance  # noqa: E402
-from orchestrator.core.simulator import (  # noqa: E402
+from sim.scenarios import MeasuredModel, load_measured, random_instance  # noqa: E402
+from sim.simulator import (  # noqa: E402
     HINDSIGHT,
     POLICIES,
     SimConfig,

@@ -2,7 +2,7 @@
 
     python bench/placement.py [--quick] [--json FILE] [--measured PATH] [--profiles DIR]
 
-Instances come from `orchestrator.core.scenarios.random_instance`: variants of the five
+Instances come from `sim.scenarios.random_instance`: variants of the five
 models measured on an H200 (`../shared/measured/h200-characterisation.json`, sizes and
 times perturbed by ±30%; plus any `ModelProfile` documents under `profiles/`), Zipf-like
 request rates, hosts of mixed GPU kinds with contended disk, RAM and compute. For each size
@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from bench.common import quiet_native_stdout  # noqa: E402
 from orchestrator.core.algorithms import ALGORITHMS, solve  # noqa: E402
 from orchestrator.core.placement import Decision, Instance, violations  # noqa: E402
-from orchestrator.core.scenarios import (  # noqa: E402
+from sim.scenarios import (  # noqa: E402
     MeasuredModel,
     load_measured,
     load_profiles,

@@ -1,4 +1,4 @@
-"""Replay a real serving trace through every placement policy (`orchestrator.core.simulator`).
+"""Replay a real serving trace through every placement policy (`sim.simulator`).
 
     python bench/replay.py --trace PATH --kind gentd26|azure-llm [--speedup X] [--sample P]
         [--load-latencies measured|trace] [--max-slots N] [--max-requests N] [--json FILE]
@@ -61,8 +61,8 @@ from orchestrator.core.placement import (  # noqa: E402
     Perf,
     Prices,
 )
-from orchestrator.core.scenarios import MeasuredModel, load_measured  # noqa: E402
-from orchestrator.core.simulator import (  # noqa: E402
+from sim.scenarios import MeasuredModel, load_measured  # noqa: E402
+from sim.simulator import (  # noqa: E402
     POLICIES,
     Request,
     SimConfig,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .placement import CloudSpec, HostSpec, Instance, ModelSpec, Perf, Prices
+from orchestrator.core.placement import CloudSpec, HostSpec, Instance, ModelSpec, Perf, Prices
 
 RAM_LOAD_OVERHEAD_S = 0.1
 

@@ -105,8 +105,8 @@ from typing import Final
 
 import numpy as np
 
-from .algorithms import ALGORITHMS, solve
-from .placement import (
+from orchestrator.core.algorithms import ALGORITHMS, solve
+from orchestrator.core.placement import (
     GB,
     CostBreakdown,
     HostSpec,
@@ -117,7 +117,7 @@ from .placement import (
     evaluate,
     violations,
 )
-from .rates import PoolStats, RateEstimator
+from orchestrator.core.rates import PoolStats, RateEstimator
 
 __all__ = [
     "HINDSIGHT",

@@ -38,7 +38,7 @@ from orchestrator.core.placement import (
     violations,
     with_option,
 )
-from orchestrator.core.scenarios import default_measured_path, load_measured, random_instance
+from sim.scenarios import default_measured_path, load_measured, random_instance
 
 G = int(GB)
 

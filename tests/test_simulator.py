@@ -1,4 +1,4 @@
-"""The trace simulator (`orchestrator.core.simulator`) and the replay readers (`bench/replay.py`).
+"""The trace simulator (`sim.simulator`) and the replay readers (`bench/replay.py`).
 
 A tiny scenario (one host, two models, round numbers) is worked out by hand for a fixed
 plan, for `lru` and with overflow; the rest checks properties: seeded determinism, GPU
@@ -27,8 +27,8 @@ from orchestrator.core.placement import (
     Perf,
     Prices,
 )
-from orchestrator.core.scenarios import MeasuredModel, random_instance
-from orchestrator.core.simulator import (
+from sim.scenarios import MeasuredModel, random_instance
+from sim.simulator import (
     HINDSIGHT,
     POLICIES,
     Request,

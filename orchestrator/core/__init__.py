@@ -8,6 +8,7 @@
   (`ALGORITHMS`, `solve`): `exact` (MILP), `mlds` (the default), `ga` and the baselines.
 - `compiled`: the instance as numpy arrays plus the incremental host state the fast
   algorithms share (an implementation detail of `algorithms`).
-- `scenarios`: random instances built from the measured H200 characterisation (for the
-  benchmark, tests and what-if planning).
+
+The simulator and the random scenarios built from measured models live in `sim/`
+(research tooling, not part of the service).
 """
