@@ -112,9 +112,9 @@ class Gateway:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.reporter is not None:  # the last counts, best effort
+        if self.reporter is not None:  # the last counts (after any unacknowledged batch)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reporter.flush(), 2.0)
+                await asyncio.wait_for(self.reporter.flush_all(), 2.0)
 
     # ------------------------------------------------------------------ access
     def admit(self, authorization: str | None, client_ip: str) -> None:

@@ -525,6 +525,14 @@ class ArrivalBatch(Contract):
 
     counts: dict[ModelId, Count] = Field(description="Requests per model in this batch.")
     source: str = Field(default="gateway", min_length=1, max_length=64, pattern=ID_PATTERN)
+    id: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The sender's id for this batch: a batch sent again with the same id "
+        "(a retry after a lost acknowledgement) is counted once.",
+    )
 
     @field_validator("counts")
     @classmethod

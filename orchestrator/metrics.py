@@ -34,6 +34,18 @@ class OrchestratorMetrics:
             registry=self.registry,
         )
 
+        self.arrivals = Gauge(
+            "genedge_orch_arrivals_total",
+            "Arrivals counted since start, per model some agent holds (all gateways summed).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.duplicates = Gauge(
+            "genedge_orch_arrival_batches_duplicate_total",
+            "Arrivals batches received again under an id already counted (retries, not counted).",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         o = self.orch
         self.agents_up.set(sum(1 for a in o.registry.agents() if a.status == "up"))
@@ -45,5 +57,10 @@ class OrchestratorMetrics:
         for m, r in o.rates.rates().items():
             if m in known:
                 self.rate.labels(m).set(r)
+        self.arrivals.clear()
+        for m, n in o.arrivals_counted.items():
+            if m in known:
+                self.arrivals.labels(m).set(n)
         self.other.set(o.unknown_arrivals)
+        self.duplicates.set(o.duplicate_batches)
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ from orchestrator.core.placement import (
     Prices,
 )
 from orchestrator.core.rates import PoolStats, RateEstimator
+from orchestrator.core.recent import RecentIds
 from orchestrator.core.reconcile import Command, plan_commands, settled_level
 from orchestrator.errors import InvalidRequest, NoHosts, NotFound
 from orchestrator.settings import OrchestratorSettings
@@ -63,6 +65,13 @@ def _terms(c: CostBreakdown) -> CostTerms:
     return CostTerms(
         delay=c.delay, resource=c.resource, cloud=c.cloud, transition=c.transition, total=c.total
     )
+
+
+@dataclass(frozen=True)
+class ArrivalResult:
+    counted: int  # under a model some agent holds
+    other: int  # under names no agent holds
+    duplicate: bool  # the batch id was counted already: nothing counted now
 
 
 @dataclass
@@ -104,6 +113,9 @@ class Orchestrator:
             self.restored_decision = saved[2]
         self.gateway_seen_at: float | None = None
         self.unknown_arrivals = 0  # requests for models no agent holds (the `_other` bucket)
+        self.batch_ids = RecentIds()  # arrivals batches counted, so a retry counts once
+        self.arrivals_counted: Counter[str] = Counter()  # per known model, since start
+        self.duplicate_batches = 0
         self.pending: list[Command] = []
         self._replan = asyncio.Event()
         self._trigger = "start"
@@ -199,23 +211,28 @@ class Orchestrator:
         are kept, planned and exported."""
         return {m["id"] for a in self.registry.agents() for m in self.registry.agent_models(a.id)}
 
-    def arrivals(self, batch: ArrivalBatch) -> int:
-        """Count a gateway's batch at the orchestrator's own clock. Names no agent holds go
-        to one `_other` tally (never stored, never a metric label). Returns how many were
-        counted under a known model."""
+    def arrivals(self, batch: ArrivalBatch) -> ArrivalResult:
+        """Count a gateway's batch at the orchestrator's own clock, once per batch id. Names
+        no agent holds go to one `_other` tally (never stored, never a metric label)."""
         now = self.clock()
         if batch.source == "gateway":
             self.gateway_seen_at = now
+        if batch.id is not None and not self.batch_ids.first_time(batch.id, now):
+            self.duplicate_batches += 1
+            log.debug("arrivals batch %s counted already (a retry)", batch.id)
+            return ArrivalResult(counted=0, other=0, duplicate=True)
         known = self.known_models()
-        counted = 0
+        counted = other = 0
         for model, n in batch.counts.items():
             if model not in known:
-                self.unknown_arrivals += n
+                other += n
             elif n:
                 self.rates.observe(model, n, now)
+                self.arrivals_counted[model] += n
                 counted += n
+        self.unknown_arrivals += other
         self._check_surges()
-        return counted
+        return ArrivalResult(counted=counted, other=other, duplicate=False)
 
     def _check_surges(self) -> None:
         surged = self.rates.check_surges()

@@ -214,7 +214,12 @@ async def test_arrivals_are_data_not_commands(tmp_path: Path) -> None:
         assert r.status_code == 422 and r.json()["error"]["field"] == "at"
         slot_before = orch.rates.slot_start
         r = await o.post("/v1/arrivals", json={"counts": {"tiny-llama": 3}}, headers=gw)
-        assert r.status_code == 202 and r.json() == {"accepted": 3, "counted": 3, "other": 0}
+        assert r.status_code == 202 and r.json() == {
+            "accepted": 3,
+            "counted": 3,
+            "other": 0,
+            "duplicate": False,
+        }
         assert orch.rates.slot_start == slot_before and orch.rates.counts_in_slot() == {
             "tiny-llama": 3
         }

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,8 +121,10 @@ class TablePoller:
 
 
 class ArrivalReporter:
-    """Sends the per-model request counts every `interval_s`; a failed batch is kept for
-    the next one."""
+    """Sends the per-model request counts every `interval_s`. Each batch has a random id;
+    a batch that fails is sent again as it was (same id, same counts) until it is
+    acknowledged, so one the orchestrator counted but whose answer was lost is counted
+    once; requests that arrive meanwhile wait for the next batch."""
 
     def __init__(
         self,
@@ -139,13 +142,16 @@ class ArrivalReporter:
         self.clock = clock
         self.interval_s = interval_s
         self.sent = 0
+        self.pending: ArrivalBatch | None = None  # sent, not yet acknowledged
 
     async def flush(self) -> bool:
-        counts = self.counter.take()
-        if not counts:
-            return True
-        # No time stamp: the orchestrator's own clock decides the slot (arrivals are data).
-        batch = ArrivalBatch(counts=counts, source="gateway")
+        if self.pending is None:
+            counts = self.counter.take()
+            if not counts:
+                return True
+            # No time stamp: the orchestrator's own clock decides the slot (arrivals are data).
+            self.pending = ArrivalBatch(counts=counts, source="gateway", id=uuid.uuid4().hex)
+        batch = self.pending
         try:
             async with self.http.post(
                 f"{self.url}/v1/arrivals",
@@ -161,6 +167,7 @@ class ArrivalReporter:
                         r.status,
                         (await r.text())[:300],
                     )
+                    self.pending = None
                     return False
                 if r.status in (401, 403):
                     log.warning(
@@ -170,11 +177,15 @@ class ArrivalReporter:
                     )
                 r.raise_for_status()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.counter.give_back(counts)
-            log.debug("arrivals not delivered (kept for the next batch): %s", exc)
+            log.debug("arrivals batch %s not acknowledged (sent again next): %s", batch.id, exc)
             return False
-        self.sent += sum(counts.values())
+        self.pending = None
+        self.sent += sum(batch.counts.values())
         return True
+
+    async def flush_all(self) -> bool:
+        """The unacknowledged batch, then what has been counted since (best effort)."""
+        return await self.flush() and await self.flush()
 
     async def run(self) -> None:
         while True:

@@ -40,7 +40,7 @@ class RateLimiter:
 
 class ArrivalCounter:
     """Requests per model since the last report. `take()` hands the counts out and clears
-    them; `give_back()` returns a batch that could not be delivered, so nothing is lost."""
+    them (the reporter keeps an undelivered batch and sends it again, so nothing is lost)."""
 
     def __init__(self, max_models: int = 10_000) -> None:
         self.max_models = max_models
@@ -57,10 +57,6 @@ class ArrivalCounter:
         out = dict(self._counts)
         self._counts.clear()
         return out
-
-    def give_back(self, counts: dict[str, int]) -> None:
-        for m, n in counts.items():
-            self.add(m, n)
 
     def pending(self) -> int:
         return sum(self._counts.values())

@@ -93,9 +93,13 @@ async def profiles(request: Request) -> dict[str, Any]:
 
 @router.post("/v1/arrivals", status_code=202, responses=ERRORS)
 async def arrivals(request: Request, body: ArrivalBatch) -> dict[str, Any]:
-    counted = _orch(request).arrivals(body)
-    total = sum(body.counts.values())
-    return {"accepted": total, "counted": counted, "other": total - counted}
+    res = _orch(request).arrivals(body)
+    return {
+        "accepted": sum(body.counts.values()),
+        "counted": res.counted,
+        "other": res.other,
+        "duplicate": res.duplicate,
+    }
 
 
 @router.get("/v1/placement", response_model=Placement)
