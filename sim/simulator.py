@@ -3,8 +3,9 @@
 `simulate(base, requests, policy)` plays one policy over a trace: every slot of
 `base.slot_s` seconds it plans with `algorithms.solve(policy, instance)` (the same decision
 core the orchestrator runs), carries the decision out on simulated hosts, then serves the
-slot's requests with the edge agent's semantics. `simulate_all` runs every policy of
-`POLICIES` on the same trace. Pure Python and numpy; deterministic for a seed.
+slot's requests with the edge agent's semantics, routed as the gateway routes them.
+`simulate_all` runs every policy of `POLICIES` on the same trace. Pure Python and numpy;
+deterministic for a seed.
 
 What a planning policy sees (never the slot it plans)
 -----------------------------------------------------
@@ -12,13 +13,41 @@ What a planning policy sees (never the slot it plans)
   arrivals of *earlier* slots only: the plan for slot t is made before any arrival of slot
   t is observed (`SlotRecord.planned_rates` keeps what each plan used). Requests stamped
   before the first slot are history: they train the estimator and are not served.
-- π (pool-miss probability): `rates.PoolStats` fed with the pool hits and misses the
-  simulated hosts saw in earlier slots (1 without evidence, the cost model's default).
+- π (pool-miss probability): when the decision core offers `placement.pool_miss_from`,
+  π of slot t comes from the previous slot's decision (which models share each pool and
+  the rates routed to them) on slot t's instance; otherwise (and for slot 0, and for custom
+  planners that return a bare assignment) `rates.PoolStats` fed with the pool hits and
+  misses the simulated hosts saw in earlier slots (1 without evidence, the cost model's
+  default).
 - `current`: the levels the previous slot's decision left on each host, plus, as level
   `stored`, every model still on a host's disk that the decision no longer places there
   (see "Disk retention": using it again costs no fetch).
 - `exact-hindsight` (`HINDSIGHT`), the yardstick, is the exact MILP given the *true* rates
   of the slot it plans (its arrival count / slot length); everything else is the same.
+
+Decisions: splits and levels
+----------------------------
+A decision (`Plan`, or the decision core's `Decision`) splits each model's traffic over
+options: fractions over the cloud and any number of (host, level) replicas, summing to 1
+(`split_of`; a decision without a split sends all of a model's traffic to its one option),
+and holds a level per (model, host) (`levels_of`; a replica may hold a level with no
+traffic). The simulator carries out the levels per host (below) and routes each request:
+
+Routing (the gateway's rule, `cloud_gateway/core/routing.py`)
+-------------------------------------------------------------
+- Per model, one smooth weighted round-robin chooser (`genedge.weighted.SmoothWeighted`, as
+  the gateway keeps one per model, across slots) picks, in arrival order, among the cloud
+  (its fraction) and the planned hosts (their fractions) where the model is *ready* at
+  the request's arrival (on disk; loaded, for a resident replica): a host still fetching
+  or loading it is left out of the pick, as the gateway skips hosts whose model state is
+  not `ready`. Nothing ready and no cloud fraction: the cloud.
+- Live-queue correction (`SimConfig.overflow`, on by default): a picked host that would
+  finish the request later than the cloud (its queue, pool content and the request's work
+  known exactly) goes behind the cloud: the request goes to the other ready planned host
+  that would finish it first if that beats the cloud, else to the cloud.
+- Overflow off: the pick is over every planned option (ready or not) and the request is
+  served there however long it waits (for a fetch or load, then in the host's queue).
+  The compute cap ρ_max is a planning constraint only.
 
 Serving (the edge agent's semantics)
 ------------------------------------
@@ -30,12 +59,6 @@ Serving (the edge agent's semantics)
   the previous pooled model (whose requests have drained: the server is sequential). That
   is a *switch*; a pool load is delay, as in the cost model (π·L is delay there too).
 - Cloud: latency T^wan + w·I^cloud_m, unlimited capacity, `cloud_per_request` each.
-- Overflow (`SimConfig.overflow`, on by default): the gateway sends a request to the cloud
-  when the cloud would finish it sooner than its edge host, given that host's queue, pool
-  content and transitions (the gateway's rule for pooled models in
-  `cloud_gateway/core/routing.py`, with exact queue knowledge, applied to every edge
-  request and to `lru` alike). Off, every request planned for the edge is served there
-  and queues however long. The compute cap ρ_max is a planning constraint only.
 
 Transitions at a slot boundary t0 (the orchestrator reconciles at once)
 -----------------------------------------------------------------------
@@ -45,10 +68,10 @@ Transitions at a slot boundary t0 (the orchestrator reconciles at once)
 - a model becoming resident pays one load (L^ram if it was cached there, else L^disk;
   charged load_weight·L, and it is a switch). The load starts when the model is on disk and
   the GPU memory it needs is free: when the residents and pool content the decision evicts
-  on that host have drained (their queued requests finished). **Choice: requests for a
-  model that is still being fetched or loaded wait** until it is ready (they become
-  eligible then; other models keep being served meanwhile), never to the pool; with
-  overflow on, the gateway sends them to the cloud when that finishes sooner.
+  on that host have drained (their queued requests finished). Until then the replica is
+  not ready: with overflow on its share goes to the model's other ready options (see
+  "Routing"); with overflow off its requests wait until it is ready (other models keep
+  being served meanwhile), never to the pool.
 - the pool keeps its content when that model stays pooled on the host, else it is emptied
   (after draining). Filling the RAM tier (cached) is free and instant, as in the cost model;
   evictions take no time.
@@ -62,11 +85,13 @@ Transitions at a slot boundary t0 (the orchestrator reconciles at once)
   are evictable, so every feasible decision can be carried out).
 - GPU memory is tracked as intervals (resident loads and pool contents, from load start to
   eviction) and `SimResult.peak_gpu_bytes` is the largest sum at any instant; the
-  decisions are feasible (`placement.violations`, checked every slot) and the order above
-  keeps the peak within each host's GPU memory.
+  decisions are feasible (checked every slot: `placement.violations` for a decision without
+  a split; for a split, fractions that sum to 1 over valid options, levels that match, and
+  each host's disk, RAM, GPU memory and compute cap over the split traffic) and the order
+  above keeps the peak within each host's GPU memory.
 
-`lru` (no planning, true LRU semantics)
----------------------------------------
+`lru` and `keep-alive` (no planning, per-request loading)
+---------------------------------------------------------
 The planner form of `lru` in `algorithms.py` can only say "pooled from disk", which is a
 single-model pool, not an LRU cache. The simulator therefore serves `lru` directly, like
 Ollama or Ray Serve model multiplexing: every request goes to the edge if some host can hold
@@ -78,20 +103,31 @@ until it fits in GPU memory; a model not on disk is fetched on demand (from the 
 arrival), evicting least recently used models from disk (and from the GPU) until it fits;
 a victim leaves the GPU and the disk once its queued requests have finished, while the new
 download starts at once (so the disk, never the GPU, may briefly hold both).
-No RAM tier, no compute cap, no planning, no idle unloading (Ollama's keep_alive). Its
-resource cost is the time-average of the disk and GPU bytes it held over each slot, at the
-cost model's prices.
+No RAM tier, no compute cap, no planning, no idle unloading. With overflow on, a request
+goes to the cloud when the chosen host would finish it later than the cloud.
+
+`keep-alive` (`KEEP_ALIVE`) is Ollama's default scheduler on the same hosts, router and
+overflow: loads on demand as `lru`, but a model idle for `SimConfig.keep_alive_s` (300 s,
+Ollama's `OLLAMA_KEEP_ALIVE` of 5 minutes, counted from the end of its last request) is
+unloaded from the GPU, and at most `SimConfig.max_loaded_per_gpu` (3, Ollama's
+`OLLAMA_MAX_LOADED_MODELS` per GPU) are loaded at once; a 4th, or one that does not fit the
+GPU memory, evicts the least recently used. Idle unloading is checked at each request's
+arrival (and at the end, for the cost), with the unload stamped at the expiry itself.
+The resource cost of both is the time-average of the disk and GPU bytes held over each
+slot, at the cost model's prices.
 
 Cost (the cost model's units, seconds-equivalent; `placement.Prices`)
 ---------------------------------------------------------------------
 Per slot: delay = delay_weight·Σ latency of the slot's requests (queueing, waits for
-transitions, pool loads and inference included); resource = the decision's resource term
-(`placement.evaluate`: disk, RAM, resident VRAM and the pool region, for the slot) plus
-disk_per_GB·(bytes retained on disk beyond the decision; they change only at slot
+transitions, pool loads and inference included); resource = the bytes the decision holds
+for the slot at the cost model's prices (disk per model and host it places, RAM per cached
+copy, VRAM per resident copy and per host for its pool's largest member: the resource term
+of `placement.evaluate` for a decision without a split, every replica counted for a split)
+plus disk_per_GB·(bytes retained on disk beyond the decision; they change only at slot
 boundaries, so this is their time-average, as for `lru`: every byte on a disk is charged,
-whatever the policy); cloud =
-cloud_per_request·(cloud requests); transition = fetch and resident-load seconds weighted.
-Totals and request statistics count the slots from `SimConfig.warmup_slots` on.
+whatever the policy); cloud = cloud_per_request·(cloud requests); transition = fetch and
+resident-load seconds weighted. Totals and request statistics count the slots from
+`SimConfig.warmup_slots` on.
 """
 
 from __future__ import annotations
@@ -101,10 +137,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
+from genedge.weighted import SmoothWeighted
+from orchestrator.core import placement
 from orchestrator.core.algorithms import ALGORITHMS, solve
 from orchestrator.core.placement import (
     GB,
@@ -114,14 +152,15 @@ from orchestrator.core.placement import (
     Level,
     Option,
     Perf,
-    evaluate,
     violations,
 )
 from orchestrator.core.rates import PoolStats, RateEstimator
 
 __all__ = [
     "HINDSIGHT",
+    "KEEP_ALIVE",
     "POLICIES",
+    "Plan",
     "Planner",
     "Request",
     "SimConfig",
@@ -129,9 +168,11 @@ __all__ = [
     "SimulationError",
     "SlotRecord",
     "feasible_start",
+    "levels_of",
     "poisson_requests",
     "simulate",
     "simulate_all",
+    "split_of",
 ]
 
 HINDSIGHT: Final = "exact-hindsight"
@@ -139,11 +180,83 @@ HINDSIGHT: Final = "exact-hindsight"
 
 LRU: Final = "lru"
 
-POLICIES: Final[tuple[str, ...]] = (*ALGORITHMS, HINDSIGHT)
-"""Every policy `simulate` knows by name: the registered algorithms and the yardstick."""
+KEEP_ALIVE: Final = "keep-alive"
+"""Ollama's default scheduler: load on demand, unload after 5 idle minutes, 3 per GPU."""
 
-Planner = Callable[[Instance, int], Mapping[str, Option]]
-"""A custom policy: (instance of the slot, slot index) -> one option per model."""
+POLICIES: Final[tuple[str, ...]] = (*ALGORITHMS, KEEP_ALIVE, HINDSIGHT)
+"""Every policy `simulate` knows by name: the registered algorithms, `keep-alive` and the
+yardstick."""
+
+_SPLIT_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A decision as the simulator carries it out: per model the fraction of its traffic
+    each option gets (`split`, > 0, summing to 1), the level held per (model, host)
+    (`levels`, every host of the split included, replicas without traffic allowed) and the
+    one-option view (`assignment`: each model's heaviest option). `source` is the
+    decision object it was read from (a `Decision`), if any."""
+
+    split: Mapping[str, Mapping[Option, float]]
+    levels: Mapping[tuple[str, str], str]
+    assignment: Mapping[str, Option]
+    source: object | None = None
+
+    @classmethod
+    def of(cls, decision: object) -> Plan:
+        """A `Plan` from a `Plan`, a decision (anything with `.assignment`, optionally
+        `.split` and `.levels`) or a bare assignment (model -> option)."""
+        if isinstance(decision, Plan):
+            return decision
+        if isinstance(decision, Mapping):
+            assignment = dict(decision)
+            split = {m: {o: 1.0} for m, o in assignment.items()}
+            return cls(split, _levels_of_split(split), assignment)
+        split = split_of(decision)
+        assignment = {m: max(fr, key=lambda o: (fr[o], str(o))) for m, fr in split.items()}
+        return cls(split, levels_of(decision), assignment, decision)
+
+    @property
+    def has_split(self) -> bool:
+        """True when some model's traffic goes to more than one option."""
+        return any(len(fr) > 1 for fr in self.split.values())
+
+    def on_host(self, host: str) -> dict[str, str]:
+        """Model -> level of what this decision holds on one host."""
+        return {m: level for (m, e), level in self.levels.items() if e == host}
+
+
+def split_of(decision: Any) -> dict[str, dict[Option, float]]:
+    """Model -> option -> fraction of a decision: its `split` when it has one, else each
+    model's one option of `assignment` at 1."""
+    split = getattr(decision, "split", None)
+    if split is not None:
+        return {m: {o: float(x) for o, x in fr.items() if x > 0.0} for m, fr in split.items()}
+    return {m: {o: 1.0} for m, o in decision.assignment.items()}
+
+
+def levels_of(decision: Any) -> dict[tuple[str, str], str]:
+    """(model, host) -> level a decision holds: its `levels` when it has them, else the
+    levels of its split's (or assignment's) edge options."""
+    levels = getattr(decision, "levels", None)
+    if levels is not None:
+        return dict(levels)
+    return _levels_of_split(split_of(decision))
+
+
+def _levels_of_split(split: Mapping[str, Mapping[Option, float]]) -> dict[tuple[str, str], str]:
+    return {
+        (m, o.host): o.level
+        for m, fr in split.items()
+        for o in fr
+        if o.host is not None and o.level is not None
+    }
+
+
+Planner = Callable[[Instance, int], "Mapping[str, Option] | Plan | Any"]
+"""A custom policy: (instance of the slot, slot index) -> one option per model, a `Plan`,
+or a decision object (`.assignment`, optionally `.split` and `.levels`)."""
 
 
 class SimulationError(RuntimeError):
@@ -166,10 +279,11 @@ class SimConfig:
 
     `start_s`: when slot 0 begins (default: the first request); earlier requests are
     history (estimator only). `n_slots`: how many slots to play (default: up to the last
-    request). `warmup_slots`: played but left out of the totals. `overflow`: the gateway
-    sends an edge request to the cloud when the cloud would finish it sooner (see the module
-    docstring). The estimator settings are
-    the orchestrator's defaults; `time_limit_s` bounds each solve; `seed + slot` seeds it.
+    request). `warmup_slots`: played but left out of the totals. `overflow`: the gateway's
+    live-queue correction and readiness rule (a request goes past a host that would finish
+    it later than the cloud; see the module docstring). The estimator settings are the
+    orchestrator's defaults; `time_limit_s` bounds each solve; `seed + slot` seeds it.
+    `keep_alive_s`, `max_loaded_per_gpu`: the `keep-alive` baseline's (Ollama's defaults).
     """
 
     start_s: float | None = None
@@ -182,11 +296,15 @@ class SimConfig:
     surge_factor: float = 3.0
     surge_min_count: int = 5
     pool_half_life_slots: float = 5.0
+    keep_alive_s: float = 300.0
+    max_loaded_per_gpu: int = 3
 
 
 @dataclass(frozen=True)
 class SlotRecord:
-    """One played slot: what the plan used, what came, what it cost."""
+    """One played slot: what the plan used, what came, what it cost, and where each
+    model's requests were served (`served`: model -> "cloud" or host id -> count).
+    `assignment` is each model's heaviest option, `split` the fractions (both as text)."""
 
     index: int
     start_s: float
@@ -195,6 +313,8 @@ class SlotRecord:
     arrivals: Mapping[str, int]
     cost: CostBreakdown
     assignment: Mapping[str, str]
+    split: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    served: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -274,7 +394,9 @@ def simulate(
             raise SimulationError(f"request for unknown model {r.model!r}")
     history, slots, start = _split_slots(reqs, base.slot_s, cfg)
     if policy == LRU:
-        return _LruSim(base, cfg, start).run(history, slots)
+        return _LruSim(base, cfg, start, LRU).run(history, slots)
+    if policy == KEEP_ALIVE:
+        return _LruSim(base, cfg, start, KEEP_ALIVE).run(history, slots)
     if isinstance(policy, str) and policy not in POLICIES:
         raise KeyError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
     return _PlannedSim(base, cfg, start, policy).run(history, slots)
@@ -420,11 +542,17 @@ class _Tally:
     pool_loads: int = 0
     resident_loads: int = 0
     bytes_fetched: int = 0
+    served: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def serve(self, latency: float, cloud: bool, delay_weight: float) -> None:
+    def serve(
+        self, latency: float, cloud: bool, delay_weight: float, model: str, where: str
+    ) -> None:
+        """One request served (`where`: a host id, or "cloud")."""
         self.latencies.append(latency)
         self.delay += delay_weight * latency
         self.cloud += cloud
+        per = self.served.setdefault(model, {})
+        per[where] = per.get(where, 0) + 1
 
 
 def _finish(
@@ -560,6 +688,10 @@ class _PlannedHost:
             del self.disk_ready[m]
             self.last_used.pop(m, None)
 
+    def is_ready(self, m: str, t: float) -> bool:
+        """Whether the model is held here and can be served at t (the gateway's `ready`)."""
+        return m in self.levels and self.eligible(m, t) <= t
+
     def eligible(self, m: str, t: float) -> float:
         """When a request for m arriving at t can be served (it waits for transitions)."""
         if self.levels[m] == Level.RESIDENT:
@@ -609,6 +741,8 @@ class _PlannedSim:
         self.model_ids = [m.id for m in base.models]
         self.estimator = self._estimator(start)
         self.pool = PoolStats(half_life_slots=cfg.pool_half_life_slots)
+        self.choosers: dict[str, SmoothWeighted[str | None]] = {}  # per model; None: cloud
+        self.previous: Plan | None = None
 
     def _estimator(self, first_slot: float) -> RateEstimator:
         """The orchestrator's estimator on a fake clock whose first slot starts then."""
@@ -637,16 +771,16 @@ class _PlannedSim:
             counted = k >= self.cfg.warmup_slots
             inst, planned = self._instance(t0, reqs)
             t_plan = time.perf_counter()
-            assignment = self._plan(inst, k)
+            plan = self._plan(inst, k)
             if counted:
                 plan_seconds += time.perf_counter() - t_plan
             tally = _Tally()
-            self._apply(assignment, t0, tally)
-            self._serve(reqs, assignment, tally)
-            # the decision's resource term, plus the disk bytes retained beyond it (held
+            self._apply(plan, t0, tally)
+            self._serve(reqs, plan, tally)
+            # the bytes the decision holds, plus the disk bytes retained beyond it (held
             # for the whole slot: they change only at slot boundaries)
             retained = sum(h.retained_bytes() for h in self.hosts.values())
-            resource = evaluate(inst, assignment).resource
+            resource = _resource(inst, plan.levels)
             resource += self.base.prices.disk_per_GB * retained / GB
             cost = CostBreakdown(
                 delay=tally.delay,
@@ -662,10 +796,13 @@ class _PlannedSim:
                     planned_rates=planned,
                     arrivals=_counts(reqs),
                     cost=cost,
-                    assignment={m: str(o) for m, o in assignment.items()},
+                    assignment={m: str(o) for m, o in plan.assignment.items()},
+                    split={m: {str(o): x for o, x in fr.items()} for m, fr in plan.split.items()},
+                    served=tally.served,
                 )
             )
             tallies.append(tally)
+            self.previous = plan
             for r in reqs:  # only now does the estimator learn this slot's arrivals
                 self.estimator.observe(r.model, 1, at=r.t)
         peaks = {e: round(h.gpu.peak()) for e, h in self.hosts.items()}
@@ -685,51 +822,76 @@ class _PlannedSim:
             current.update({(m, e): Level.STORED for m in h.retained()})
             current.update({(m, e): level for m, level in h.levels.items()})
         inst = replace(self.base, rates=rates, pool_miss=pool_miss, current=current)
+        derived = self._pool_miss_from_previous(inst)
+        if derived is not None:
+            inst = replace(inst, pool_miss=derived)
         return inst, rates
 
-    def _plan(self, inst: Instance, k: int) -> dict[str, Option]:
+    def _pool_miss_from_previous(self, inst: Instance) -> dict[tuple[str, str], float] | None:
+        """π from the previous slot's decision on this slot's instance, when the decision
+        core offers `placement.pool_miss_from` and that decision came from it."""
+        derive = getattr(placement, "pool_miss_from", None)
+        prev = self.previous
+        if derive is None or prev is None or prev.source is None:
+            return None
+        got = derive(inst, prev.source)
+        return {key: float(p) for key, p in got.items() if key in self.base.perf}
+
+    def _plan(self, inst: Instance, k: int) -> Plan:
         if callable(self.policy):
-            assignment = dict(self.policy(inst, k))
+            plan = Plan.of(self.policy(inst, k))
         else:
             name = "exact" if self.policy == HINDSIGHT else self.policy
             seed = self.cfg.seed + k
-            assignment = dict(
-                solve(name, inst, seed=seed, time_limit_s=self.cfg.time_limit_s).assignment
-            )
-        problems = violations(inst, assignment)
+            plan = Plan.of(solve(name, inst, seed=seed, time_limit_s=self.cfg.time_limit_s))
+        problems = _plan_problems(inst, plan)
         if problems:
             raise SimulationError(f"{self.name}: infeasible decision in slot {k}: {problems}")
-        return assignment
+        return plan
 
-    def _apply(self, assignment: Mapping[str, Option], t0: float, tally: _Tally) -> None:
-        per_host: dict[str, dict[str, str]] = {e: {} for e in self.hosts}
-        for m, o in assignment.items():
-            if o.host is not None and o.level is not None:
-                per_host[o.host][m] = o.level
+    def _apply(self, plan: Plan, t0: float, tally: _Tally) -> None:
         for e, host in self.hosts.items():
-            host.apply(per_host[e], t0, tally)
+            host.apply(plan.on_host(e), t0, tally)
 
-    def _serve(self, reqs: list[Request], assignment: Mapping[str, Option], tally: _Tally) -> None:
-        """Cloud requests at once; edge requests per host in order of eligibility."""
+    def _pick(self, r: Request, plan: Plan) -> str | None:
+        """The gateway's weighted pick for one request: a host id, or None (the cloud)."""
+        fractions = plan.split[r.model]
+        weights: dict[str | None, float] = {}
+        for o, x in fractions.items():
+            if o.host is None:
+                weights[None] = weights.get(None, 0.0) + x
+            elif not self.cfg.overflow or self.hosts[o.host].is_ready(r.model, r.t):
+                weights[o.host] = weights.get(o.host, 0.0) + x
+        weights.setdefault(None, 0.0)  # the cloud is always a backend (weight 0 if unplanned)
+        chooser = self.choosers.setdefault(r.model, SmoothWeighted())
+        return chooser.pick(weights)
+
+    def _serve(self, reqs: list[Request], plan: Plan, tally: _Tally) -> None:
+        """Every request picked in arrival order; cloud requests at once, edge requests per
+        host in order of eligibility, with the live-queue correction (overflow on)."""
         w = self.base.prices.delay_weight
         queue: list[tuple[float, float, int, Request, str]] = []
         for i, r in enumerate(reqs):
-            o = assignment[r.model]
-            if o.host is None:
-                tally.serve(_cloud_latency(self.base, r), True, w)
+            e = self._pick(r, plan)
+            if e is None:
+                tally.serve(_cloud_latency(self.base, r), True, w, r.model, "cloud")
             else:
-                ready = self.hosts[o.host].eligible(r.model, r.t)
-                queue.append((ready, r.t, i, r, o.host))
+                ready = self.hosts[e].eligible(r.model, r.t)
+                queue.append((ready, r.t, i, r, e))
         queue.sort(key=lambda q: (q[0], q[1], q[2]))
         stats: dict[tuple[str, str], list[int]] = {}
         for ready, _, _, r, e in queue:
             host = self.hosts[e]
             cloud_s = _cloud_latency(self.base, r)
             if self.cfg.overflow and host.finish(r.model, ready, r.work) > r.t + cloud_s:
-                tally.serve(cloud_s, True, w)
-                continue
+                other = self._fastest_other(r, plan, e)
+                if other is None or other[0] > r.t + cloud_s:
+                    tally.serve(cloud_s, True, w, r.model, "cloud")
+                    continue
+                e, ready = other[1], other[2]
+                host = self.hosts[e]
             latency, hit = host.serve(r.model, r.t, ready, r.work)
-            tally.serve(latency, False, w)
+            tally.serve(latency, False, w, r.model, e)
             if hit is not None:
                 hm = stats.setdefault((r.model, e), [0, 0])
                 hm[0 if hit else 1] += 1
@@ -737,6 +899,99 @@ class _PlannedSim:
         self.pool.roll()
         for (m, e), (hits, misses) in sorted(stats.items()):
             self.pool.observe(m, e, hits, misses)
+
+    def _fastest_other(
+        self, r: Request, plan: Plan, picked: str
+    ) -> tuple[float, str, float] | None:
+        """(finish, host, ready) of the ready planned host other than `picked` that would
+        finish `r` first (ties by host id); None when there is none."""
+        best: tuple[float, str, float] | None = None
+        for o in plan.split[r.model]:
+            if o.host is None or o.host == picked:
+                continue
+            host = self.hosts[o.host]
+            if not host.is_ready(r.model, r.t):
+                continue
+            ready = host.eligible(r.model, r.t)
+            cand = (host.finish(r.model, ready, r.work), o.host, ready)
+            if best is None or cand[:2] < best[:2]:
+                best = cand
+        return best
+
+
+def _resource(inst: Instance, levels: Mapping[tuple[str, str], str]) -> float:
+    """The resource term of the bytes a decision holds for one slot (see the module
+    docstring): disk per placed copy, RAM per cached one, VRAM per resident one and per
+    host for its pool's largest member."""
+    pr = inst.prices
+    total = 0.0
+    pool: dict[str, int] = {}
+    for (m, e), level in levels.items():
+        size = inst.model(m).storage_bytes
+        vram = inst.perf[(m, e)].vram_bytes
+        total += pr.disk_per_GB * size / GB
+        if level == Level.CACHED:
+            total += pr.ram_per_GB * size / GB
+        if level == Level.RESIDENT:
+            total += pr.vram_per_GB * vram / GB
+        else:
+            pool[e] = max(pool.get(e, 0), vram)
+    return total + pr.vram_per_GB * sum(pool.values()) / GB
+
+
+def _plan_problems(inst: Instance, plan: Plan) -> list[str]:
+    """Why a plan cannot be carried out: `placement.violations` for a one-option decision;
+    for a split, its fractions, options and levels, and each host's capacities."""
+    if not plan.has_split and plan.levels == _levels_of_split(plan.split):
+        return violations(inst, plan.assignment)
+    problems: list[str] = []
+    known = {m.id for m in inst.models}
+    hosts = {h.id for h in inst.hosts}
+    for m in known - set(plan.split):
+        problems.append(f"model {m}: no split")
+    for (m, e), level in plan.levels.items():
+        if m not in known or e not in hosts or (m, e) not in inst.perf:
+            problems.append(f"model {m}: cannot be held on host {e}")
+        elif level not in Level.ALL:
+            problems.append(f"model {m}: unknown level {level!r} on host {e}")
+    for m, fractions in plan.split.items():
+        if m not in known:
+            problems.append(f"unknown model {m!r} in split")
+            continue
+        total = sum(fractions.values())
+        if abs(total - 1.0) > _SPLIT_TOL or any(x <= 0.0 for x in fractions.values()):
+            problems.append(f"model {m}: fractions {dict(fractions)} do not sum to 1")
+        for o in fractions:
+            if o.host is not None and plan.levels.get((m, o.host)) != o.level:
+                problems.append(f"model {m}: option {o} but level {plan.levels.get((m, o.host))}")
+    if problems:
+        return problems
+    use = {e: [0.0, 0.0, 0.0, 0.0, 0.0] for e in hosts}  # disk, ram, resident, pool, compute
+    for (m, e), level in plan.levels.items():
+        size = inst.model(m).storage_bytes
+        perf = inst.perf[(m, e)]
+        u = use[e]
+        u[0] += size
+        u[1] += size if level == Level.CACHED else 0
+        if level == Level.RESIDENT:
+            u[2] += perf.vram_bytes
+        else:
+            u[3] = max(u[3], perf.vram_bytes)
+    for m, fractions in plan.split.items():
+        for o, x in fractions.items():
+            if o.host is not None:
+                use[o.host][4] += x * inst.requests(m) * inst.perf[(m, o.host)].infer_s
+    for h in inst.hosts:
+        disk, ram, resident, pool, compute = use[h.id]
+        if _over_cap(disk, h.disk_bytes):
+            problems.append(f"host {h.id}: disk {disk:.0f} > {h.disk_bytes} bytes")
+        if _over_cap(ram, h.ram_bytes):
+            problems.append(f"host {h.id}: RAM {ram:.0f} > {h.ram_bytes} bytes")
+        if _over_cap(resident + pool, h.gpu_bytes):
+            problems.append(f"host {h.id}: GPU {resident + pool:.0f} > {h.gpu_bytes} bytes")
+        if _over_cap(compute, h.rho_max * inst.slot_s):
+            problems.append(f"host {h.id}: compute {compute:.6g} s > {h.rho_max * inst.slot_s} s")
+    return problems
 
 
 def _counts(reqs: Iterable[Request]) -> dict[str, int]:
@@ -752,11 +1007,22 @@ def _counts(reqs: Iterable[Request]) -> dict[str, int]:
 
 
 class _LruHost:
-    """A host caching models LRU in GPU memory and on disk."""
+    """A host caching models LRU in GPU memory and on disk. `max_loaded` bounds how many
+    models are loaded at once, `keep_alive_s` unloads a model idle that long (`keep-alive`;
+    `lru` has neither)."""
 
-    def __init__(self, spec: HostSpec, base: Instance, start: float) -> None:
+    def __init__(
+        self,
+        spec: HostSpec,
+        base: Instance,
+        start: float,
+        max_loaded: int | None = None,
+        keep_alive_s: float | None = None,
+    ) -> None:
         self.spec = spec
         self.base = base
+        self.max_loaded = max_loaded
+        self.keep_alive_s = keep_alive_s
         self.busy_until = start
         self.gpu: OrderedDict[str, int] = OrderedDict()  # model -> ledger handle, LRU first
         self.disk: OrderedDict[str, int] = OrderedDict()
@@ -775,9 +1041,11 @@ class _LruHost:
                 self.disk_used += size
                 self.disk_ready[m] = start
                 h = self._perf(m).vram_bytes
-                if level == Level.RESIDENT and self.gpu_used + h <= spec.gpu_bytes:
+                full = max_loaded is not None and len(self.gpu) >= max_loaded
+                if level == Level.RESIDENT and self.gpu_used + h <= spec.gpu_bytes and not full:
                     self.gpu[m] = self.gpu_ledger.hold(start, h)
                     self.gpu_used += h
+                    self.last_done[m] = start
 
     def _perf(self, m: str) -> Perf:
         return self.base.perf[(m, self.spec.id)]
@@ -793,6 +1061,21 @@ class _LruHost:
     def _unload(self, m: str, at: float) -> None:
         self.gpu_ledger.release(self.gpu.pop(m), at)
         self.gpu_used -= self._perf(m).vram_bytes
+
+    def expire(self, t: float) -> None:
+        """Unload every model idle for `keep_alive_s` by t, at its expiry (keep-alive)."""
+        if self.keep_alive_s is None:
+            return
+        for m in list(self.gpu):
+            expiry = self.last_done.get(m, -math.inf) + self.keep_alive_s
+            if expiry <= t:
+                self._unload(m, expiry)
+
+    def _full(self, vram: int) -> bool:
+        """Whether loading a model of `vram` bytes needs an eviction first."""
+        if self.max_loaded is not None and len(self.gpu) >= self.max_loaded:
+            return True
+        return self.gpu_used + vram > self.spec.gpu_bytes
 
     def _fetch(self, m: str, t: float, tally: _Tally) -> None:
         size = self.base.model(m).storage_bytes
@@ -831,7 +1114,7 @@ class _LruHost:
         self.disk.move_to_end(m)
         begin = max(r.t, self.busy_until, self.disk_ready[m])
         if m not in self.gpu:
-            while self.gpu_used + perf.vram_bytes > self.spec.gpu_bytes:
+            while self.gpu and self._full(perf.vram_bytes):
                 self._unload(next(iter(self.gpu)), begin)
             self.gpu[m] = self.gpu_ledger.hold(begin, perf.vram_bytes)
             self.gpu_used += perf.vram_bytes
@@ -845,13 +1128,24 @@ class _LruHost:
 
 
 class _LruSim:
-    """`lru` over the slots: no planning, LRU caching on every host."""
+    """`lru` or `keep-alive` over the slots: no planning, load on demand on every host."""
 
-    def __init__(self, base: Instance, cfg: SimConfig, start: float) -> None:
+    def __init__(self, base: Instance, cfg: SimConfig, start: float, name: str) -> None:
         self.base = base
         self.cfg = cfg
         self.start = start
-        self.hosts = [_LruHost(h, base, start) for h in base.hosts]
+        self.name = name
+        keep = name == KEEP_ALIVE
+        self.hosts = [
+            _LruHost(
+                h,
+                base,
+                start,
+                max_loaded=cfg.max_loaded_per_gpu if keep else None,
+                keep_alive_s=cfg.keep_alive_s if keep else None,
+            )
+            for h in base.hosts
+        ]
 
     def _pick(self, r: Request) -> _LruHost | None:
         """The host that would finish the request first (the first such host on ties);
@@ -866,13 +1160,18 @@ class _LruSim:
         for reqs in slots:
             tally = _Tally()
             for r in reqs:
+                for h in self.hosts:
+                    h.expire(r.t)
                 host = self._pick(r)
                 cloud_s = _cloud_latency(self.base, r)
                 if host is None or (self.cfg.overflow and host.expected_finish(r) > r.t + cloud_s):
-                    tally.serve(cloud_s, True, pr.delay_weight)
+                    tally.serve(cloud_s, True, pr.delay_weight, r.model, "cloud")
                 else:
-                    tally.serve(host.serve(r, tally), False, pr.delay_weight)
+                    latency = host.serve(r, tally)
+                    tally.serve(latency, False, pr.delay_weight, r.model, host.spec.id)
             tallies.append(tally)
+        for h in self.hosts:
+            h.expire(math.inf)
         records = []
         for k, (reqs, tally) in enumerate(zip(slots, tallies, strict=True)):
             t0 = self.start + k * tau
@@ -893,7 +1192,8 @@ class _LruSim:
                     arrivals=_counts(reqs),
                     cost=cost,
                     assignment={},
+                    served=tally.served,
                 )
             )
         peaks = {h.spec.id: round(h.gpu_ledger.peak()) for h in self.hosts}
-        return _finish(LRU, tallies, records, peaks, 0.0, self.cfg.warmup_slots)
+        return _finish(self.name, tallies, records, peaks, 0.0, self.cfg.warmup_slots)

@@ -33,11 +33,14 @@ from orchestrator.core.placement import (
     Perf,
     Prices,
     evaluate,
+    evaluate_split,
     explain,
     option_cost,
     violations,
+    violations_split,
     with_option,
 )
+from orchestrator.core.splitting import best_split
 from sim.scenarios import default_measured_path, load_measured, random_instance
 
 G = int(GB)
@@ -122,7 +125,7 @@ def exact_tolerance(cost: float) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inst=instances(), seed=st.integers(0, 3))
 def test_every_algorithm_is_feasible_reports_its_cost_and_never_beats_exact(
     inst: Instance, seed: int
@@ -130,9 +133,10 @@ def test_every_algorithm_is_feasible_reports_its_cost_and_never_beats_exact(
     decisions = {name: solve(name, inst, seed=seed) for name in ALGORITHMS}
     for name, d in decisions.items():
         assert d.algorithm == name
-        assert set(d.assignment) == {m.id for m in inst.models}
-        assert violations(inst, d.assignment) == [], name
-        assert same_cost(d.cost, evaluate(inst, d.assignment)), name
+        assert set(d.assignment) == set(d.split) == {m.id for m in inst.models}
+        # every split sums to 1 over valid options, and capacities hold over it
+        assert violations_split(inst, d.split, d.levels) == [], name
+        assert same_cost(d.cost, evaluate_split(inst, d.split, d.levels)), name
         assert d.seconds >= 0
     exact = decisions["exact"]
     if exact.optimal:
@@ -155,24 +159,27 @@ def test_mlds_large_instance_mode_is_feasible_and_never_beats_exact(
         mock.patch.object(algorithms, "_ALL_PAIRS_MAX_MODELS", 0),
     ):
         d = solve("mlds", inst, seed=seed)
-    assert violations(inst, d.assignment) == []
-    assert same_cost(d.cost, evaluate(inst, d.assignment))
+    assert violations_split(inst, d.split, d.levels) == []
+    assert same_cost(d.cost, evaluate_split(inst, d.split, d.levels))
     exact = solve("exact", inst)
     if exact.optimal:
         assert d.cost.total >= exact.cost.total - exact_tolerance(exact.cost.total)
     assert d.cost.total <= solve("cloud-only", inst).cost.total + 1e-9
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(inst=instances(max_models=4, max_hosts=2))
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inst=instances(max_models=2, max_hosts=2))
 def test_exact_matches_brute_force(inst: Instance) -> None:
-    """Enumerate every assignment of a tiny instance: the MILP finds the cheapest feasible."""
-    ids = [m.id for m in inst.models]
+    """Enumerate every choice of levels of a tiny instance (none, stored, cached or resident
+    on every host), each with its optimal split (a linear programme): the MILP finds the
+    cheapest feasible."""
+    pairs = sorted(inst.perf)
     best = math.inf
-    for combo in itertools.product(*(inst.options(m) for m in ids)):
-        assignment = dict(zip(ids, combo, strict=True))
-        if not violations(inst, assignment):
-            best = min(best, evaluate(inst, assignment).total)
+    for combo in itertools.product(*([None, *Level.ALL] for _ in pairs)):
+        levels = {p: lv for p, lv in zip(pairs, combo, strict=True) if lv is not None}
+        plan = best_split(inst, levels)
+        if not violations_split(inst, plan.split, plan.levels):
+            best = min(best, plan.total)
     d = solve("exact", inst)
     assert d.optimal is True
     assert d.cost.total == pytest.approx(best, rel=1e-6, abs=1e-6)
@@ -194,7 +201,7 @@ def test_explain_is_consistent_with_evaluate_and_violations(
     cloud_row = rows[0]
     assert cloud_row.option == CLOUD and cloud_row.fits
     for r in rows:
-        assert close(r.total, r.delay + r.resource + r.cloud + r.transition)
+        assert close(r.total, r.delay + r.resource + r.cloud + r.transition + r.wait)
         assert close(r.breakdown.total, r.total)
         changed = with_option(assignment, [(model, r.option)])
         assert r.fits == (violations(inst, changed) == []), r
@@ -329,7 +336,7 @@ def test_each_capacity_binds(resource: str) -> None:
     problems = violations(inst, both)
     assert len(problems) == 1 and resource in problems[0], problems
     assert violations(inst, {"a": both["a"], "b": CLOUD}) == []
-    expected = {"cloud": 1, "stored": 0, "cached": 0, "resident": 0}
+    expected = {"cloud": 1, "stored": 0, "cached": 0, "resident": 0, "replicas": 0}
     expected[level] = 1
     for name in ("exact", "mlds", "ga"):
         d = solve(name, inst)

@@ -95,13 +95,26 @@ def test_hand_computed_fixed_plan() -> None:
 
 
 def test_hand_computed_overflow_to_cloud() -> None:
-    # A@0 would finish at 6 on the edge (waiting for A's load) but at 4.1 on the cloud;
-    # A@2 would finish at 6 on the edge, before 6.1 on the cloud: it stays.
+    # A is fetched 0-2 and loaded 2-5: not ready for A@0 nor A@2, so the gateway (which
+    # skips a host whose model is still loading) sends both to the cloud (4.1 s each);
+    # B, on disk from 1 s, is ready for B@1: a pool miss (2 s) and 2 s of work on the edge.
     r = simulate(tiny(), TRACE, fixed, SimConfig(overflow=True))
-    assert r.latencies[:3] == pytest.approx([4.0, 4.1, 4.0])
-    assert r.cloud_requests == 1
-    assert r.slots[0].cost.cloud == pytest.approx(0.5)
-    assert r.slots[0].cost.delay == pytest.approx(12.1)
+    assert r.latencies[:3] == pytest.approx([4.1, 4.1, 4.0])  # cloud ones served first
+    assert r.cloud_requests == 2
+    assert r.slots[0].served == {"A": {"cloud": 2}, "B": {"e": 1}}
+    assert r.slots[0].cost.cloud == pytest.approx(1.0)
+    assert r.slots[0].cost.delay == pytest.approx(12.2)
+
+
+def test_overflow_sends_a_request_past_a_long_queue() -> None:
+    # B resident and ready from the start; four B requests at once: the 3rd would finish
+    # at 6 > 5.1 on the cloud, so it goes there; so does the 4th.
+    start = replace(tiny(), current={("B", "e"): "resident"})
+    plan = {"A": CLOUD, "B": Option("e", "resident")}
+    reqs = [Request(0.0, "B") for _ in range(4)]
+    r = simulate(start, reqs, lambda i, k: plan, SimConfig(overflow=True, start_s=0.0))
+    assert sorted(r.latencies) == pytest.approx([2.0, 4.0, 5.1, 5.1])
+    assert r.slots[0].served == {"B": {"e": 2, "cloud": 2}}
 
 
 def test_hand_computed_lru() -> None:

@@ -45,10 +45,27 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from .compiled import CACHED, RESIDENT, STORED, Compiled, IntArray, State
-from .placement import GB, Decision, Instance, evaluate, violations
+from .placement import (
+    GB,
+    Decision,
+    Instance,
+    Level,
+    Option,
+    evaluate_split,
+    holding_cost,
+    marginal_wait_price,
+    per_request_cost,
+    primary_of,
+    violations_split,
+)
+from .queueing import INTERCEPTS, SLOPES, wait_scale
+from .splitting import SplitPlan, add_replicas, best_split, drop_levels, levels_of_options
 
-# An algorithm body: (instance, arrays, seed, time limit) -> (options, optimal, notes).
-Body = Callable[[Instance, Compiled, int, float], tuple[IntArray, bool | None, list[str]]]
+# An algorithm body: (instance, arrays, seed, time limit) -> (answer, optimal, notes); the
+# answer is one option per model (the discrete stage: `_as_plan` chooses its fractions) or
+# a `SplitPlan` the body has split itself.
+Answer = IntArray | SplitPlan
+Body = Callable[[Instance, Compiled, int, float], tuple[Answer, bool | None, list[str]]]
 
 
 @dataclass(frozen=True)
@@ -64,20 +81,20 @@ class Algorithm:
     ) -> Decision:
         t0 = time.perf_counter()
         cm = Compiled(instance)
-        opt, optimal, notes = self.body(instance, cm, seed, time_limit_s)
-        opt, fixes = _make_feasible(instance, cm, opt)
+        answer, optimal, notes = self.body(instance, cm, seed, time_limit_s)
+        plan, fixes = _feasible_plan(instance, cm, answer)
         if fixes:
             notes = [*notes, *fixes]
             optimal = False if optimal else optimal
-        assignment = cm.to_assignment(opt)
-        cost = evaluate(instance, assignment)
         return Decision(
-            assignment=assignment,
-            cost=cost,
+            assignment=primary_of(plan.split),
+            cost=plan.cost,
             algorithm=self.name,
             seconds=time.perf_counter() - t0,
             optimal=optimal,
             notes=notes,
+            split=plan.split,
+            levels=plan.levels,
         )
 
 
@@ -154,19 +171,34 @@ def _repair(
     return opt
 
 
-def _make_feasible(instance: Instance, cm: Compiled, opt: IntArray) -> tuple[IntArray, list[str]]:
-    """The last word on feasibility is `placement.violations`, not the arrays."""
-    problems = violations(instance, cm.to_assignment(opt))
-    if not problems:
-        return opt, []
+def _as_plan(instance: Instance, cm: Compiled, opt: IntArray) -> SplitPlan:
+    """The levels of a one-option answer with their best fractions (`splitting`)."""
+    return best_split(instance, levels_of_options(cm.to_assignment(opt)))
+
+
+def _feasible_plan(instance: Instance, cm: Compiled, answer: Answer) -> tuple[SplitPlan, list[str]]:
+    """The last word on feasibility is `placement.violations_split`, not the arrays: an
+    answer that breaks it is repaired on its levels (drop placements to the cloud)."""
+    if isinstance(answer, SplitPlan):
+        plan = answer
+        if not violations_split(instance, plan.split, plan.levels):
+            return plan, []
+        opt = cm.from_assignment(primary_of(plan.split))
+    else:
+        opt = answer
+        plan = _as_plan(instance, cm, opt)
+        if not violations_split(instance, plan.split, plan.levels):
+            return plan, []
+    problems = violations_split(instance, plan.split, plan.levels)
     fixed = _repair(cm, opt)
     moved = [cm.model_ids[m] for m in np.flatnonzero(fixed != opt)]
     notes = [f"infeasible answer repaired ({'; '.join(problems)}): moved to cloud: {moved}"]
-    if violations(instance, cm.to_assignment(fixed)):
-        # Cannot happen unless the arrays and `violations` disagree: all-cloud is safe.
+    plan = _as_plan(instance, cm, fixed)
+    if violations_split(instance, plan.split, plan.levels):
+        # Cannot happen unless the arrays and `violations_split` disagree: all-cloud is safe.
         notes.append("repair failed: all models on the cloud")
-        return cm.all_cloud(), notes
-    return fixed, notes
+        plan = _as_plan(instance, cm, cm.all_cloud())
+    return plan, notes
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,21 +208,46 @@ def _make_feasible(instance: Instance, cm: Compiled, opt: IntArray) -> tuple[Int
 
 def _exact(
     instance: Instance, cm: Compiled, seed: int, time_limit_s: float
-) -> tuple[IntArray, bool | None, list[str]]:
-    """The MILP over the options that fit an empty host (others can never be chosen).
+) -> tuple[Answer, bool | None, list[str]]:
+    """The MILP of the decision model v2 with HiGHS, over the levels that fit an empty host:
 
-    Rows are in GB and compute seconds, so HiGHS's feasibility tolerance (1e-7 on a row)
-    is 100 bytes or 0.1 µs; the answer is re-checked by `placement.violations` like every
-    other algorithm's (and repaired, with `optimal=False`, in the unlikely case it fails)."""
-    M, E, cloud = cm.M, cm.E, cm.cloud_k
-    var_m, var_k = np.nonzero(cm.fits_alone & np.isfinite(cm.cost))
-    nx = var_m.size
-    nv = nx + E
-    host_var = var_k < cloud
-    ve = np.where(host_var, var_k // 3, 0)
-    vl = var_k % 3
+        y_{m,e,ℓ} ∈ {0,1}  m held at ℓ on e        Σ_ℓ y_{m,e,ℓ} ≤ 1
+        x_{m,e,ℓ} ∈ [0,1]  share served there      x_{m,e,ℓ} ≤ y_{m,e,ℓ}
+        x_{m,c}   ∈ [0,1]  share on the cloud      x_{m,c} + Σ x_{m,e,ℓ} = 1
+        P_e ≥ h_{m,e}·(y_{m,e,stored} + y_{m,e,cached})             the pool
+        W_e ≥ a_k + b_k·ρ_e for every tangent k, ρ_e = Σ n·I·x / τ   the wait
+        disk, RAM, GPU (residents + P_e) on y; compute Σ n·I·x ≤ ρ_e·τ
+
+    minimising Σ holding·y + Σ n·c·x + p_vram·Σ P_e + w_d·Σ κ_e·W_e, which is
+    `placement.evaluate_split` term by term: `exact` is the optimum of the linearised model
+    that every algorithm is judged by. Rows are in GB and compute seconds (HiGHS's
+    feasibility tolerance of 1e-7 on a row is 100 bytes or 0.1 µs); the answer is re-checked
+    by `violations_split` like every other."""
+    E, tau = cm.E, instance.slot_s
+    pr = instance.prices
+    var_m, var_k = np.nonzero(cm.fits_alone[:, : 3 * E] & np.isfinite(cm.cost[:, : 3 * E]))
+    ny = var_m.size
+    M = cm.M
+    # variables: y (ny) | x (ny) | x_cloud (M) | P (E) | W (E)
+    ox, oc, op, ow = ny, 2 * ny, 2 * ny + M, 2 * ny + M + E
+    nv = ow + E
+    ve, vl = var_k // 3, var_k % 3
     s_gb = cm.s / GB
     h_gb = cm.h / GB
+    cost = np.zeros(nv)
+    busy = np.zeros(ny)
+    for j in range(ny):
+        m, e, level = cm.model_ids[var_m[j]], cm.host_ids[ve[j]], Level.ALL[vl[j]]
+        cost[j] = holding_cost(instance, m, e, level).total
+        per = per_request_cost(instance, m, Option(e, level))
+        cost[ox + j] = cm.n[var_m[j]] * (per.delay + per.cloud)
+        busy[j] = cm.n[var_m[j]] * instance.perf[(m, e)].infer_s
+    for i, m in enumerate(cm.model_ids):
+        per = per_request_cost(instance, m, Option(None, None))
+        cost[oc + i] = cm.n[i] * (per.delay + per.cloud)
+    cost[op : op + E] = cm.pool_price * GB
+    kappa = np.array([wait_scale(tau, h.service_scv) for h in instance.hosts])
+    cost[ow:] = pr.delay_weight * kappa
 
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
@@ -208,60 +265,94 @@ def _exact(
         ub.append(hi)
         n_rows += lo.size
 
-    xs = np.arange(nx)
-    hv = xs[host_var]
-    # one option per model
-    add(var_m, xs, np.ones(nx), np.ones(M), np.ones(M))
-    # disk, RAM, compute per host
-    add(ve[hv], hv, s_gb[var_m[hv]], np.full(E, -np.inf), cm.disk_cap / GB)
-    cv = hv[vl[hv] == CACHED]
-    add(ve[cv], cv, s_gb[var_m[cv]], np.full(E, -np.inf), cm.ram_cap / GB)
-    add(ve[hv], hv, cm.nI[var_m[hv], ve[hv]], np.full(E, -np.inf), cm.comp_cap)
+    ys = np.arange(ny)
+    inf_e = np.full(E, -np.inf)
+    # the shares of each model sum to 1
+    add(
+        np.concatenate([var_m, np.arange(M)]),
+        np.concatenate([ox + ys, oc + np.arange(M)]),
+        np.ones(ny + M),
+        np.ones(M),
+        np.ones(M),
+    )
+    # at most one level per (model, host); a share only where held
+    pair = var_m * E + ve
+    uniq, pair_row = np.unique(pair, return_inverse=True)
+    add(pair_row, ys, np.ones(ny), np.full(uniq.size, -np.inf), np.ones(uniq.size))
+    add(
+        np.concatenate([ys, ys]),
+        np.concatenate([ox + ys, ys]),
+        np.concatenate([np.ones(ny), -np.ones(ny)]),
+        np.full(ny, -np.inf),
+        np.zeros(ny),
+    )
+    # disk, RAM per host (on y), compute per host (on x)
+    add(ve, ys, s_gb[var_m], inf_e, cm.disk_cap / GB)
+    cv = ys[vl == CACHED]
+    add(ve[cv], cv, s_gb[var_m[cv]], inf_e, cm.ram_cap / GB)
+    add(ve, ox + ys, busy, inf_e, cm.comp_cap)
     # GPU: residents + P_e
-    rv = hv[vl[hv] == RESIDENT]
+    rv = ys[vl == RESIDENT]
     add(
         np.concatenate([ve[rv], np.arange(E)]),
-        np.concatenate([rv, nx + np.arange(E)]),
+        np.concatenate([rv, op + np.arange(E)]),
         np.concatenate([h_gb[var_m[rv], ve[rv]], np.ones(E)]),
-        np.full(E, -np.inf),
+        inf_e,
         cm.gpu_cap / GB,
     )
-    # pool: h·(x_stored + x_cached) − P_e ≤ 0, one row per (model, host) pair
-    pv = hv[vl[hv] != RESIDENT]
-    pair = var_m[pv] * E + ve[pv]
-    uniq, pair_row = np.unique(pair, return_inverse=True)
-    pe = uniq % E
+    # pool: h·(y_stored + y_cached) − P_e ≤ 0, one row per (model, host) pair
+    pv = ys[vl != RESIDENT]
+    ppair = var_m[pv] * E + ve[pv]
+    puniq, prow = np.unique(ppair, return_inverse=True)
     add(
-        np.concatenate([pair_row, np.arange(uniq.size)]),
-        np.concatenate([pv, nx + pe]),
-        np.concatenate([h_gb[var_m[pv], ve[pv]], -np.ones(uniq.size)]),
-        np.full(uniq.size, -np.inf),
-        np.zeros(uniq.size),
+        np.concatenate([prow, np.arange(puniq.size)]),
+        np.concatenate([pv, op + puniq % E]),
+        np.concatenate([h_gb[var_m[pv], ve[pv]], -np.ones(puniq.size)]),
+        np.full(puniq.size, -np.inf),
+        np.zeros(puniq.size),
     )
+    # wait: b_k·busy_e/τ − W_e ≤ −a_k for every tangent k ≥ 1 (k = 0 is W_e ≥ 0)
+    for k in range(1, len(SLOPES)):
+        add(
+            np.concatenate([ve, np.arange(E)]),
+            np.concatenate([ox + ys, ow + np.arange(E)]),
+            np.concatenate([SLOPES[k] * busy / tau, -np.ones(E)]),
+            inf_e,
+            np.full(E, -INTERCEPTS[k]),
+        )
     A = sparse.csr_array(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, nv)
     )
-    c = np.concatenate([cm.cost[var_m, var_k], np.full(E, cm.pool_price * GB)])
-    integrality = np.concatenate([np.ones(nx), np.zeros(E)])
-    bounds = Bounds(np.zeros(nv), np.concatenate([np.ones(nx), cm.gpu_cap / GB]))
+    integrality = np.concatenate([np.ones(ny), np.zeros(nv - ny)])
+    upper = np.concatenate([np.ones(2 * ny + M), cm.gpu_cap / GB, np.full(E, np.inf)])
     res = milp(
-        c,
+        cost,
         constraints=LinearConstraint(A, np.concatenate(lb), np.concatenate(ub)),
         integrality=integrality,
-        bounds=bounds,
+        bounds=Bounds(np.zeros(nv), upper),
         options={"time_limit": float(time_limit_s), "mip_rel_gap": 1e-7},
     )
     if res.x is None:
-        opt, _, notes = _mlds(instance, cm, seed, min(time_limit_s, 10.0))
-        return opt, False, [f"MILP gave no solution ({res.message}); mlds answer", *notes]
-    # each model takes its variable with the largest value (1 up to HiGHS's tolerance);
-    # var_m is sorted, and every model has its cloud variable
-    order = np.lexsort((res.x[:nx], var_m))
-    last = np.append(np.flatnonzero(np.diff(var_m[order])), nx - 1)
-    opt = cm.all_cloud()
-    opt[var_m[order[last]]] = var_k[order[last]]
+        plan, _, notes = _mlds(instance, cm, seed, min(time_limit_s, 10.0))
+        return plan, False, [f"MILP gave no solution ({res.message}); mlds answer", *notes]
+    held = np.flatnonzero(res.x[:ny] > 0.5)
+    levels = {(cm.model_ids[var_m[j]], cm.host_ids[ve[j]]): Level.ALL[vl[j]] for j in held}
+    split: dict[str, dict[Option, float]] = {m: {} for m in cm.model_ids}
+    for j in held.tolist():
+        x = float(res.x[ox + j])
+        if x > 1e-7:
+            split[cm.model_ids[var_m[j]]][Option(cm.host_ids[ve[j]], Level.ALL[vl[j]])] = x
+    for i, m in enumerate(cm.model_ids):
+        x = float(res.x[oc + i])
+        if x > 1e-7 or not split[m]:
+            split[m][Option(None, None)] = max(x, 1e-7)
+        total = sum(split[m].values())
+        split[m] = {o: v / total for o, v in split[m].items()}
+    used = {(m, o.host) for m, fr in split.items() for o in fr if o.host is not None}
+    levels = {key: lv for key, lv in levels.items() if key in used}
+    plan = SplitPlan(split, levels, evaluate_split(instance, split, levels), {}, {})
     notes = [] if res.status == 0 else [f"MILP stopped: {res.message}"]
-    return opt, res.status == 0, notes
+    return plan, res.status == 0, notes
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,6 +478,58 @@ def _pair_search(state: State, small: bool, budget: int, deadline: float) -> tup
 
 
 def _mlds(
+    instance: Instance, cm: Compiled, seed: int, time_limit_s: float
+) -> tuple[Answer, bool | None, list[str]]:
+    """mlds on the split decision model: the discrete search (`_mlds_levels`) on the
+    one-option surrogate, its levels split optimally (`splitting.best_split`); then, with
+    each host's busy seconds priced at the marginal queueing wait of that split, the
+    discrete search again (`_WAIT_PRICE_ROUNDS` times, keeping the best split found); then
+    fractional moves (`splitting.add_replicas`: a second replica of a hot model where its
+    reduced cost says it pays, re-split, kept only if the total falls)."""
+    deadline = time.perf_counter() + time_limit_s
+    size = cm.M * cm.E
+    small = size <= _SMALL_SIZE
+    opt, _, notes = _mlds_levels(instance, cm, seed, time_limit_s)
+    best = best_split(instance, levels_of_options(cm.to_assignment(opt)))
+    for r in range(_WAIT_PRICE_ROUNDS if small else 1):
+        if time.perf_counter() >= deadline:
+            break
+        price = _busy_prices(instance, best)
+        if not price.any():
+            break
+        priced = Compiled(instance, compute_price=price)
+        left = max(0.05, deadline - time.perf_counter())
+        opt, _, more = _mlds_levels(instance, priced, seed + 1 + r, left)
+        notes = [*notes, *more]
+        trial = best_split(instance, levels_of_options(priced.to_assignment(opt)))
+        if trial.total < best.total - 1e-9 * max(1.0, abs(best.total)):
+            best = trial
+    rounds, trials = (_REPLICA_ROUNDS, _REPLICA_TRIALS) if small else (2, 4)
+    best, _ = add_replicas(instance, best, rounds=rounds, trials=trials, deadline=deadline)
+    if small:
+        best = drop_levels(instance, best, deadline=deadline)
+    cloud = best_split(instance, {})
+    if cloud.total < best.total:
+        best = cloud
+    return best, None, notes
+
+
+_WAIT_PRICE_ROUNDS = 2  # discrete searches with busy seconds priced, small instances
+_REPLICA_ROUNDS = 6  # replicas added at most (each re-solves up to _REPLICA_TRIALS splits)
+_REPLICA_TRIALS = 6
+
+
+def _busy_prices(instance: Instance, plan: SplitPlan) -> np.ndarray:
+    """Per host: the marginal queueing cost of a busy second under `plan`'s split."""
+    busy = {h.id: 0.0 for h in instance.hosts}
+    for m, fr in plan.split.items():
+        for o, x in fr.items():
+            if o.host is not None:
+                busy[o.host] += x * instance.requests(m) * instance.perf[(m, o.host)].infer_s
+    return np.array([marginal_wait_price(instance, h, busy[h.id]) for h in instance.hosts])
+
+
+def _mlds_levels(
     instance: Instance, cm: Compiled, seed: int, time_limit_s: float
 ) -> tuple[IntArray, bool | None, list[str]]:
     """Greedy from all-cloud, then single moves, pairwise moves and iterated local search.

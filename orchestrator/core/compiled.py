@@ -3,11 +3,23 @@
 Options are numbered per model: k = 3·e + ℓ for host index e and level index ℓ (0 stored,
 1 cached, 2 resident), and k = 3·E for the cloud (K = 3·E + 1 options). `Compiled.cost[m, k]`
 is the option's cost *without* the shared pool term (placement.option_cost), +inf where the
-model has no Perf on the host. `State` keeps per-host usage and the pool size P_e (with the
-top two pooled VRAM needs per host, so removing a model tells at once how far the pool
-shrinks) and prices moves of one model (`move_table`, vectorised over all models and
-options; `sub_table` for some models and hosts) or of two models at once (`pair_deltas`,
-and `pair_best` for the best of them in O(K)), exactly as `placement.evaluate` would.
+model has no Perf on the host.
+
+This is the *one-option surrogate* of the split decision model, the discrete stage of the
+algorithms (`splitting` then chooses the fractions for the levels found here): an edge
+option serves at most n_edge = min(n_m, ρ_e·τ/I_{m,e}) requests (what the host's compute cap
+allows the model alone) and the rest overflows to the cloud at the cloud's per-request
+cost, so a model hotter than one host is still placed at the edge for part of its traffic;
+its compute use is n_edge·I. With `compute_price` (per host, cost per busy second: the
+marginal queueing wait of a previous split, `placement.marginal_wait_price`) each edge
+option also pays for the busy seconds it adds, so the search sees queueing. Queueing
+itself, which is not separable per model, is left to `splitting`.
+
+`State` keeps per-host usage and the pool size P_e (with the top two pooled VRAM needs
+per host, so removing a model tells at once how far the pool shrinks) and prices moves of
+one model (`move_table`, vectorised over all models and options; `sub_table` for some
+models and hosts) or of two models at once (`pair_deltas`, and `pair_best` for the best of
+them in O(K)), exactly as the surrogate's total (`Compiled.total`) would.
 
 Float arithmetic here is only a guide: every algorithm re-checks its answer with
 `placement.violations` and reports `placement.evaluate`. Capacity checks here are slightly
@@ -35,7 +47,7 @@ _SLACK = 1e-11
 class Compiled:
     """Arrays of one instance (see the module docstring for the option numbering)."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: Instance, compute_price: FloatArray | None = None) -> None:
         self.instance = instance
         self.model_ids = [m.id for m in instance.models]
         self.host_ids = [h.id for h in instance.hosts]
@@ -80,9 +92,15 @@ class Compiled:
         for (m, e), level in instance.current.items():
             cur[midx[m], hidx[e]] = LEVELS.index(level)
         self.current = cur
-        self.nI = self.n[:, None] * infer
+        # The one-option surrogate of a split (see the module docstring): an edge option
+        # serves at most what fits the host's compute cap, the rest overflows to the cloud.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cap_n = np.where(infer > 0, self.comp_cap[None, :] / infer, np.inf)
+        n_edge = np.minimum(self.n[:, None], cap_n)
+        self.n_edge = n_edge
+        self.nI = n_edge * infer
 
-        n = self.n[:, None]
+        n = n_edge
         disk_res = pr.disk_per_GB * self.s / GB
         fetch = np.where(cur < 0, pr.fetch_weight * self.s[:, None] / backhaul[None, :], 0.0)
         load = np.where(cur == CACHED, l_ram, l_disk)
@@ -93,12 +111,14 @@ class Compiled:
         cost[:, :, RESIDENT] = n * infer * pr.delay_weight + pr.vram_per_GB * self.h / GB
         cost[:, :, RESIDENT] += np.where(cur == RESIDENT, 0.0, pr.load_weight * load)
         cost += (disk_res[:, None] + fetch)[:, :, None]
-        cost[~self.avail] = np.inf
         cloud_infer = np.array([instance.cloud_infer_s(m) for m in self.model_ids])
-        cloud = (
-            self.n * (instance.cloud.wan_rtt_s + cloud_infer) * pr.delay_weight
-            + self.n * pr.cloud_per_request
-        )
+        per_cloud = (instance.cloud.wan_rtt_s + cloud_infer) * pr.delay_weight
+        per_cloud += pr.cloud_per_request
+        cost += ((self.n[:, None] - n_edge) * per_cloud[:, None])[:, :, None]
+        if compute_price is not None:
+            cost += (self.nI * compute_price[None, :])[:, :, None]
+        cost[~self.avail] = np.inf
+        cloud = self.n * per_cloud
         self.cost = np.concatenate([cost.reshape(M, 3 * E), cloud[:, None]], axis=1)
         self.cost3 = self.cost[:, : 3 * E].reshape(M, E, 3)  # a view
         self.pool_price = pr.vram_per_GB / GB

@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final, Literal
 
+from .queueing import DEFAULT_SERVICE_SCV, linear_g, linear_g_slope, mg1_g, wait_scale
+
 GB: Final = 1e9
 """Bytes per GB in every price (decimal, like the disk and GPU vendors)."""
 
@@ -88,7 +90,9 @@ class HostSpec:
     """An edge host's capacities for placement.
 
     `gpu_bytes` is already net of any reserve; `rho_max` caps the fraction of the slot the
-    GPU spends on inference; `backhaul_Bps` is the bandwidth for fetching weights to the host.
+    GPU spends on inference; `backhaul_Bps` is the bandwidth for fetching weights to the host;
+    `service_scv` is c², the squared coefficient of variation of its service times, which
+    scales its queueing wait (`queueing`).
     """
 
     id: str
@@ -97,10 +101,13 @@ class HostSpec:
     gpu_bytes: int
     rho_max: float = 0.9
     backhaul_Bps: float = 1.25e9
+    service_scv: float = DEFAULT_SERVICE_SCV
 
     def __post_init__(self) -> None:
         if min(self.disk_bytes, self.ram_bytes, self.gpu_bytes) < 0:
             raise ValueError(f"host {self.id!r}: capacities must be >= 0")
+        if not 0.0 <= self.service_scv < math.inf:
+            raise ValueError(f"host {self.id!r}: service_scv must be finite and >= 0")
         if not 0.0 <= self.rho_max <= 1.0:
             raise ValueError(f"host {self.id!r}: rho_max must be in [0, 1]")
         if self.backhaul_Bps <= 0:
@@ -353,16 +360,19 @@ class Instance:
 
 @dataclass(frozen=True)
 class CostBreakdown:
-    """Cost of an assignment (or one option) split by term; `total` is their sum."""
+    """Cost of a decision (or one option) split by term; `total` is their sum. `delay` is
+    service (inference, pool switches, the cloud's round trip), `wait` the queueing at the
+    hosts (delay_weight·Σ_e κ_e·G(ρ_e), see `queueing`)."""
 
     delay: float = 0.0
     resource: float = 0.0
     cloud: float = 0.0
     transition: float = 0.0
+    wait: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.delay + self.resource + self.cloud + self.transition
+        return self.delay + self.resource + self.cloud + self.transition + self.wait
 
     def __add__(self, other: CostBreakdown) -> CostBreakdown:
         return CostBreakdown(
@@ -370,6 +380,7 @@ class CostBreakdown:
             self.resource + other.resource,
             self.cloud + other.cloud,
             self.transition + other.transition,
+            self.wait + other.wait,
         )
 
     def as_dict(self) -> dict[str, float]:
@@ -378,16 +389,49 @@ class CostBreakdown:
             "resource": self.resource,
             "cloud": self.cloud,
             "transition": self.transition,
+            "wait": self.wait,
             "total": self.total,
         }
 
 
+Split = Mapping[str, Mapping[Option, float]]
+"""Model -> option -> fraction of its requests (each model's fractions are > 0, sum to 1)."""
+
+Levels = Mapping[tuple[str, str], str]
+"""(model, host) -> the level held there (a replica may hold a level and serve nothing)."""
+
+
+def split_of_assignment(assignment: Mapping[str, Option]) -> dict[str, dict[Option, float]]:
+    """The split of a one-option decision: every model's traffic to its one option."""
+    return {m: {o: 1.0} for m, o in assignment.items()}
+
+
+def levels_of_split(split: Split) -> dict[tuple[str, str], str]:
+    """The levels a split's edge options name (no replica without traffic)."""
+    return {
+        (m, o.host): o.level
+        for m, fractions in split.items()
+        for o in fractions
+        if o.host is not None and o.level is not None
+    }
+
+
+def primary_of(split: Split) -> dict[str, Option]:
+    """Each model's heaviest option (ties: the edge before the cloud, then by name)."""
+    return {
+        m: max(fr, key=lambda o: (fr[o], o.host is not None, str(o))) for m, fr in split.items()
+    }
+
+
 @dataclass(frozen=True)
 class Decision:
-    """An algorithm's answer: one option per model, its cost, and how it was found.
+    """An algorithm's answer: per model a split of its traffic over options (`split`), the
+    level held per (model, host) (`levels`), its cost, and how it was found.
 
-    `optimal` is True only when the algorithm proved optimality (the `exact` MILP), False
-    when it knows it may not be optimal, None when it does not say.
+    `assignment` is each model's heaviest option (the one-option view, and the whole of a
+    decision that splits nothing). Built from an assignment alone, `split` and `levels`
+    follow from it. `optimal` is True only when the algorithm proved optimality (the
+    `exact` MILP), False when it knows it may not be optimal, None when it does not say.
     """
 
     assignment: Mapping[str, Option]
@@ -396,29 +440,54 @@ class Decision:
     seconds: float
     optimal: bool | None = None
     notes: list[str] = field(default_factory=list)
+    split: Split = field(default_factory=dict)
+    levels: Levels = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.split:
+            object.__setattr__(self, "split", split_of_assignment(self.assignment))
+        if not self.levels and not any(len(fr) > 1 for fr in self.split.values()):
+            object.__setattr__(self, "levels", levels_of_split(self.split))
+
+    @classmethod
+    def single(
+        cls, instance: Instance, assignment: Mapping[str, Option], algorithm: str = "given"
+    ) -> Decision:
+        """A one-option decision priced by `evaluate` (for hand-made assignments)."""
+        return cls(dict(assignment), evaluate(instance, assignment), algorithm, 0.0)
 
     def option(self, model_id: str) -> Option:
         return self.assignment[model_id]
 
+    def fractions(self, model_id: str) -> Mapping[Option, float]:
+        return self.split[model_id]
+
+    def cloud_fraction(self, model_id: str) -> float:
+        return float(self.split.get(model_id, {}).get(CLOUD, 0.0))
+
     def on_host(self, host_id: str) -> dict[str, str]:
-        """Model id -> level of the models placed on one host."""
-        return {
-            m: o.level
-            for m, o in self.assignment.items()
-            if o.host == host_id and o.level is not None
-        }
+        """Model id -> level of the models held on one host (serving or not)."""
+        return {m: level for (m, e), level in self.levels.items() if e == host_id}
 
     def counts(self) -> dict[str, int]:
-        """How many models take each option type: cloud, stored, cached, resident."""
+        """How many models take each option type (by their heaviest option): cloud,
+        stored, cached, resident; and `replicas`, the levels held beyond one per model."""
         out = {"cloud": 0, **{level: 0 for level in Level.ALL}}
         for o in self.assignment.values():
             out[o.level or "cloud"] += 1
+        held = {m for m, _ in self.levels}
+        out["replicas"] = len(self.levels) - len(held)
         return out
 
     def as_dict(self) -> dict[str, object]:
         return {
             "algorithm": self.algorithm,
             "assignment": {m: str(o) for m, o in sorted(self.assignment.items())},
+            "split": {
+                m: {str(o): x for o, x in sorted(fr.items(), key=lambda i: -i[1])}
+                for m, fr in sorted(self.split.items())
+                if len(fr) > 1
+            },
             "cost": self.cost.as_dict(),
             "seconds": self.seconds,
             "optimal": self.optimal,
@@ -431,7 +500,8 @@ class OptionCost:
     """One option of one model, priced against the rest of an assignment (`explain`).
 
     For a pooled option `resource` includes only the *growth* of the host's pool,
-    p_vram·max(0, h − P_e), with P_e the pool size set by the other pooled models.
+    p_vram·max(0, h − P_e), with P_e the pool size set by the other pooled models; `wait`
+    is the growth of the host's queueing wait when the model's traffic joins the others'.
     `fits` says whether the option satisfies every host constraint given the others;
     `reasons` says which ones it breaks.
     """
@@ -445,31 +515,29 @@ class OptionCost:
     reasons: tuple[str, ...] = ()
     chosen: bool = False
     pool_growth_bytes: int = 0
+    wait: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.delay + self.resource + self.cloud + self.transition
+        return self.delay + self.resource + self.cloud + self.transition + self.wait
 
     @property
     def breakdown(self) -> CostBreakdown:
-        return CostBreakdown(self.delay, self.resource, self.cloud, self.transition)
+        return CostBreakdown(self.delay, self.resource, self.cloud, self.transition, self.wait)
 
 
-def option_cost(instance: Instance, model_id: str, option: Option) -> CostBreakdown:
-    """Cost of one option of one model, *without* the shared pool term (see `evaluate`).
-
-    Raises ValueError when the model cannot take the option (no Perf on that host).
-    """
-    n = instance.requests(model_id)
+def per_request_cost(instance: Instance, model_id: str, option: Option) -> CostBreakdown:
+    """What one request of a model costs on an option, queueing aside: delay (inference,
+    the pool switch π·L for a pooled level, the round trip on the cloud) and the cloud's
+    price. Raises ValueError when the model has no Perf on the option's host."""
     pr = instance.prices
     if option.host is None:
-        delay = n * (instance.cloud.wan_rtt_s + instance.cloud_infer_s(model_id))
-        return CostBreakdown(delay=delay * pr.delay_weight, cloud=n * pr.cloud_per_request)
+        delay = instance.cloud.wan_rtt_s + instance.cloud_infer_s(model_id)
+        return CostBreakdown(delay=delay * pr.delay_weight, cloud=pr.cloud_per_request)
     key = (model_id, option.host)
     perf = instance.perf.get(key)
     if perf is None:
         raise ValueError(f"model {model_id!r} cannot run on host {option.host!r} (no Perf)")
-    size = instance.model(model_id).storage_bytes
     miss = instance.pool_miss.get(key, 1.0)
     if option.level == Level.RESIDENT:
         switch = 0.0
@@ -477,20 +545,48 @@ def option_cost(instance: Instance, model_id: str, option: Option) -> CostBreakd
         switch = miss * perf.load_disk_s
     else:
         switch = miss * perf.load_ram_s
-    delay = n * (perf.infer_s + switch) * pr.delay_weight
+    return CostBreakdown(delay=(perf.infer_s + switch) * pr.delay_weight)
+
+
+def holding_cost(instance: Instance, model_id: str, host_id: str, level: str) -> CostBreakdown:
+    """What holding a model at a level on a host costs for the slot, whatever traffic it
+    serves, without the shared pool term: resource (disk, RAM if cached, VRAM if resident)
+    and transition (fetch if not on the host's disk now, a load if it becomes resident)."""
+    pr = instance.prices
+    key = (model_id, host_id)
+    perf = instance.perf.get(key)
+    if perf is None:
+        raise ValueError(f"model {model_id!r} cannot run on host {host_id!r} (no Perf)")
+    size = instance.model(model_id).storage_bytes
     resource = pr.disk_per_GB * size / GB
-    if option.level == Level.CACHED:
+    if level == Level.CACHED:
         resource += pr.ram_per_GB * size / GB
-    elif option.level == Level.RESIDENT:
+    elif level == Level.RESIDENT:
         resource += pr.vram_per_GB * perf.vram_bytes / GB
     now = instance.current.get(key)
     transition = 0.0
     if now is None:
-        transition += pr.fetch_weight * size / instance.host(option.host).backhaul_Bps
-    if option.level == Level.RESIDENT and now != Level.RESIDENT:
+        transition += pr.fetch_weight * size / instance.host(host_id).backhaul_Bps
+    if level == Level.RESIDENT and now != Level.RESIDENT:
         load = perf.load_ram_s if now == Level.CACHED else perf.load_disk_s
         transition += pr.load_weight * load
-    return CostBreakdown(delay=delay, resource=resource, transition=transition)
+    return CostBreakdown(resource=resource, transition=transition)
+
+
+def _scaled(c: CostBreakdown, k: float) -> CostBreakdown:
+    return CostBreakdown(k * c.delay, k * c.resource, k * c.cloud, k * c.transition, k * c.wait)
+
+
+def option_cost(instance: Instance, model_id: str, option: Option) -> CostBreakdown:
+    """Cost of one option of one model taking all its traffic, *without* the shared pool
+    term and the queueing wait (see `evaluate`): n_m per-request costs plus the holding.
+
+    Raises ValueError when the model cannot take the option (no Perf on that host).
+    """
+    c = _scaled(per_request_cost(instance, model_id, option), instance.requests(model_id))
+    if option.host is None or option.level is None:
+        return c
+    return c + holding_cost(instance, model_id, option.host, option.level)
 
 
 @dataclass
@@ -563,19 +659,128 @@ def _host_problems(host: HostSpec, u: _HostUse, slot_s: float) -> list[str]:
     return out
 
 
-def violations(instance: Instance, assignment: Mapping[str, Option]) -> list[str]:
-    """Every broken constraint of an assignment, as readable lines; empty means feasible."""
-    problems = _check_options(instance, assignment)
+_SPLIT_TOL: Final = 1e-6
+"""How far a model's fractions may sum from 1 (solvers answer to about 1e-9)."""
+
+
+def _check_split(instance: Instance, split: Split, levels: Levels) -> list[str]:
+    problems: list[str] = []
+    models = {m.id for m in instance.models}
+    hosts = {h.id for h in instance.hosts}
+    for spec in instance.models:
+        if spec.id not in split:
+            problems.append(f"model {spec.id}: no option assigned")
+    for (m, e), level in levels.items():
+        if m not in models:
+            problems.append(f"unknown model {m!r} in levels")
+        elif e not in hosts:
+            problems.append(f"model {m}: unknown host {e!r}")
+        elif (m, e) not in instance.perf:
+            problems.append(f"model {m}: cannot run on host {e} (no Perf)")
+        elif level not in Level.ALL:
+            problems.append(f"model {m}: unknown level {level!r} on host {e}")
+    for m, fractions in split.items():
+        if m not in models:
+            problems.append(f"unknown model {m!r} in assignment")
+            continue
+        if any(not 0.0 <= x <= 1.0 + _SPLIT_TOL for x in fractions.values()):
+            problems.append(f"model {m}: a fraction outside [0, 1]")
+        elif abs(sum(fractions.values()) - 1.0) > _SPLIT_TOL:
+            problems.append(f"model {m}: fractions sum to {sum(fractions.values()):.9g}, not 1")
+        for o in fractions:
+            if o.host is None:
+                continue
+            if o.host not in hosts:
+                problems.append(f"model {m}: unknown host {o.host!r}")
+            elif (m, o.host) not in instance.perf:
+                problems.append(f"model {m}: cannot run on host {o.host} (no Perf)")
+            elif levels.get((m, o.host)) != o.level:
+                problems.append(
+                    f"model {m}: option {o} but level {levels.get((m, o.host))} held there"
+                )
+    return problems
+
+
+def _host_use_split(instance: Instance, split: Split, levels: Levels) -> dict[str, _HostUse]:
+    """Resource use per host of a *valid* split: memory from the levels held, compute from
+    the traffic each host serves."""
+    use = {h.id: _HostUse() for h in instance.hosts}
+    for (m, e), level in levels.items():
+        u = use[e]
+        perf = instance.perf[(m, e)]
+        size = instance.model(m).storage_bytes
+        u.disk += size
+        if level == Level.CACHED:
+            u.ram += size
+        if level == Level.RESIDENT:
+            u.resident += perf.vram_bytes
+        else:
+            u.pool = max(u.pool, perf.vram_bytes)
+    for m, fractions in split.items():
+        n = instance.requests(m)
+        for o, x in fractions.items():
+            if o.host is not None:
+                use[o.host].compute += x * n * instance.perf[(m, o.host)].infer_s
+    return use
+
+
+def violations_split(instance: Instance, split: Split, levels: Levels) -> list[str]:
+    """Every broken constraint of a split decision, as readable lines; empty: feasible."""
+    problems = _check_split(instance, split, levels)
     if problems:
         return problems
-    use = _host_use(instance, assignment)
+    use = _host_use_split(instance, split, levels)
     for h in instance.hosts:
         problems.extend(_host_problems(h, use[h.id], instance.slot_s))
     return problems
 
 
+def violations(instance: Instance, assignment: Mapping[str, Option]) -> list[str]:
+    """Every broken constraint of a one-option assignment; empty means feasible."""
+    problems = _check_options(instance, assignment)
+    if problems:
+        return problems
+    split = split_of_assignment(assignment)
+    return violations_split(instance, split, levels_of_split(split))
+
+
+def wait_cost(instance: Instance, host: HostSpec, busy_s: float) -> float:
+    """delay_weight·κ_e·G(ρ_e): the linearised queueing wait of a slot's requests on a
+    host busy `busy_s` seconds of the slot (`queueing`)."""
+    rho = busy_s / instance.slot_s
+    kappa = wait_scale(instance.slot_s, host.service_scv)
+    return instance.prices.delay_weight * kappa * linear_g(rho)
+
+
+def evaluate_split(instance: Instance, split: Split, levels: Levels) -> CostBreakdown:
+    """The cost of a split decision (the decision model v2):
+
+        Σ_m Σ_o x_{m,o}·n_m·(per-request cost of o)   delay and cloud
+      + Σ_{(m,e) held at ℓ} holding cost               resource and transition
+      + Σ_e p_vram·P_e                                  the pool, per host
+      + Σ_e w_d·κ_e·G(ρ_e)                             wait, ρ_e = Σ x·n·I / τ
+
+    Feasibility is not checked (see `violations_split`); a split that misses a model, names
+    an impossible option or an option whose level is not held raises ValueError."""
+    problems = _check_split(instance, split, levels)
+    if problems:
+        raise ValueError("; ".join(problems))
+    total = CostBreakdown()
+    for m, fractions in split.items():
+        n = instance.requests(m)
+        for o, x in fractions.items():
+            total = total + _scaled(per_request_cost(instance, m, o), x * n)
+    for (m, e), level in levels.items():
+        total = total + holding_cost(instance, m, e, level)
+    use = _host_use_split(instance, split, levels)
+    pool = sum(u.pool for u in use.values())
+    wait = sum(wait_cost(instance, h, use[h.id].compute) for h in instance.hosts)
+    return total + CostBreakdown(resource=instance.prices.vram_per_GB * pool / GB, wait=wait)
+
+
 def evaluate(instance: Instance, assignment: Mapping[str, Option]) -> CostBreakdown:
-    """The cost of an assignment: Σ option costs + p_vram·P_e per host (pooled sharing).
+    """The cost of a one-option assignment: `evaluate_split` of every model's traffic on
+    its one option (Σ option costs + p_vram·P_e per host + the hosts' queueing wait).
 
     Feasibility is not checked (see `violations`); an assignment that misses a model or
     names an impossible option raises ValueError.
@@ -583,11 +788,82 @@ def evaluate(instance: Instance, assignment: Mapping[str, Option]) -> CostBreakd
     problems = _check_options(instance, assignment)
     if problems:
         raise ValueError("; ".join(problems))
-    total = CostBreakdown()
-    for m in instance.models:
-        total = total + option_cost(instance, m.id, assignment[m.id])
-    pool = sum(u.pool for u in _host_use(instance, assignment).values())
-    return total + CostBreakdown(resource=instance.prices.vram_per_GB * pool / GB)
+    split = split_of_assignment(assignment)
+    return evaluate_split(instance, split, levels_of_split(split))
+
+
+def evaluate_decision(instance: Instance, decision: Decision) -> CostBreakdown:
+    return evaluate_split(instance, decision.split, decision.levels)
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    """What a split asks of one host in the slot: utilisation ρ, requests, and the expected
+    queueing wait per request on the linearised curve the decision is priced by
+    (`wait_s`) and on the true M/G/1 curve (`mg1_wait_s`, inf at ρ ≥ 1)."""
+
+    host: str
+    rho: float
+    requests: float
+    wait_s: float
+    mg1_wait_s: float
+
+
+def host_loads(instance: Instance, split: Split) -> dict[str, HostLoad]:
+    """Per host: its load under a (valid) split and the expected wait per request."""
+    busy = {h.id: 0.0 for h in instance.hosts}
+    reqs = {h.id: 0.0 for h in instance.hosts}
+    for m, fractions in split.items():
+        n = instance.requests(m)
+        for o, x in fractions.items():
+            if o.host is not None:
+                busy[o.host] += x * n * instance.perf[(m, o.host)].infer_s
+                reqs[o.host] += x * n
+    out = {}
+    for h in instance.hosts:
+        rho = busy[h.id] / instance.slot_s
+        kappa = wait_scale(instance.slot_s, h.service_scv)
+        r = reqs[h.id]
+        lin = kappa * linear_g(rho) / r if r > 0 else 0.0
+        true = kappa * mg1_g(rho) / r if r > 0 else 0.0
+        out[h.id] = HostLoad(h.id, rho, r, lin, true)
+    return out
+
+
+def marginal_wait_price(instance: Instance, host: HostSpec, busy_s: float) -> float:
+    """d(wait cost)/d(busy seconds) on a host busy `busy_s`: w_d·κ_e·G'(ρ)/τ, the slope of
+    the segment of G that ρ lies on (the right derivative at a knot)."""
+    kappa = wait_scale(instance.slot_s, host.service_scv)
+    slope = linear_g_slope(busy_s / instance.slot_s)
+    return instance.prices.delay_weight * kappa * slope / instance.slot_s
+
+
+def pool_miss_from(instance: Instance, decision: Decision) -> dict[tuple[str, str], float]:
+    """π_{m,e} for this slot's instance from a decision (normally the previous slot's):
+    which models share each host's pool and the rates the decision routes to them.
+
+    Approximation: the pool's requests interleave as independent Poisson streams, so a
+    request for pooled m on e finds another model loaded with probability
+    π = Λ_{e,−m} / (Λ_{e,−m} + λ_{m,e}), where λ_{m,e} = λ_m·x_{m,e} is the rate the
+    decision routes to m there (λ_m, all of its traffic, for a model not pooled on e by
+    that decision: the rate it would bring) and Λ_{e,−m} the rate it routes to the other
+    models pooled on e. The pool holds its last model until another is asked for, so a
+    model alone in a pool misses never (π = 0); without traffic π = 1 (no evidence). It
+    ignores that a switch's load time lengthens the busy period (a second-order effect
+    below ρ_max) and lags one decision behind a change of pool membership."""
+    pooled_rate: dict[str, dict[str, float]] = {h.id: {} for h in instance.hosts}
+    rates = {m.id: instance.rates.get(m.id, 0.0) for m in instance.models}
+    for (m, e), level in decision.levels.items():
+        if level in Level.POOLED and m in rates and e in pooled_rate:
+            x = float(decision.split.get(m, {}).get(Option(e, level), 0.0))
+            pooled_rate[e][m] = rates[m] * x
+    out: dict[tuple[str, str], float] = {}
+    for m, e in instance.perf:
+        pool = pooled_rate[e]
+        own = pool.get(m, rates[m])
+        others = sum(pool.values()) - pool.get(m, 0.0)
+        out[(m, e)] = others / (others + own) if own > 0 else 1.0
+    return out
 
 
 def explain(
@@ -595,9 +871,10 @@ def explain(
 ) -> list[OptionCost]:
     """Every option of one model priced against the rest of `assignment` (default all-cloud).
 
-    The rows are the cloud, then each host × level the model has a Perf for. A pooled
-    option's resource term is charged the marginal pool cost p_vram·max(0, h − P_e) where
-    P_e is the pool the *other* models need, so for the chosen option o*:
+    The rows are the cloud, then each host × level the model has a Perf for, each taking
+    all of the model's traffic. A pooled option's resource term is charged the marginal
+    pool cost p_vram·max(0, h − P_e) where P_e is the pool the *other* models need, and
+    every edge row the growth of its host's wait, so for the chosen option o*:
     evaluate(A).total − evaluate(A with m on the cloud).total == row(o*).total − row(cloud).total.
     """
     instance.model(model_id)  # KeyError for an unknown model
@@ -613,6 +890,7 @@ def explain(
     for option in instance.options(model_id):
         c = option_cost(instance, model_id, option)
         growth = 0
+        wait = 0.0
         reasons: list[str] = []
         if option.host is not None:
             host = instance.host(option.host)
@@ -628,6 +906,7 @@ def explain(
             )
             growth = with_m.pool - u.pool
             reasons = _host_problems(host, with_m, instance.slot_s)
+            wait = wait_cost(instance, host, with_m.compute) - wait_cost(instance, host, u.compute)
         rows.append(
             OptionCost(
                 option=option,
@@ -639,6 +918,7 @@ def explain(
                 reasons=tuple(reasons),
                 chosen=option == chosen,
                 pool_growth_bytes=growth,
+                wait=wait,
             )
         )
     return rows

@@ -1,0 +1,133 @@
+"""The decision model v2: split traffic, replicas of a hot model, the queueing wait, π from
+the pool's sharers. Hand-worked instances where splitting and a second replica are the
+optimum, checked against the MILP (`exact`) and the wait's closed form."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.core.algorithms import solve
+from orchestrator.core.placement import (
+    CLOUD,
+    CloudSpec,
+    Decision,
+    HostSpec,
+    Instance,
+    ModelSpec,
+    Option,
+    Perf,
+    evaluate_split,
+    host_loads,
+    pool_miss_from,
+    violations_split,
+)
+from orchestrator.core.queueing import linear_g, mg1_g
+from orchestrator.core.splitting import best_split
+
+G = 1_000_000_000
+
+
+def hot_instance(n_hosts: int, rate: float = 1.0) -> Instance:
+    """One model of 2 s per request at `rate` req/s: 120 busy seconds a 60 s slot, more
+    than one host's compute cap (0.9 · 60 = 54 s); the cloud takes 3 s + 80 ms."""
+    hosts = [HostSpec(f"h{i}", 100 * G, 100 * G, 40 * G, rho_max=0.9) for i in range(n_hosts)]
+    return Instance(
+        hosts=hosts,
+        models=[ModelSpec("hot", "text", 4 * G)],
+        perf={("hot", h.id): Perf(4 * G, 2.0, 0.5, 2.0) for h in hosts},
+        rates={"hot": rate},
+        cloud=CloudSpec(wan_rtt_s=0.08, infer_s={"hot": 3.0}),
+        current={("hot", h.id): "resident" for h in hosts},
+    )
+
+
+def test_a_model_hotter_than_a_host_is_split_between_the_edge_and_the_cloud() -> None:
+    inst = hot_instance(1)
+    for name in ("exact", "mlds"):
+        d = solve(name, inst)
+        fr = d.split["hot"]
+        assert violations_split(inst, d.split, d.levels) == []
+        assert sum(fr.values()) == pytest.approx(1.0)
+        assert 0 < fr[CLOUD] < 1 and fr[Option("h0", "resident")] > 0, (name, fr)
+        # the one-option model could only send it all to the cloud (compute cap)
+        assert d.cost.total < solve("cloud-only", inst).cost.total
+    assert solve("mlds", inst).cost.total == pytest.approx(solve("exact", inst).cost.total)
+
+
+def test_two_hosts_and_the_cloud_serve_a_model_no_host_can_carry() -> None:
+    inst = hot_instance(2)
+    exact = solve("exact", inst)
+    mlds = solve("mlds", inst)
+    for d in (exact, mlds):
+        fr = d.split["hot"]
+        assert set(fr) == {CLOUD, Option("h0", "resident"), Option("h1", "resident")}, fr
+        # identical hosts: the convex wait makes the balanced split optimal
+        assert fr[Option("h0", "resident")] == pytest.approx(fr[Option("h1", "resident")], 1e-4)
+        assert d.counts()["replicas"] == 1
+    assert mlds.cost.total == pytest.approx(exact.cost.total, rel=1e-6)
+    # one replica only is worse than two
+    one = best_split(inst, {("hot", "h0"): "resident"})
+    assert exact.cost.total < one.total
+
+
+def test_mlds_adds_a_replica_that_the_one_option_search_cannot_see() -> None:
+    # resident on h0, only on h1's disk: the replica on h1 is a fractional move
+    inst = hot_instance(2)
+    cold = Instance(
+        hosts=inst.hosts,
+        models=inst.models,
+        perf=inst.perf,
+        rates=inst.rates,
+        cloud=inst.cloud,
+        current={("hot", "h0"): "resident", ("hot", "h1"): "stored"},
+    )
+    d = solve("mlds", cold)
+    assert {o.host for o in d.split["hot"]} == {None, "h0", "h1"}
+    assert d.cost.total == pytest.approx(solve("exact", cold).cost.total, rel=1e-6)
+
+
+def test_the_wait_is_the_linearised_mg1_curve_and_counts_in_the_cost() -> None:
+    inst = hot_instance(1, rate=0.2)  # 24 busy seconds: ρ = 0.4, a breakpoint of G
+    split = {"hot": {Option("h0", "resident"): 1.0}}
+    levels = {("hot", "h0"): "resident"}
+    load = host_loads(inst, split)["h0"]
+    assert load.rho == pytest.approx(0.4)
+    assert linear_g(0.4) == pytest.approx(mg1_g(0.4))
+    # P-K with c² = 1: Wq = ρ/(1 − ρ)·E[S] = 0.4/0.6 · 2 s per request
+    assert load.wait_s == pytest.approx(0.4 / 0.6 * 2.0)
+    assert load.mg1_wait_s == pytest.approx(load.wait_s)
+    cost = evaluate_split(inst, split, levels)
+    assert cost.wait == pytest.approx(12 * 0.4 / 0.6 * 2.0)  # 12 requests in the slot
+    # G never exceeds the true curve (tangents: an outer approximation of the epigraph)
+    for r in [0.0, 0.13, 0.37, 0.61, 0.88, 0.93, 0.97]:
+        assert linear_g(r) <= mg1_g(r) + 1e-12
+
+
+def test_pool_miss_follows_the_models_sharing_the_pool_and_their_rates() -> None:
+    host = HostSpec("e", 100 * G, 100 * G, 40 * G)
+    models = [ModelSpec(m, "text", G) for m in ("a", "b", "c")]
+    inst = Instance(
+        hosts=[host],
+        models=models,
+        perf={(m.id, "e"): Perf(G, 2.0, 0.5, 1.0) for m in models},
+        rates={"a": 0.3, "b": 0.1, "c": 0.2},
+    )
+    split = {
+        "a": {Option("e", "stored"): 1.0},
+        "b": {Option("e", "cached"): 1.0},
+        "c": {CLOUD: 1.0},
+    }
+    d = Decision(
+        {m: next(iter(fr)) for m, fr in split.items()},
+        evaluate_split(inst, split, {("a", "e"): "stored", ("b", "e"): "cached"}),
+        "t",
+        0.0,
+        split=split,
+    )
+    pi = pool_miss_from(inst, d)
+    assert pi[("a", "e")] == pytest.approx(0.1 / 0.4)
+    assert pi[("b", "e")] == pytest.approx(0.3 / 0.4)
+    assert pi[("c", "e")] == pytest.approx(0.4 / 0.6)  # if it joined with all its traffic
+    alone = {"a": {Option("e", "stored"): 1.0}, "b": {CLOUD: 1.0}, "c": {CLOUD: 1.0}}
+    d1 = Decision({m: next(iter(fr)) for m, fr in alone.items()}, d.cost, "t", 0.0, split=alone)
+    assert pool_miss_from(inst, d1)[("a", "e")] == 0.0
