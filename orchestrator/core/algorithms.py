@@ -51,6 +51,7 @@ from .placement import (
     Instance,
     Level,
     Option,
+    busy_seconds,
     evaluate_split,
     holding_cost,
     marginal_wait_price,
@@ -521,11 +522,7 @@ _REPLICA_TRIALS = 6
 
 def _busy_prices(instance: Instance, plan: SplitPlan) -> np.ndarray:
     """Per host: the marginal queueing cost of a busy second under `plan`'s split."""
-    busy = {h.id: 0.0 for h in instance.hosts}
-    for m, fr in plan.split.items():
-        for o, x in fr.items():
-            if o.host is not None:
-                busy[o.host] += x * instance.requests(m) * instance.perf[(m, o.host)].infer_s
+    busy = busy_seconds(instance, plan.split)
     return np.array([marginal_wait_price(instance, h, busy[h.id]) for h in instance.hosts])
 
 

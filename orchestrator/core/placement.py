@@ -701,6 +701,17 @@ def _check_split(instance: Instance, split: Split, levels: Levels) -> list[str]:
     return problems
 
 
+def busy_seconds(instance: Instance, split: Split) -> dict[str, float]:
+    """Per host: the seconds of inference a (valid) split asks of it in the slot."""
+    busy = {h.id: 0.0 for h in instance.hosts}
+    for m, fractions in split.items():
+        n = instance.requests(m)
+        for o, x in fractions.items():
+            if o.host is not None:
+                busy[o.host] += x * n * instance.perf[(m, o.host)].infer_s
+    return busy
+
+
 def _host_use_split(instance: Instance, split: Split, levels: Levels) -> dict[str, _HostUse]:
     """Resource use per host of a *valid* split: memory from the levels held, compute from
     the traffic each host serves."""
@@ -716,11 +727,8 @@ def _host_use_split(instance: Instance, split: Split, levels: Levels) -> dict[st
             u.resident += perf.vram_bytes
         else:
             u.pool = max(u.pool, perf.vram_bytes)
-    for m, fractions in split.items():
-        n = instance.requests(m)
-        for o, x in fractions.items():
-            if o.host is not None:
-                use[o.host].compute += x * n * instance.perf[(m, o.host)].infer_s
+    for e, busy in busy_seconds(instance, split).items():
+        use[e].compute = busy
     return use
 
 
@@ -811,14 +819,12 @@ class HostLoad:
 
 def host_loads(instance: Instance, split: Split) -> dict[str, HostLoad]:
     """Per host: its load under a (valid) split and the expected wait per request."""
-    busy = {h.id: 0.0 for h in instance.hosts}
+    busy = busy_seconds(instance, split)
     reqs = {h.id: 0.0 for h in instance.hosts}
     for m, fractions in split.items():
-        n = instance.requests(m)
         for o, x in fractions.items():
             if o.host is not None:
-                busy[o.host] += x * n * instance.perf[(m, o.host)].infer_s
-                reqs[o.host] += x * n
+                reqs[o.host] += x * instance.requests(m)
     out = {}
     for h in instance.hosts:
         rho = busy[h.id] / instance.slot_s

@@ -43,6 +43,7 @@ from .placement import (
     Level,
     Levels,
     Option,
+    busy_seconds,
     evaluate_split,
     holding_cost,
     per_request_cost,
@@ -226,15 +227,10 @@ def add_replicas(
     programme for the `trials` most promising, and keep the best if it lowers the total.
     Returns the plan and how many replicas were added."""
     added = 0
-    loads: dict[str, float] = {}
     for _ in range(rounds):
         if time.perf_counter() >= deadline:
             break
-        loads = {h.id: 0.0 for h in instance.hosts}
-        for m, fr in plan.split.items():
-            for o, x in fr.items():
-                if o.host is not None:
-                    loads[o.host] += x * instance.requests(m) * instance.perf[(m, o.host)].infer_s
+        loads = busy_seconds(instance, plan.split)
         cands: list[tuple[float, str, str, str]] = []
         for (m, e), perf in instance.perf.items():
             n = instance.requests(m)
