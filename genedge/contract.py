@@ -555,10 +555,18 @@ class Share(Contract):
 
     host: str | None = Field(description="None: the cloud.")
     level: str | None
-    fraction: float = Field(ge=0, le=1)
+    fraction: float = Field(ge=0, le=1, description="Share of the requests it serves.")
     rate_rps: float = Field(ge=0)
     expected_wait_s: float = Field(
         default=0.0, ge=0, description="Expected queueing per request on the host (0: cloud)."
+    )
+    weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of the requests the gateway sends it: above `fraction` on a host "
+        "that passes the requests its queue would delay past the cloud on to the cloud; "
+        "None: `fraction`.",
     )
 
 

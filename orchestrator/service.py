@@ -27,7 +27,6 @@ from genedge.contract import (
     AgentRegistration,
     ArrivalBatch,
     CloudRoute,
-    CostTerms,
     Explanation,
     Heartbeat,
     OptionCostDoc,
@@ -37,11 +36,11 @@ from genedge.contract import (
     RouteModel,
     RoutingTable,
 )
+from orchestrator import views
 from orchestrator.adapters.registry import Registry
 from orchestrator.core import algorithms, describe, placement
 from orchestrator.core.placement import (
     CloudSpec,
-    CostBreakdown,
     Decision,
     HostSpec,
     Instance,
@@ -59,12 +58,6 @@ from orchestrator.settings import OrchestratorSettings
 log = logging.getLogger("orchestrator")
 
 _DEFAULT_INFER_S = 1.0
-
-
-def _terms(c: CostBreakdown) -> CostTerms:
-    return CostTerms(
-        delay=c.delay, resource=c.resource, cloud=c.cloud, transition=c.transition, total=c.total
-    )
 
 
 @dataclass(frozen=True)
@@ -439,11 +432,7 @@ class Orchestrator:
         if self._reconcile_task is not None and not self._reconcile_task.done():
             self._reconcile_task.cancel()
         assert self.last is not None
-        target = {
-            (m, o.host): o.level
-            for m, o in self.last.decision.assignment.items()
-            if o.host is not None and o.level is not None
-        }
+        target = dict(self.last.decision.levels)  # every replica, serving or kept
         cmds = plan_commands(target, self._actual())
         self.pending = list(cmds)  # visible at once in GET /v1/placement
         self._reconcile_task = asyncio.create_task(self._reconcile(cmds), name="reconcile")
@@ -512,6 +501,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ views
     def _placement_of(self, plan: LastPlan, actual: dict[tuple[str, str], str]) -> Placement:
         d, inst = plan.decision, plan.instance
+        view = views.decision_view(inst, d)
         entries = []
         for m in inst.models:
             o = d.assignment.get(m.id, placement.CLOUD)
@@ -523,8 +513,10 @@ class Orchestrator:
                     rate_rps=inst.rates.get(m.id, 0.0),
                     target_host=o.host,
                     target_level=o.level,
+                    split=view.shares.get(m.id, []),
+                    levels=view.levels.get(m.id, {}),
                     actual={h: lvl for (mid, h), lvl in actual.items() if mid == m.id},
-                    cost=_terms(cost),
+                    cost=views.terms(cost),
                     why=why,
                 )
             )
@@ -533,7 +525,7 @@ class Orchestrator:
             computed_at=plan.computed_at,
             seconds=d.seconds,
             optimal=d.optimal,
-            cost=_terms(d.cost),
+            cost=views.terms(d.cost),
             entries=entries,
             hosts=[h.id for h in inst.hosts],
             trigger=plan.trigger,
@@ -554,20 +546,23 @@ class Orchestrator:
         return self._placement_of(plan, self._actual())
 
     def explain(self, model_id: str) -> Explanation:
+        fractions: Mapping[Option, float] = {}
         if self.last is None:
             instance, _ = self.build_instance()
             assignment: Mapping[str, Option] = {}
         else:
             instance, assignment = self.last.instance, self.last.decision.assignment
+            fractions = self.last.decision.split.get(model_id, {})
         if model_id not in {m.id for m in instance.models}:
             raise NotFound(f"model {model_id!r} is on no live host")
         options = [
             OptionCostDoc(
                 host=oc.option.host,
                 level=oc.option.level,
-                cost=_terms(oc.breakdown),
+                cost=views.terms(oc.breakdown),
                 feasible=oc.fits,
                 chosen=oc.chosen if assignment else False,
+                fraction=float(fractions.get(oc.option, 0.0)),
                 note="; ".join(oc.reasons),
             )
             for oc in placement.explain(instance, model_id, assignment)
@@ -577,15 +572,14 @@ class Orchestrator:
         )
 
     # ------------------------------------------------------------------ routing
-    def _targets(self) -> tuple[dict[str, tuple[str | None, str | None]], float | None, str | None]:
-        """The decision's (host, level) per model, from the last plan or the restored one."""
+    def _targets(self) -> tuple[dict[str, views.ModelRoute], float | None, str | None]:
+        """The decision's route per model, from the last plan or the restored one."""
         if self.last is not None:
-            targets = {m: (o.host, o.level) for m, o in self.last.decision.assignment.items()}
-            return targets, self.last.computed_at, self.last.decision.algorithm
+            routes = views.routes_of_decision(self.last.instance, self.last.decision)
+            return routes, self.last.computed_at, self.last.decision.algorithm
         if self.restored_decision is not None:
             saved = Placement.model_validate(self.restored_decision)
-            targets = {e.model: (e.target_host, e.target_level) for e in saved.entries}
-            return targets, saved.computed_at, saved.algorithm
+            return views.routes_of_placement(saved), saved.computed_at, saved.algorithm
         return {}, None, None
 
     def routing_table(self) -> RoutingTable:
@@ -599,10 +593,14 @@ class Orchestrator:
             for m in self.registry.agent_models(a.id):
                 mid = m["id"]
                 entry = models.get(mid)
+                route = targets.get(mid)
                 if entry is None:
-                    host, level = targets.get(mid, (None, None))
                     entry = models[mid] = RouteModel(
-                        model=mid, kind=m.get("kind", "text"), target_host=host, target_level=level
+                        model=mid,
+                        kind=m.get("kind", "text"),
+                        target_host=route.target_host if route else None,
+                        target_level=route.target_level if route else None,
+                        cloud_fraction=route.cloud_weight if route else None,
                     )
                 level = settled_level(m.get("level", "stored"), int(m.get("host_ram_bytes", 0)))
                 if level not in ("stored", "cached", "resident"):
@@ -616,7 +614,8 @@ class Orchestrator:
                         level=level,
                         state=m.get("state", "ready"),
                         in_pool=pool_model == mid or m.get("level") == "pooled",
-                        planned=entry.target_host == a.id,
+                        planned=route is not None and route.host_weights.get(a.id, 0.0) > 0,
+                        fraction=min(1.0, route.host_weights.get(a.id, 0.0)) if route else 0.0,
                         preload_s=preload,
                         infer_s=p.get("generation_s"),
                         queued=int(m.get("in_flight", 0)) + int(m.get("queued", 0)),

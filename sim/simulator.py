@@ -37,7 +37,9 @@ Routing (the gateway's rule, `cloud_gateway/core/routing.py`)
 -------------------------------------------------------------
 - Per model, one smooth weighted round-robin chooser (`genedge.weighted.SmoothWeighted`, as
   the gateway keeps one per model, across slots) picks, in arrival order, among the cloud
-  (its fraction) and the planned hosts (their fractions) where the model is *ready* at
+  and the planned hosts, by the decision's routing weights (`placement.routing_weights`:
+  the split, with each share of a host that sheds scaled up by what it will pass on to
+  the cloud, as the orchestrator's routing table carries them) where the model is *ready* at
   the request's arrival (on disk; loaded, for a resident replica): a host still fetching
   or loading it is left out of the pick, as the gateway skips hosts whose model state is
   not `ready`. Nothing ready and no cloud fraction: the cloud.
@@ -85,9 +87,9 @@ Transitions at a slot boundary t0 (the orchestrator reconciles at once)
   are evictable, so every feasible decision can be carried out).
 - GPU memory is tracked as intervals (resident loads and pool contents, from load start to
   eviction) and `SimResult.peak_gpu_bytes` is the largest sum at any instant; the
-  decisions are feasible (checked every slot: `placement.violations` for a decision without
-  a split; for a split, fractions that sum to 1 over valid options, levels that match, and
-  each host's disk, RAM, GPU memory and compute cap over the split traffic) and the order
+  decisions are feasible (checked every slot by `placement.violations_split`: fractions
+  that sum to 1 over valid options, levels that match, and each host's disk, RAM, GPU
+  memory and compute cap over the split traffic) and the order
   above keeps the peak within each host's GPU memory.
 
 `lru` and `keep-alive` (no planning, per-request loading)
@@ -152,7 +154,10 @@ from orchestrator.core.placement import (
     Level,
     Option,
     Perf,
-    violations,
+    levels_of_split,
+    routing_weights,
+    split_of_assignment,
+    violations_split,
 )
 from orchestrator.core.rates import PoolStats, RateEstimator
 
@@ -187,8 +192,6 @@ POLICIES: Final[tuple[str, ...]] = (*ALGORITHMS, KEEP_ALIVE, HINDSIGHT)
 """Every policy `simulate` knows by name: the registered algorithms, `keep-alive` and the
 yardstick."""
 
-_SPLIT_TOL = 1e-6
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -202,6 +205,8 @@ class Plan:
     levels: Mapping[tuple[str, str], str]
     assignment: Mapping[str, Option]
     source: object | None = None
+    weights: Mapping[str, Mapping[Option, float]] | None = None
+    """What the gateway sends each option (`placement.routing_weights`); None: the split."""
 
     @classmethod
     def of(cls, decision: object) -> Plan:
@@ -211,8 +216,8 @@ class Plan:
             return decision
         if isinstance(decision, Mapping):
             assignment = dict(decision)
-            split = {m: {o: 1.0} for m, o in assignment.items()}
-            return cls(split, _levels_of_split(split), assignment)
+            split = split_of_assignment(assignment)
+            return cls(split, levels_of_split(split), assignment)
         split = split_of(decision)
         assignment = {m: max(fr, key=lambda o: (fr[o], str(o))) for m, fr in split.items()}
         return cls(split, levels_of(decision), assignment, decision)
@@ -233,7 +238,7 @@ def split_of(decision: Any) -> dict[str, dict[Option, float]]:
     split = getattr(decision, "split", None)
     if split is not None:
         return {m: {o: float(x) for o, x in fr.items() if x > 0.0} for m, fr in split.items()}
-    return {m: {o: 1.0} for m, o in decision.assignment.items()}
+    return split_of_assignment(decision.assignment)
 
 
 def levels_of(decision: Any) -> dict[tuple[str, str], str]:
@@ -242,16 +247,7 @@ def levels_of(decision: Any) -> dict[tuple[str, str], str]:
     levels = getattr(decision, "levels", None)
     if levels is not None:
         return dict(levels)
-    return _levels_of_split(split_of(decision))
-
-
-def _levels_of_split(split: Mapping[str, Mapping[Option, float]]) -> dict[tuple[str, str], str]:
-    return {
-        (m, o.host): o.level
-        for m, fr in split.items()
-        for o in fr
-        if o.host is not None and o.level is not None
-    }
+    return levels_of_split(split_of(decision))
 
 
 Planner = Callable[[Instance, int], "Mapping[str, Option] | Plan | Any"]
@@ -386,7 +382,9 @@ def simulate(
     the state at the start).
     """
     cfg = config or SimConfig()
-    base = replace(base, current=feasible_start(base))
+    # the hosts shed to the cloud exactly when the gateway's live-queue correction is on
+    cloud = replace(base.cloud, overflow=cfg.overflow)
+    base = replace(base, cloud=cloud, current=feasible_start(base))
     reqs = sorted(requests, key=lambda r: r.t)
     known = {m.id for m in base.models}
     for r in reqs:
@@ -844,10 +842,10 @@ class _PlannedSim:
             name = "exact" if self.policy == HINDSIGHT else self.policy
             seed = self.cfg.seed + k
             plan = Plan.of(solve(name, inst, seed=seed, time_limit_s=self.cfg.time_limit_s))
-        problems = _plan_problems(inst, plan)
+        problems = violations_split(inst, plan.split, plan.levels)
         if problems:
             raise SimulationError(f"{self.name}: infeasible decision in slot {k}: {problems}")
-        return plan
+        return replace(plan, weights=routing_weights(inst, plan.split))
 
     def _apply(self, plan: Plan, t0: float, tally: _Tally) -> None:
         for e, host in self.hosts.items():
@@ -855,7 +853,7 @@ class _PlannedSim:
 
     def _pick(self, r: Request, plan: Plan) -> str | None:
         """The gateway's weighted pick for one request: a host id, or None (the cloud)."""
-        fractions = plan.split[r.model]
+        fractions = (plan.weights or plan.split)[r.model]
         weights: dict[str | None, float] = {}
         for o, x in fractions.items():
             if o.host is None:
@@ -937,61 +935,6 @@ def _resource(inst: Instance, levels: Mapping[tuple[str, str], str]) -> float:
         else:
             pool[e] = max(pool.get(e, 0), vram)
     return total + pr.vram_per_GB * sum(pool.values()) / GB
-
-
-def _plan_problems(inst: Instance, plan: Plan) -> list[str]:
-    """Why a plan cannot be carried out: `placement.violations` for a one-option decision;
-    for a split, its fractions, options and levels, and each host's capacities."""
-    if not plan.has_split and plan.levels == _levels_of_split(plan.split):
-        return violations(inst, plan.assignment)
-    problems: list[str] = []
-    known = {m.id for m in inst.models}
-    hosts = {h.id for h in inst.hosts}
-    for m in known - set(plan.split):
-        problems.append(f"model {m}: no split")
-    for (m, e), level in plan.levels.items():
-        if m not in known or e not in hosts or (m, e) not in inst.perf:
-            problems.append(f"model {m}: cannot be held on host {e}")
-        elif level not in Level.ALL:
-            problems.append(f"model {m}: unknown level {level!r} on host {e}")
-    for m, fractions in plan.split.items():
-        if m not in known:
-            problems.append(f"unknown model {m!r} in split")
-            continue
-        total = sum(fractions.values())
-        if abs(total - 1.0) > _SPLIT_TOL or any(x <= 0.0 for x in fractions.values()):
-            problems.append(f"model {m}: fractions {dict(fractions)} do not sum to 1")
-        for o in fractions:
-            if o.host is not None and plan.levels.get((m, o.host)) != o.level:
-                problems.append(f"model {m}: option {o} but level {plan.levels.get((m, o.host))}")
-    if problems:
-        return problems
-    use = {e: [0.0, 0.0, 0.0, 0.0, 0.0] for e in hosts}  # disk, ram, resident, pool, compute
-    for (m, e), level in plan.levels.items():
-        size = inst.model(m).storage_bytes
-        perf = inst.perf[(m, e)]
-        u = use[e]
-        u[0] += size
-        u[1] += size if level == Level.CACHED else 0
-        if level == Level.RESIDENT:
-            u[2] += perf.vram_bytes
-        else:
-            u[3] = max(u[3], perf.vram_bytes)
-    for m, fractions in plan.split.items():
-        for o, x in fractions.items():
-            if o.host is not None:
-                use[o.host][4] += x * inst.requests(m) * inst.perf[(m, o.host)].infer_s
-    for h in inst.hosts:
-        disk, ram, resident, pool, compute = use[h.id]
-        if _over_cap(disk, h.disk_bytes):
-            problems.append(f"host {h.id}: disk {disk:.0f} > {h.disk_bytes} bytes")
-        if _over_cap(ram, h.ram_bytes):
-            problems.append(f"host {h.id}: RAM {ram:.0f} > {h.ram_bytes} bytes")
-        if _over_cap(resident + pool, h.gpu_bytes):
-            problems.append(f"host {h.id}: GPU {resident + pool:.0f} > {h.gpu_bytes} bytes")
-        if _over_cap(compute, h.rho_max * inst.slot_s):
-            problems.append(f"host {h.id}: compute {compute:.6g} s > {h.rho_max * inst.slot_s} s")
-    return problems
 
 
 def _counts(reqs: Iterable[Request]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.core import algorithms
@@ -192,6 +192,8 @@ def test_explain_is_consistent_with_evaluate_and_violations(
 ) -> None:
     # a random feasible assignment to explain against
     assignment = solve("random", inst, seed=data.draw(st.integers(0, 5))).assignment
+    # explain prices one-option assignments: the heaviest options of a split may not fit
+    assume(violations(inst, assignment) == [])
     model = data.draw(st.sampled_from([m.id for m in inst.models]))
     rows = explain(inst, model, assignment)
     assert [r.option for r in rows] == inst.options(model)
@@ -301,7 +303,7 @@ def test_transition_hysteresis_keeps_a_resident_model_resident() -> None:
 # 14.1 s-equivalent a slot against 18.9 on the cloud, every other option is worse than
 # the cloud, and a second model does not fit on exactly that resource.
 BINDING = {
-    "disk": ({"disk": 15.0}, Level.RESIDENT, 0.01, 1.5, 1.0, None),
+    "disk": ({"disk": 15.0}, Level.RESIDENT, 0.02, 1.5, 1.0, None),
     "RAM": ({"ram": 15.0}, Level.CACHED, 20.0, 0.0, 0.0, None),
     "GPU": ({"gpu": 15.0}, Level.RESIDENT, 20.0, 1.5, 1.0, Level.RESIDENT),
     "compute": ({"rho_max": 0.1}, Level.CACHED, 20.0, 0.0, 0.0, None),  # 6 s a slot

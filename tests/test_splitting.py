@@ -4,6 +4,11 @@ optimum, checked against the MILP (`exact`) and the wait's closed form."""
 
 from __future__ import annotations
 
+import itertools
+import math
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 from orchestrator.core.algorithms import solve
@@ -21,7 +26,7 @@ from orchestrator.core.placement import (
     pool_miss_from,
     violations_split,
 )
-from orchestrator.core.queueing import linear_g, mg1_g
+from orchestrator.core.queueing import linear_g, mg1_g, offered_factor, shed_g, wait_curve
 from orchestrator.core.splitting import best_split
 
 G = 1_000_000_000
@@ -88,6 +93,7 @@ def test_mlds_adds_a_replica_that_the_one_option_search_cannot_see() -> None:
 
 def test_the_wait_is_the_linearised_mg1_curve_and_counts_in_the_cost() -> None:
     inst = hot_instance(1, rate=0.2)  # 24 busy seconds: ρ = 0.4, a breakpoint of G
+    inst = replace(inst, cloud=replace(inst.cloud, overflow=False))  # a queue that never sheds
     split = {"hot": {Option("h0", "resident"): 1.0}}
     levels = {("hot", "h0"): "resident"}
     load = host_loads(inst, split)["h0"]
@@ -95,12 +101,66 @@ def test_the_wait_is_the_linearised_mg1_curve_and_counts_in_the_cost() -> None:
     assert linear_g(0.4) == pytest.approx(mg1_g(0.4))
     # P-K with c² = 1: Wq = ρ/(1 − ρ)·E[S] = 0.4/0.6 · 2 s per request
     assert load.wait_s == pytest.approx(0.4 / 0.6 * 2.0)
-    assert load.mg1_wait_s == pytest.approx(load.wait_s)
+    assert load.true_wait_s == pytest.approx(load.wait_s)
     cost = evaluate_split(inst, split, levels)
     assert cost.wait == pytest.approx(12 * 0.4 / 0.6 * 2.0)  # 12 requests in the slot
     # G never exceeds the true curve (tangents: an outer approximation of the epigraph)
     for r in [0.0, 0.13, 0.37, 0.61, 0.88, 0.93, 0.97]:
         assert linear_g(r) <= mg1_g(r) + 1e-12
+
+
+def _shedding_queue(a: float, d: float, n: int, seed: int) -> tuple[float, float]:
+    """Simulate an M/M/1 queue (service rate 1, offered load a) whose arrivals join only
+    while the work ahead of them is at most d: (served utilisation, total wait / time)."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / a, n)
+    sizes = rng.exponential(1.0, n)
+    work = t = busy = waited = 0.0
+    for gap, size in zip(gaps, sizes, strict=True):
+        t += gap
+        work = max(0.0, work - gap)
+        if work <= d:
+            waited += work
+            busy += size
+            work += size
+    return busy / t, waited / t
+
+
+@pytest.mark.parametrize(("a", "d"), [(0.6, 0.5), (1.5, 0.5), (0.9, 3.0), (2.0, 1.0)])
+def test_the_shedding_curve_matches_a_simulated_queue_that_sheds(a: float, d: float) -> None:
+    served, wait = _shedding_queue(a, d, 200_000, seed=7)
+    # the curve at the simulated served utilisation gives the simulated wait per unit time
+    assert shed_g(served, d) == pytest.approx(wait, rel=0.06, abs=2e-3)
+    assert offered_factor(served, d) * served == pytest.approx(a, rel=0.05)
+
+
+def test_the_shedding_curve_is_convex_bounded_and_tends_to_mg1() -> None:
+    xs = [i / 100 for i in range(1, 99)]
+    for d in (0.3, 1.0, 5.0):
+        ys = [shed_g(x, d) for x in xs]
+        assert all(y2 >= y1 for y1, y2 in itertools.pairwise(ys))
+        assert all(ys[i - 1] + ys[i + 1] >= 2 * ys[i] - 1e-9 for i in range(1, len(ys) - 1))
+        assert shed_g(0.999, d) <= d
+        curve = wait_curve(d)
+        assert all(curve.linear(x) <= curve.g(x) + 1e-9 for x in xs)
+        assert all(curve.g(x) <= mg1_g(x) + 1e-9 for x in xs)
+    for x in (0.2, 0.5, 0.8):
+        assert shed_g(x, 200.0) == pytest.approx(mg1_g(x), rel=1e-3)
+    assert wait_curve(None).linear(0.95) == pytest.approx(linear_g(0.95))
+    assert math.isinf(mg1_g(1.0))
+
+
+def test_a_host_that_sheds_to_the_cloud_takes_more_of_a_hot_model() -> None:
+    # the gateway sends requests past a host whose queue would outlast the cloud, so the
+    # host never queues without bound: the split leans on it more than M/G/1 pricing would
+    sheds = hot_instance(1)
+    queues = replace(sheds, cloud=replace(sheds.cloud, overflow=False))
+    assert sheds.shed_threshold("h0") == pytest.approx((0.08 + 3.0 - 2.0) / 2.0)
+    assert queues.shed_threshold("h0") is None
+    edge = Option("h0", "resident")
+    x_shed = solve("exact", sheds).split["hot"][edge]
+    x_queue = solve("exact", queues).split["hot"][edge]
+    assert x_shed > x_queue > 0
 
 
 def test_pool_miss_follows_the_models_sharing_the_pool_and_their_rates() -> None:

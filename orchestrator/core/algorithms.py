@@ -59,8 +59,15 @@ from .placement import (
     primary_of,
     violations_split,
 )
-from .queueing import INTERCEPTS, SLOPES, wait_scale
-from .splitting import SplitPlan, add_replicas, best_split, drop_levels, levels_of_options
+from .queueing import wait_scale
+from .splitting import (
+    SplitPlan,
+    add_replicas,
+    best_split,
+    drop_levels,
+    levels_of_options,
+    wait_tangents,
+)
 
 # An algorithm body: (instance, arrays, seed, time limit) -> (answer, optimal, notes); the
 # answer is one option per model (the discrete stage: `_as_plan` chooses its fractions) or
@@ -313,13 +320,14 @@ def _exact(
         np.zeros(puniq.size),
     )
     # wait: b_k·busy_e/τ − W_e ≤ −a_k for every tangent k ≥ 1 (k = 0 is W_e ≥ 0)
-    for k in range(1, len(SLOPES)):
+    slopes, intercepts = wait_tangents(instance)
+    for k in range(1, slopes.shape[1]):
         add(
             np.concatenate([ve, np.arange(E)]),
             np.concatenate([ox + ys, ow + np.arange(E)]),
-            np.concatenate([SLOPES[k] * busy / tau, -np.ones(E)]),
+            np.concatenate([slopes[ve, k] * busy / tau, -np.ones(E)]),
             inf_e,
-            np.full(E, -INTERCEPTS[k]),
+            -intercepts[:, k],
         )
     A = sparse.csr_array(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, nv)

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final, Literal
 
-from .queueing import DEFAULT_SERVICE_SCV, linear_g, linear_g_slope, mg1_g, wait_scale
+from .queueing import DEFAULT_SERVICE_SCV, WaitCurve, offered_factor, wait_curve, wait_scale
 
 GB: Final = 1e9
 """Bytes per GB in every price (decimal, like the disk and GPU vendors)."""
@@ -154,6 +154,11 @@ class CloudSpec:
     infer_s: Mapping[str, float] = field(default_factory=dict)
     edge_factor: float = 1.5
     fallback_infer_s: float = 2.0
+    overflow: bool = True
+    """The gateway sends a request to the cloud rather than to a host whose queue would
+    make it finish later (`cloud_gateway.core.routing`), so a host's queue sheds: its wait
+    is priced on `queueing.shed_g` at the threshold `Instance.shed_threshold`. False: the
+    hosts queue without bound (the M/G/1 curve)."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +331,35 @@ class Instance:
             else:
                 out[mid] = self.cloud.fallback_infer_s
         return out
+
+    @cached_property
+    def _wait_curves(self) -> dict[str, WaitCurve]:
+        return {h.id: wait_curve(self.shed_threshold(h.id)) for h in self.hosts}
+
+    def shed_threshold(self, host_id: str) -> float | None:
+        """d_e: how many of its own service times a request may wait on the host before
+        the cloud would finish it sooner, (T^wan + I^cloud_m − I_{m,e})/I_{m,e}, averaged
+        over the models the host can run weighted by the busy seconds they would bring
+        (n_m·I_{m,e}; equally without rates). None without `CloudSpec.overflow` or models.
+
+        Approximation: one threshold per host although each model has its own, fixed
+        for the slot from the rates before the split is known."""
+        if not self.cloud.overflow:
+            return None
+        pairs = [(m, p.infer_s) for (m, e), p in self.perf.items() if e == host_id]
+        pairs = [(m, i) for m, i in pairs if i > 0]
+        if not pairs:
+            return None
+        busy = [self.requests(m) * i for m, i in pairs]
+        weights = busy if sum(busy) > 0 else [1.0] * len(pairs)
+        total = 0.0
+        for (m, i), w in zip(pairs, weights, strict=True):
+            total += w * max(0.0, self.cloud.wan_rtt_s + self.cloud_infer_s(m) - i) / i
+        return total / sum(weights)
+
+    def wait_curve(self, host_id: str) -> WaitCurve:
+        """The host's linearised wait curve G (`queueing.WaitCurve`)."""
+        return self._wait_curves[host_id]
 
     def host(self, host_id: str) -> HostSpec:
         return self._host_index[host_id]
@@ -757,7 +791,7 @@ def wait_cost(instance: Instance, host: HostSpec, busy_s: float) -> float:
     host busy `busy_s` seconds of the slot (`queueing`)."""
     rho = busy_s / instance.slot_s
     kappa = wait_scale(instance.slot_s, host.service_scv)
-    return instance.prices.delay_weight * kappa * linear_g(rho)
+    return instance.prices.delay_weight * kappa * instance.wait_curve(host.id).linear(rho)
 
 
 def evaluate_split(instance: Instance, split: Split, levels: Levels) -> CostBreakdown:
@@ -808,13 +842,14 @@ def evaluate_decision(instance: Instance, decision: Decision) -> CostBreakdown:
 class HostLoad:
     """What a split asks of one host in the slot: utilisation ρ, requests, and the expected
     queueing wait per request on the linearised curve the decision is priced by
-    (`wait_s`) and on the true M/G/1 curve (`mg1_wait_s`, inf at ρ ≥ 1)."""
+    (`wait_s`) and on the true curve it approximates (`true_wait_s`; M/G/1 without
+    shedding, inf at ρ ≥ 1)."""
 
     host: str
     rho: float
     requests: float
     wait_s: float
-    mg1_wait_s: float
+    true_wait_s: float
 
 
 def host_loads(instance: Instance, split: Split) -> dict[str, HostLoad]:
@@ -829,10 +864,34 @@ def host_loads(instance: Instance, split: Split) -> dict[str, HostLoad]:
     for h in instance.hosts:
         rho = busy[h.id] / instance.slot_s
         kappa = wait_scale(instance.slot_s, h.service_scv)
+        curve = instance.wait_curve(h.id)
         r = reqs[h.id]
-        lin = kappa * linear_g(rho) / r if r > 0 else 0.0
-        true = kappa * mg1_g(rho) / r if r > 0 else 0.0
+        lin = kappa * curve.linear(rho) / r if r > 0 else 0.0
+        true = kappa * curve.g(rho) / r if r > 0 else 0.0
         out[h.id] = HostLoad(h.id, rho, r, lin, true)
+    return out
+
+
+def routing_weights(instance: Instance, split: Split) -> dict[str, dict[Option, float]]:
+    """What share of each model's requests the gateway should *send* each option for the
+    hosts to *serve* the split. A host that sheds (`CloudSpec.overflow`) passes what would
+    wait past its threshold on to the cloud, so to serve utilisation ρ_e it must be offered
+    ρ_e·`queueing.offered_factor`(ρ_e, d_e): every edge share is scaled by its host's factor
+    and the cloud gets the rest; when a model's scaled edge shares reach all of its
+    traffic, they are scaled to sum to 1 and the cloud gets nothing (the hosts then serve
+    less than planned, the cloud the overflow). Without shedding the weights are the split."""
+    factor = {}
+    for e, busy in busy_seconds(instance, split).items():
+        d = instance.shed_threshold(e)
+        factor[e] = offered_factor(busy / instance.slot_s, d) if d is not None else 1.0
+    out: dict[str, dict[Option, float]] = {}
+    for m, fractions in split.items():
+        edge = {o: x * factor[o.host] for o, x in fractions.items() if o.host is not None}
+        sent = sum(edge.values())
+        if edge and sent >= 1.0 - _SPLIT_TOL:
+            out[m] = {o: w / sent for o, w in edge.items()}
+        else:
+            out[m] = {**edge, CLOUD: 1.0 - sent}
     return out
 
 
@@ -840,7 +899,7 @@ def marginal_wait_price(instance: Instance, host: HostSpec, busy_s: float) -> fl
     """d(wait cost)/d(busy seconds) on a host busy `busy_s`: w_d·κ_e·G'(ρ)/τ, the slope of
     the segment of G that ρ lies on (the right derivative at a knot)."""
     kappa = wait_scale(instance.slot_s, host.service_scv)
-    slope = linear_g_slope(busy_s / instance.slot_s)
+    slope = instance.wait_curve(host.id).slope(busy_s / instance.slot_s)
     return instance.prices.delay_weight * kappa * slope / instance.slot_s
 
 

@@ -49,7 +49,7 @@ from .placement import (
     per_request_cost,
     violations_split,
 )
-from .queueing import INTERCEPTS, SLOPES, wait_scale
+from .queueing import BREAKPOINTS, wait_scale
 
 _MIN_FRACTION = 1e-7
 """Fractions below this are dropped (and the rest renormalised): solver noise."""
@@ -79,6 +79,13 @@ def _idle_split(
     for (m, e), level in sorted(levels.items()):
         held.setdefault(m, Option(e, level))
     return {m: {held.get(m, CLOUD): 1.0} for m in models}
+
+
+def wait_tangents(instance: Instance) -> tuple[np.ndarray, np.ndarray]:
+    """Per host (rows, in `instance.hosts` order) the slopes and intercepts of its wait
+    curve's tangents (`Instance.wait_curve`; one column per breakpoint)."""
+    curves = [instance.wait_curve(h.id) for h in instance.hosts]
+    return np.array([c.slopes for c in curves]), np.array([c.intercepts for c in curves])
 
 
 def best_split(instance: Instance, levels: Levels) -> SplitPlan:
@@ -123,15 +130,16 @@ def best_split(instance: Instance, levels: Levels) -> SplitPlan:
         on = np.flatnonzero(ho >= 0)
         a_eq = sparse.csr_array((np.ones(nx), (vm, np.arange(nx))), shape=(M, nx + E))
         # compute rows 0..E-1, then tangent rows (k ≥ 1; k = 0 is W ≥ 0) host by host
-        k_rows = len(SLOPES) - 1
+        k_rows = len(BREAKPOINTS) - 1
+        slopes, intercepts = wait_tangents(instance)
         r_comp = ho[on]
         rows = [r_comp]
         cols = [on]
         vals = [bc[on]]
-        for k in range(1, len(SLOPES)):
+        for k in range(1, k_rows + 1):
             rows.append(E + ho[on] * k_rows + (k - 1))
             cols.append(on)
-            vals.append(SLOPES[k] * bc[on] / tau)
+            vals.append(slopes[ho[on], k] * bc[on] / tau)
             rows.append(E + np.arange(E) * k_rows + (k - 1))
             cols.append(nx + np.arange(E))
             vals.append(-np.ones(E))
@@ -140,7 +148,7 @@ def best_split(instance: Instance, levels: Levels) -> SplitPlan:
             shape=(E + E * k_rows, nx + E),
         )
         cap = np.array([h.rho_max * tau for h in instance.hosts])
-        b_tan = np.tile(-np.array(INTERCEPTS[1:]), E)
+        b_tan = -intercepts[:, 1:].reshape(-1)
         b_ub = np.concatenate([cap, b_tan])
         res = linprog(
             c,
@@ -161,7 +169,7 @@ def best_split(instance: Instance, levels: Levels) -> SplitPlan:
                 model_dual[m] = float(duals_eq[i])
             for j, h in enumerate(instance.hosts):
                 tang = duals_ub[E + j * k_rows : E + (j + 1) * k_rows]
-                price = -float(duals_ub[j]) - float(np.dot(tang, SLOPES[1:])) / tau
+                price = -float(duals_ub[j]) - float(np.dot(tang, slopes[j, 1:])) / tau
                 host_price[h.id] = max(0.0, price)
     else:
         x = np.ones(nx)  # only cloud variables, one per model
