@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from bench.common import quiet_native_stdout  # noqa: E402
 from orchestrator.core.algorithms import ALGORITHMS, solve  # noqa: E402
-from orchestrator.core.placement import Decision, Instance, violations  # noqa: E402
+from orchestrator.core.placement import Decision, Instance, violations_split  # noqa: E402
 from sim.scenarios import (  # noqa: E402
     MeasuredModel,
     load_measured,
@@ -68,7 +68,7 @@ def run_all(instance: Instance, seed: int, exact_limit_s: float) -> dict[str, De
         limit = exact_limit_s if name == "exact" else 10.0
         with quiet_native_stdout():
             d = solve(name, instance, seed=seed, time_limit_s=limit)
-        problems = violations(instance, d.assignment)
+        problems = violations_split(instance, d.split, d.levels)
         if problems:  # every algorithm promises feasibility: a bug if this fires
             raise AssertionError(f"{name} returned an infeasible decision: {problems}")
         out[name] = d
@@ -128,7 +128,7 @@ def bench_large(models: list[MeasuredModel], runs: int) -> dict[str, object]:
         ref = None
         for name in LARGE_ALGORITHMS:
             d = solve(name, inst, seed=seed)
-            if violations(inst, d.assignment):
+            if violations_split(inst, d.split, d.levels):
                 raise AssertionError(f"{name} returned an infeasible decision at 1000x50")
             seconds[name].append(d.seconds)
             if name == "mlds":

@@ -263,3 +263,63 @@ async def test_orchestrator_errors(tmp_path: Path) -> None:
         assert r.status_code in (404, 503)
         assert (await o.get("/readyz")).json()["status"] == "degraded"
         assert "genedge_orch_agents_up" in (await o.get("/metrics")).text
+
+
+async def test_a_model_hotter_than_one_host_is_split_over_two_hosts_and_the_cloud(
+    two_stores: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Demand for tiny-llama of about ten hosts' compute (its measured generation time ×
+    # requests/s > 0.9 of every second): the plan splits it over both real agents and the
+    # cloud, the placement view and the routing table say so, and the reconciler loads
+    # the model on both hosts.
+    settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
+    orch_port = free_port()
+    async with AsyncExitStack() as stack:
+        o = await stack.enter_async_context(
+            serving(create_orchestrator(settings), orch_port, bearer(OPERATOR_TOKEN))
+        )
+        orch = o.app.state.orchestrator  # type: ignore[attr-defined]
+        await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
+        await stack.enter_async_context(agent(two_stores[1], tmp_path, "edge-b", orch_port))
+
+        async def profiled() -> list[dict[str, Any]] | None:
+            data = (await o.get("/v1/profiles")).json()["data"]
+            return data if len(data) == 6 else None
+
+        profiles = await until(profiled, timeout=120)
+        gen = max(p["profile"]["generation_s"] for p in profiles if p["model"] == "tiny-llama")
+        per_slot = max(10, round(10 * 0.9 * settings.slot_s / gen))
+        for _ in range(3):
+            r = await o.post(
+                "/v1/arrivals",
+                json={"counts": {"tiny-llama": per_slot}, "source": "gateway"},
+                headers=AS_GATEWAY,
+            )
+            assert r.status_code == 202
+            await asyncio.sleep(settings.slot_s)
+        await orch.plan_now("test: more than one host can serve")
+        entry = {e["model"]: e for e in (await o.get("/v1/placement")).json()["entries"]}[
+            "tiny-llama"
+        ]
+        shares = {s["host"]: s for s in entry["split"]}
+        assert set(shares) == {None, "edge-a", "edge-b"}, entry["split"]
+        assert sum(s["fraction"] for s in entry["split"]) == pytest.approx(1.0, abs=1e-6)
+        assert shares[None]["fraction"] > 0.5  # ten hosts' worth: most of it to the cloud
+        for host in ("edge-a", "edge-b"):
+            assert shares[host]["fraction"] > 0 and shares[host]["rate_rps"] > 0
+            assert shares[host]["weight"] >= shares[host]["fraction"]  # the hosts shed
+            assert set(entry["levels"]) == {"edge-a", "edge-b"}
+
+        table = (await o.get("/v1/routing", headers=AS_GATEWAY)).json()
+        route = {m["model"]: m for m in table["models"]}["tiny-llama"]
+        assert route["cloud_fraction"] == pytest.approx(shares[None]["weight"])
+        weights = {h["host"]: h["fraction"] for h in route["hosts"]}
+        assert weights == {h: pytest.approx(shares[h]["weight"]) for h in ("edge-a", "edge-b")}
+        assert sum(weights.values()) + route["cloud_fraction"] == pytest.approx(1.0, abs=1e-6)
+
+        async def both_at_target() -> bool:
+            p = (await o.get("/v1/placement")).json()
+            e = {x["model"]: x for x in p["entries"]}["tiny-llama"]
+            return all(e["actual"].get(h) == lvl for h, lvl in e["levels"].items())
+
+        await until(both_at_target)

@@ -191,3 +191,34 @@ def test_pool_miss_follows_the_models_sharing_the_pool_and_their_rates() -> None
     alone = {"a": {Option("e", "stored"): 1.0}, "b": {CLOUD: 1.0}, "c": {CLOUD: 1.0}}
     d1 = Decision({m: next(iter(fr)) for m, fr in alone.items()}, d.cost, "t", 0.0, split=alone)
     assert pool_miss_from(inst, d1)[("a", "e")] == 0.0
+
+
+def test_replica_candidates_are_priced_as_the_cost_model_prices_them() -> None:
+    from orchestrator.core.placement import Level, holding_cost, per_request_cost
+    from orchestrator.core.splitting import _Candidates
+
+    hosts = [
+        HostSpec(f"h{i}", 100 * G, 50 * G, 40 * G, backhaul_Bps=(i + 1) * 1e9) for i in range(3)
+    ]
+    models = [ModelSpec(f"m{i}", "text", (i + 1) * G) for i in range(4)]
+    perf = {
+        (m.id, h.id): Perf((j + 1) * G, 1.0 + j, 0.3 * (k + 1), 0.5 + 0.1 * k)
+        for j, m in enumerate(models)
+        for k, h in enumerate(hosts)
+    }
+    inst = Instance(
+        hosts=hosts,
+        models=models,
+        perf=perf,
+        rates={"m0": 0.5, "m1": 0.1, "m3": 2.0},  # m2 idle: no candidates
+        pool_miss={("m0", "h1"): 0.25, ("m3", "h2"): 0.0},
+        current={("m0", "h0"): "resident", ("m1", "h1"): "cached", ("m3", "h2"): "stored"},
+    )
+    c = _Candidates(inst)
+    assert {m for m, _ in c.pairs} == {"m0", "m1", "m3"}
+    for p, (m, e) in enumerate(c.pairs):
+        for col, level in enumerate(Level.ALL):
+            assert c.delay[p, col] == pytest.approx(
+                per_request_cost(inst, m, Option(e, level)).delay
+            )
+            assert c.hold[p, col] == pytest.approx(holding_cost(inst, m, e, level).total)

@@ -333,6 +333,15 @@ class Instance:
         return out
 
     @cached_property
+    def _timed_by_host(self) -> dict[str, list[tuple[str, float]]]:
+        """Host -> (model, inference seconds > 0) of the models it can run."""
+        out: dict[str, list[tuple[str, float]]] = {}
+        for (m, e), p in self.perf.items():
+            if p.infer_s > 0:
+                out.setdefault(e, []).append((m, p.infer_s))
+        return out
+
+    @cached_property
     def _wait_curves(self) -> dict[str, WaitCurve]:
         return {h.id: wait_curve(self.shed_threshold(h.id)) for h in self.hosts}
 
@@ -346,8 +355,7 @@ class Instance:
         for the slot from the rates before the split is known."""
         if not self.cloud.overflow:
             return None
-        pairs = [(m, p.infer_s) for (m, e), p in self.perf.items() if e == host_id]
-        pairs = [(m, i) for m, i in pairs if i > 0]
+        pairs = self._timed_by_host.get(host_id, [])
         if not pairs:
             return None
         busy = [self.requests(m) * i for m, i in pairs]

@@ -45,7 +45,6 @@ from .placement import (
     Option,
     busy_seconds,
     evaluate_split,
-    holding_cost,
     per_request_cost,
     violations_split,
 )
@@ -193,33 +192,114 @@ def levels_of_options(assignment: Mapping[str, Option]) -> dict[tuple[str, str],
     }
 
 
-def _fits(instance: Instance, levels: Levels, m: str, host: str, level: str) -> tuple[bool, int]:
-    """Whether holding m at `level` on `host` fits its disk, RAM and GPU memory beside
-    `levels`, and by how many bytes it grows the host's pool."""
-    h = instance.host(host)
-    disk = ram = resident = pool = 0
-    for (mm, e), lv in levels.items():
-        if e != host:
-            continue
-        size = instance.model(mm).storage_bytes
-        vram = instance.perf[(mm, e)].vram_bytes
-        disk += size
-        ram += size if lv == Level.CACHED else 0
-        if lv == Level.RESIDENT:
-            resident += vram
-        else:
-            pool = max(pool, vram)
-    size = instance.model(m).storage_bytes
-    vram = instance.perf[(m, host)].vram_bytes
-    disk += size
-    ram += size if level == Level.CACHED else 0
-    new_pool = pool
-    if level == Level.RESIDENT:
-        resident += vram
-    else:
-        new_pool = max(pool, vram)
-    ok = disk <= h.disk_bytes and ram <= h.ram_bytes and resident + new_pool <= h.gpu_bytes
-    return ok, new_pool - pool
+class _Candidates:
+    """Every (model, host, level) a busy model could be held at, priced once per
+    `add_replicas` call as arrays (pair p, level l in `Level.ALL` order): per-request delay,
+    holding cost, bytes; each round only the duals, loads and memory in use change."""
+
+    def __init__(self, instance: Instance) -> None:
+        pairs = [(m, e) for (m, e) in instance.perf if instance.requests(m) > 0]
+        self.pairs = pairs
+        hidx = {h.id: j for j, h in enumerate(instance.hosts)}
+        self.host = np.array([hidx[e] for _, e in pairs], dtype=np.int64)
+        self.n = np.array([instance.requests(m) for m, _ in pairs])
+        self.infer = np.array([instance.perf[k].infer_s for k in pairs])
+        self.size = np.array([instance.model(m).storage_bytes for m, _ in pairs], dtype=float)
+        self.vram = np.array([instance.perf[k].vram_bytes for k in pairs], dtype=float)
+        perf = [instance.perf[k] for k in pairs]
+        l_disk = np.array([x.load_disk_s for x in perf])
+        l_ram = np.array([x.load_ram_s for x in perf])
+        miss = np.array([instance.pool_miss.get(k, 1.0) for k in pairs])
+        now = [instance.current.get(k) for k in pairs]
+        absent = np.array([x is None for x in now])
+        was_cached = np.array([x == Level.CACHED for x in now])
+        was_resident = np.array([x == Level.RESIDENT for x in now])
+        backhaul = np.array([instance.host(e).backhaul_Bps for _, e in pairs])
+        pr = instance.prices
+        # per_request_cost(.).delay and holding_cost(.).total, level by level
+        self.delay = np.empty((len(pairs), len(Level.ALL)))
+        self.hold = np.empty((len(pairs), len(Level.ALL)))
+        base = pr.disk_per_GB * self.size / GB + np.where(
+            absent, pr.fetch_weight * self.size / backhaul, 0.0
+        )
+        for col, level in enumerate(Level.ALL):
+            if level == Level.RESIDENT:
+                self.delay[:, col] = self.infer * pr.delay_weight
+                load = np.where(was_cached, l_ram, l_disk)
+                self.hold[:, col] = base + pr.vram_per_GB * self.vram / GB
+                self.hold[:, col] += np.where(was_resident, 0.0, pr.load_weight * load)
+            elif level == Level.CACHED:
+                self.delay[:, col] = (self.infer + miss * l_ram) * pr.delay_weight
+                self.hold[:, col] = base + pr.ram_per_GB * self.size / GB
+            else:
+                self.delay[:, col] = (self.infer + miss * l_disk) * pr.delay_weight
+                self.hold[:, col] = base
+        self.cap = np.array(
+            [
+                [h.disk_bytes, h.ram_bytes, h.gpu_bytes, h.rho_max * instance.slot_s]
+                for h in instance.hosts
+            ],
+            dtype=float,
+        ).reshape(len(instance.hosts), 4)
+
+    def best(self, instance: Instance, plan: SplitPlan, k: int) -> list[tuple[str, str, str]]:
+        """The `k` candidates of highest estimated gain > 0: reduced cost (module docstring)
+        times the share the host's compute room allows (at least 5%), net of holding the
+        level and of the pool growth; ties by model, host, level."""
+        if not self.pairs:
+            return []
+        E = len(instance.hosts)
+        disk, ram, resident, pool = (np.zeros(E) for _ in range(4))
+        for (m, e), level in plan.levels.items():
+            j = self.host_index(instance, e)
+            size = instance.model(m).storage_bytes
+            vram = instance.perf[(m, e)].vram_bytes
+            disk[j] += size
+            ram[j] += size if level == Level.CACHED else 0
+            if level == Level.RESIDENT:
+                resident[j] += vram
+            else:
+                pool[j] = max(pool[j], vram)
+        busy = busy_seconds(instance, plan.split)
+        loads = np.array([busy[h.id] for h in instance.hosts])
+        price = np.array([plan.host_price.get(h.id, 0.0) for h in instance.hosts])
+        u = np.array([plan.model_dual.get(m, np.nan) for m, _ in self.pairs])
+        held = np.array([key in plan.levels for key in self.pairs])
+        j = self.host
+        rc = self.n[:, None] * (self.delay + (self.infer * price[j])[:, None]) - u[:, None]
+        room = np.maximum(self.cap[j, 3] - loads[j], 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(self.infer > 0, np.minimum(1.0, room / (self.n * self.infer)), 1.0)
+        fit_disk = disk[j] + self.size <= self.cap[j, 0]
+        fit_ram = ram[j] + self.size <= self.cap[j, 1]
+        grown = np.maximum(pool[j], self.vram)
+        fit_pooled = resident[j] + grown <= self.cap[j, 2]
+        fit_res = resident[j] + self.vram + pool[j] <= self.cap[j, 2]
+        growth = np.zeros_like(self.hold)
+        fits = np.zeros(self.hold.shape, dtype=bool)
+        for col, level in enumerate(Level.ALL):
+            if level == Level.RESIDENT:
+                fits[:, col] = fit_disk & fit_res
+            else:
+                fits[:, col] = fit_disk & fit_pooled & (fit_ram if level == Level.CACHED else True)
+                growth[:, col] = grown - pool[j]
+        gain = -rc * np.maximum(share, 0.05)[:, None] - self.hold
+        gain -= instance.prices.vram_per_GB * growth / GB
+        ok = fits & (rc < 0) & (gain > 0) & ~held[:, None] & ~np.isnan(u)[:, None]
+        ps, ls = np.nonzero(ok)
+        if ps.size == 0:
+            return []
+        g = gain[ps, ls]
+        top = np.argsort(-g, kind="stable")[: max(k * 4, k)]
+        ranked = sorted(
+            top,
+            key=lambda t: (-g[t], *self.pairs[ps[t]], Level.ALL[ls[t]]),
+        )
+        return [(*self.pairs[ps[t]], Level.ALL[ls[t]]) for t in ranked[:k]]
+
+    @staticmethod
+    def host_index(instance: Instance, host: str) -> int:
+        return next(i for i, h in enumerate(instance.hosts) if h.id == host)
 
 
 def add_replicas(
@@ -235,38 +315,16 @@ def add_replicas(
     programme for the `trials` most promising, and keep the best if it lowers the total.
     Returns the plan and how many replicas were added."""
     added = 0
+    cands: _Candidates | None = None
     for _ in range(rounds):
         if time.perf_counter() >= deadline:
             break
-        loads = busy_seconds(instance, plan.split)
-        cands: list[tuple[float, str, str, str]] = []
-        for (m, e), perf in instance.perf.items():
-            n = instance.requests(m)
-            if n <= 0 or (m, e) in plan.levels:
-                continue
-            u = plan.model_dual.get(m)
-            if u is None:
-                continue
-            room = instance.host(e).rho_max * instance.slot_s - loads[e]
-            share = min(1.0, max(room, 0.0) / (n * perf.infer_s)) if perf.infer_s > 0 else 1.0
-            for level in Level.ALL:
-                pr = per_request_cost(instance, m, Option(e, level))
-                rc = n * (pr.delay + perf.infer_s * plan.host_price[e]) - u
-                if rc >= 0:
-                    continue
-                ok, growth = _fits(instance, plan.levels, m, e, level)
-                if not ok:
-                    continue
-                hold = holding_cost(instance, m, e, level).total
-                hold += instance.prices.vram_per_GB * growth / GB
-                gain = -rc * max(share, 0.05) - hold
-                if gain > 0:
-                    cands.append((gain, m, e, level))
-        if not cands:
+        cands = cands or _Candidates(instance)
+        picks = cands.best(instance, plan, trials)
+        if not picks:
             break
-        cands.sort(key=lambda c: (-c[0], c[1], c[2], c[3]))
         best = plan
-        for _, m, e, level in cands[:trials]:
+        for m, e, level in picks:
             trial = best_split(instance, {**plan.levels, (m, e): level})
             if trial.total < best.total - 1e-9 * max(1.0, abs(best.total)):
                 best = trial
