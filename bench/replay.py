@@ -1,35 +1,51 @@
-"""Replay a real serving trace through every placement policy (`sim.simulator`).
+"""Replay a serving trace through every placement policy (`sim.simulator`).
 
-    python bench/replay.py --trace PATH --kind gentd26|azure-llm [--speedup X] [--sample P]
-        [--load-latencies measured|trace] [--max-slots N] [--max-requests N] [--json FILE]
-        [--doc docs/benchmarks.md --label NAME]
+    python bench/replay.py --trace PATH --kind gentd26|azure-llm|mooncake|requests
+        [--speedup X] [--sample P] [--load L] [--hosts N] [--work-mean trace|model]
+        [--load-latencies measured|trace] [--max-slots N] [--max-requests N]
+        [--json FILE] [--export FILE.csv] [--doc docs/benchmarks.md --label NAME]
 
-Traces are read in place (`../shared/traces/`, never copied into the repository):
+Every kind is read into one generic format, `requests`: a CSV with the header
+`time_s,model,kind,work` (`time_s`: seconds from the trace's start, any order; `kind`:
+`text` or `image`; `work`: the request's size relative to the measured default generation
+of its profile, 1 = one default generation). `--kind requests --trace FILE.csv` replays
+such a file; `--export FILE.csv` writes any trace in it (so `--kind requests` with the same
+`--hosts`, `--work-mean`, `--sample` and `--load` replays a GenTD26 or Azure export exactly
+as its own kind does). Traces are read in place (`../shared/traces/`, never copied into the
+repository).
+
+Models are mapped to measured profiles by popularity rank r (0 = most requested) among the
+models of their kind: image models `sdxl-base-1.0` when r % 3 == 0, else `sd-1.5` (a third
+in the SDXL size class, the most popular among them); text models `llama-3.1-8B`,
+`qwen2.5-1.5B`, `gpt2-124M` for r % 3 = 0, 1, 2. The planner's inference time of a model is
+its profile's × the host's factor × the mean work (the trace's, or the model's: `--work-mean`),
+and a request's work is divided by that mean.
 
 - `gentd26`: `--trace` is the folder `alibaba_gentd26/` (or its `lora_request_trace.csv`).
-  Each base model (`checkpoint_model_version_id`) is one model, mapped by its popularity
-  rank in the whole trace to a measured diffusion profile: rank r (0 = most requested) is
-  `sdxl-base-1.0` when r % 3 == 0, else `sd-1.5` (a third of the checkpoints in the SDXL
-  size class, the most popular among them). A request's work is (steps / 20) × images (the
-  measured generation is one image in 20 steps), normalised by the trace's mean, and the
-  planner's inference time is the profile's times that mean. `--load-latencies trace`
-  replaces each model's disk-load time by a seeded draw from the trace's measured base-model
-  load latencies (`basemodel_update_latency_anon.csv`): sd-1.5-class models from the lower
-  half of the distribution, sdxl-class from the upper half. Edge: two L40S-class hosts (44
-  GB GPU, inference 1.6 × the H200's, RAM loads at half the Gen5 rate), 100 GB disk and 32
-  GB of pinned RAM each, 10 Gbit/s backhaul. By default 15% of the requests of all 12 days
-  are kept (`--sample`, seeded, so every part of the trace and most models are seen in a few
-  minutes of running) and time is compressed (`--speedup`) so that their offered work is
-  `--load` (default 0.5) × the edge's GPU time.
-- `azure-llm`: `--trace` is the folder `azure_llm_2023/`. Two models: the code service is
-  qwen2.5-1.5B, the conversation service llama-3.1-8B. A request's work is its generated
-  tokens / 32 (the measured generation made 32), normalised by the model's mean. Edge: one
-  L40S-class host. Rates are thinned (each request kept with probability `--sample`, seeded)
-  so that the offered work is `--load` (default 1.5) × the host's GPU time: contended.
+  Each base model (`checkpoint_model_version_id`) is one image model; work is (steps / 20)
+  × images (the measured generation is one image in 20 steps), normalised by the trace's
+  mean. `--load-latencies trace` replaces each model's disk-load time by a seeded draw
+  from the trace's measured base-model load latencies (`basemodel_update_latency_anon.csv`):
+  sd-1.5-class models from the lower half of the distribution, sdxl-class from the upper
+  half. Two hosts. By default 15% of the requests of all 12 days are kept (`--sample`,
+  seeded, so every part of the trace and most models are seen in a few minutes of running)
+  and time is compressed (`--speedup`) so that their offered work is `--load` (default
+  0.5) × the edge's GPU time.
+- `azure-llm`: `--trace` is the folder `azure_llm_2023/`. Two text models, `conv` (more
+  requested: llama-3.1-8B) and `code` (qwen2.5-1.5B); work is generated tokens / 32 (the
+  measured generation made 32), normalised by the model's mean. One host. Rates are
+  thinned (each request kept with probability `--sample`, seeded) so that the offered work
+  is `--load` (default 1.5) × the host's GPU time: contended.
+- `mooncake`: `--trace` is the folder `mooncake_fast25/`: one text model (`kimi`, mapped
+  to llama-3.1-8B), work = output tokens / 32; one host, thinned to `--load` 1.5 as Azure.
+- `requests`: two hosts, work normalised per model, time compressed to `--load` 0.5, all
+  requests kept unless `--sample`.
 
-Both: slots of 60 s, the first `--warmup-slots` played but not counted, utilisation cap
-ρ_max = `--rho-max` (default 0.9, the orchestrator's), the cloud at the cost model's
-default (1.5 × the mean edge inference time behind an 80 ms round trip), default prices.
+Edge hosts are L40S-class (44 GB GPU, inference 1.6 × the H200's, RAM loads at half the Gen5
+rate, 100 GB disk, 32 GB of pinned RAM, 10 Gbit/s backhaul). All: slots of 60 s, the first
+`--warmup-slots` played but not counted, utilisation cap ρ_max = `--rho-max` (default 0.9,
+the orchestrator's), the cloud at the cost model's default (1.5 × the mean edge inference
+time behind an 80 ms round trip), default prices.
 """
 
 from __future__ import annotations
@@ -41,7 +57,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -79,7 +95,7 @@ GENTD26_REQUESTS = "lora_request_trace.csv"
 GENTD26_LOADS = "basemodel_update_latency_anon.csv"
 AZURE_CODE = "AzureLLMInferenceTrace_code.csv"
 AZURE_CONV = "AzureLLMInferenceTrace_conv.csv"
-AZURE_PROFILES = {"code": "qwen2.5-1.5B", "conv": "llama-3.1-8B"}
+MOONCAKE = "conversation_trace.jsonl"
 
 
 @dataclass(frozen=True)
@@ -100,12 +116,14 @@ L40S = EdgeHost("l40s", 44_000_000_000, 100_000_000_000, 32_000_000_000, 1.6, 2.
 
 @dataclass(frozen=True)
 class TraceRecord:
-    """One request of a trace: seconds from the trace's start, model, raw work (1 = the
-    measured generation)."""
+    """One request of a trace in the generic `requests` format: seconds from the trace's
+    start, model, kind (`text` or `image`), work (1 = one default generation of the
+    measured profile the model is mapped to)."""
 
     t: float
     model: str
     work: float
+    kind: str = "image"
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +157,7 @@ def read_gentd26(path: Path) -> list[TraceRecord]:
     if not rows:
         return []
     t0 = rows[0][0]
-    return [TraceRecord((t - t0).total_seconds(), m, w) for t, m, w in rows]
+    return [TraceRecord((t - t0).total_seconds(), m, w, "image") for t, m, w in rows]
 
 
 def read_load_latencies(path: Path) -> list[float]:
@@ -169,7 +187,61 @@ def read_azure(path: Path) -> list[TraceRecord]:
     if not rows:
         return []
     t0 = rows[0][0]
-    return [TraceRecord((t - t0).total_seconds(), m, w) for t, m, w in rows]
+    return [TraceRecord((t - t0).total_seconds(), m, w, "text") for t, m, w in rows]
+
+
+REQUESTS_HEADER = ("time_s", "model", "kind", "work")
+
+
+def read_requests(path: Path) -> list[TraceRecord]:
+    """The generic format: a CSV with the header `time_s,model,kind,work` (any row order;
+    `kind` text or image; `work` > 0, 1 = one default generation). A bad row is an error
+    naming its line."""
+    out = []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != REQUESTS_HEADER:
+            raise ValueError(f"{path}: the header must be {','.join(REQUESTS_HEADER)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                t, work = float(row["time_s"]), float(row["work"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: time_s and work must be numbers") from None
+            model, kind = (row["model"] or "").strip(), (row["kind"] or "").strip()
+            if not model or kind not in ("text", "image"):
+                raise ValueError(f"{path}:{line}: a model id and kind text or image are needed")
+            if not (t >= 0 and work > 0 and np.isfinite(t) and np.isfinite(work)):
+                raise ValueError(f"{path}:{line}: time_s must be >= 0 and work > 0")
+            out.append(TraceRecord(t, model, work, kind))
+    out.sort(key=lambda r: r.t)  # stable: rows at the same time keep the file's order
+    return out
+
+
+def write_requests(records: Sequence[TraceRecord], path: Path) -> None:
+    """Records in the generic format (`read_requests` reads them back)."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REQUESTS_HEADER)
+        for r in records:
+            w.writerow([repr(r.t), r.model, r.kind, repr(r.work)])  # exact round trip
+
+
+def read_mooncake(path: Path) -> list[TraceRecord]:
+    """The Mooncake FAST'25 conversation trace (one model, `kimi`): work = output tokens /
+    32 (the measured generation made 32)."""
+    if path.is_dir():
+        path = path / MOONCAKE
+    out = []
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                tokens = max(1.0, float(row.get("output_length") or 1))
+                out.append(
+                    TraceRecord(float(row["timestamp"]) / 1000.0, "kimi", tokens / 32, "text")
+                )
+    out.sort(key=lambda r: r.t)
+    return [TraceRecord(r.t - out[0].t, r.model, r.work, r.kind) for r in out] if out else []
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,6 +258,24 @@ def popularity_ranks(records: Sequence[TraceRecord]) -> list[str]:
 def diffusion_profile(rank: int) -> str:
     """The measured diffusion profile a base model of this popularity rank gets."""
     return "sdxl-base-1.0" if rank % 3 == 0 else "sd-1.5"
+
+
+TEXT_PROFILES = ("llama-3.1-8B", "qwen2.5-1.5B", "gpt2-124M")
+
+
+def text_profile(rank: int) -> str:
+    """The measured language profile a text model of this popularity rank (among the
+    trace's text models) gets: the largest for the most requested, then down the sizes."""
+    return TEXT_PROFILES[rank % len(TEXT_PROFILES)]
+
+
+def profiles_by_rank(records: Sequence[TraceRecord]) -> dict[str, str]:
+    """Model -> measured profile: by popularity rank among the models of its kind."""
+    out = {}
+    for kind, rule in (("image", diffusion_profile), ("text", text_profile)):
+        ranked = popularity_ranks([r for r in records if r.kind == kind])
+        out.update({m: rule(rank) for rank, m in enumerate(ranked)})
+    return out
 
 
 def trace_load_times(
@@ -267,6 +357,7 @@ class Replay:
     requests: list[Request]
     config: SimConfig
     assumptions: dict[str, object]
+    records: list[TraceRecord]  # the whole trace as read, in the generic format
 
 
 def _window(records: list[TraceRecord], max_requests: int | None) -> list[TraceRecord]:
@@ -274,43 +365,86 @@ def _window(records: list[TraceRecord], max_requests: int | None) -> list[TraceR
     return records[:max_requests] if max_requests else records
 
 
-def prepare_gentd26(args: argparse.Namespace) -> Replay:
-    folder = args.trace if args.trace.is_dir() else args.trace.parent
-    every = read_gentd26(args.trace)
+@dataclass(frozen=True)
+class TraceKind:
+    """How a kind of trace is replayed: its reader, the edge, how work is normalised
+    (`trace`: by the whole trace's mean, every model's work meaning the same; `model`: by
+    each model's mean) and how the offered load is reached (`speedup`: time compressed;
+    `sample`: requests thinned), with the defaults of --load and --sample."""
+
+    reader: Callable[[Path], list[TraceRecord]]
+    hosts: int
+    work_mean: str
+    compress: str
+    load: float
+    sample: float | None
+
+
+KINDS: dict[str, TraceKind] = {
+    "gentd26": TraceKind(read_gentd26, 2, "trace", "speedup", 0.5, 0.15),
+    "azure-llm": TraceKind(read_azure, 1, "model", "sample", 1.5, None),
+    "mooncake": TraceKind(read_mooncake, 1, "model", "sample", 1.5, None),
+    "requests": TraceKind(read_requests, 2, "model", "speedup", 0.5, 1.0),
+}
+
+
+def prepare(args: argparse.Namespace) -> Replay:
+    """Any kind: its records in the generic format, models mapped to measured profiles by
+    popularity rank within their kind, work normalised, the load reached, the instance."""
+    spec = KINDS[args.kind]
+    every = spec.reader(args.trace)
+    if not every:
+        raise ValueError(f"{args.trace}: no requests")
     measured = {m.id: m for m in load_measured(args.measured)}
-    ranked = popularity_ranks(every)  # ranks, profiles and mean work from the whole trace
-    profiles = {m: diffusion_profile(r) for r, m in enumerate(ranked)}
-    mean = statistics.fmean(r.work for r in every) if every else 1.0
-    mean_work = dict.fromkeys(ranked, mean)
-    sample = args.sample if args.sample is not None else 0.15
-    records = _window(thin(every, sample, args.seed), args.max_requests)
+    profiles = profiles_by_rank(every)  # ranks, profiles and mean work from the whole trace
+    models = sorted(profiles)
+    work_mean = args.work_mean or spec.work_mean
+    if work_mean == "trace":
+        mean = statistics.fmean(r.work for r in every)
+        mean_work = dict.fromkeys(models, mean)
+    else:
+        mean_work = {m: statistics.fmean(r.work for r in every if r.model == m) for m in models}
     loads = None
     if args.load_latencies == "trace":
-        loads = trace_load_times(ranked, profiles, read_load_latencies(folder), args.seed)
-    inst = build_instance(measured, profiles, mean_work, [L40S, L40S], args.rho_max, loads)
-    speedup = args.speedup
-    load = args.load if args.load is not None else 0.5
-    if speedup is None:  # compress time to the target load over the replayed requests
-        natural = to_requests(records, mean_work, 1.0)
-        span = natural[-1].t if natural else 0.0
-        speedup = max(1.0, load / max(offered_load(inst, natural, span), 1e-12))
+        folder = args.trace if args.trace.is_dir() else args.trace.parent
+        loads = trace_load_times(models, profiles, read_load_latencies(folder), args.seed)
+    n_hosts = args.hosts or spec.hosts
+    inst = build_instance(measured, profiles, mean_work, [L40S] * n_hosts, args.rho_max, loads)
+    load = args.load if args.load is not None else spec.load
+    if spec.compress == "speedup":
+        sample = args.sample if args.sample is not None else (spec.sample or 1.0)
+        records = _window(thin(every, sample, args.seed), args.max_requests)
+        speedup = args.speedup
+        if speedup is None:  # compress time to the target load over the replayed requests
+            natural = to_requests(records, mean_work, 1.0)
+            span = natural[-1].t if natural else 0.0
+            speedup = max(1.0, load / max(offered_load(inst, natural, span), 1e-12))
+    else:
+        speedup = args.speedup if args.speedup is not None else 1.0
+        full = to_requests(every, mean_work, speedup)
+        duration = (full[-1].t + 1e-9) if full else 0.0
+        sample = args.sample
+        if sample is None:  # thin to the target load
+            sample = min(1.0, load / max(offered_load(inst, full, duration), 1e-12))
+        records = _window(thin(every, sample, args.seed), args.max_requests)
     reqs = to_requests(records, mean_work, speedup)
     n_slots = _slots(reqs, args.max_slots)
     reqs = [r for r in reqs if r.t < n_slots * SLOT_S]
     assumptions: dict[str, object] = {
         "trace": str(args.trace),
-        "kind": "gentd26",
+        "kind": args.kind,
         "requests": len(reqs),
         "sample": sample,
-        "base_models": len(ranked),
-        "base_models_requested": len({r.model for r in reqs}),
+        "models": len(models),
+        "models_requested": len({r.model for r in reqs}),
         "profiles": dict(Counter(profiles.values())),
-        "mapping": "popularity rank r: sdxl-base-1.0 if r % 3 == 0 else sd-1.5",
-        "work": "(steps / 20) x images, normalised by the trace mean",
-        "mean_work": mean,
+        "mapping": "by popularity rank r within a kind: image sdxl-base-1.0 if r % 3 == 0 "
+        f"else sd-1.5; text {', '.join(TEXT_PROFILES)} for r % 3 = 0, 1, 2",
+        "work": "normalised by the " + ("trace's mean" if work_mean == "trace" else "model's mean"),
+        "mean_work": mean_work if work_mean == "model" else mean_work[models[0]],
         "load_latencies": args.load_latencies,
         "speedup": speedup,
-        "hosts": "2 x L40S-class (44 GB GPU, 100 GB disk, 32 GB RAM, 10 Gbit/s)",
+        "hosts": f"{n_hosts} x L40S-class (44 GB GPU, 100 GB disk, 32 GB RAM, 10 Gbit/s)",
         "rho_max": args.rho_max,
         "slot_s": SLOT_S,
         "slots": n_slots,
@@ -319,48 +453,11 @@ def prepare_gentd26(args: argparse.Namespace) -> Replay:
         "prices": "placement.Prices defaults",
         "overflow": not args.no_overflow,
     }
+    if len(profiles) <= 8:
+        assumptions["profile_of"] = profiles
     if loads:
         assumptions["load_disk_s_mean"] = statistics.fmean(loads.values())
-    return Replay(inst, reqs, sim_config(args, n_slots), assumptions)
-
-
-def prepare_azure(args: argparse.Namespace) -> Replay:
-    records = read_azure(args.trace)
-    measured = {m.id: m for m in load_measured(args.measured)}
-    mean_work = {
-        m: statistics.fmean(r.work for r in records if r.model == m) for m in AZURE_PROFILES
-    }
-    inst = build_instance(measured, AZURE_PROFILES, mean_work, [L40S], args.rho_max)
-    speedup = args.speedup if args.speedup is not None else 1.0
-    full = to_requests(records, mean_work, speedup)
-    duration = (full[-1].t + 1e-9) if full else 0.0
-    keep = args.sample
-    load = args.load if args.load is not None else 1.5
-    if keep is None:  # thin to the target load
-        keep = min(1.0, load / max(offered_load(inst, full, duration), 1e-12))
-    kept = _window(thin(records, keep, args.seed), args.max_requests)
-    reqs = to_requests(kept, mean_work, speedup)
-    n_slots = _slots(reqs, args.max_slots)
-    reqs = [r for r in reqs if r.t < n_slots * SLOT_S]
-    assumptions: dict[str, object] = {
-        "trace": str(args.trace),
-        "kind": "azure-llm",
-        "requests": len(reqs),
-        "mapping": AZURE_PROFILES,
-        "work": "generated tokens / 32, normalised by the model's mean",
-        "mean_work": mean_work,
-        "sample": keep,
-        "speedup": speedup,
-        "hosts": "1 x L40S-class (44 GB GPU, 100 GB disk, 32 GB RAM, 10 Gbit/s)",
-        "rho_max": args.rho_max,
-        "slot_s": SLOT_S,
-        "slots": n_slots,
-        "warmup_slots": args.warmup_slots,
-        "offered_load": offered_load(inst, reqs, n_slots * SLOT_S),
-        "prices": "placement.Prices defaults",
-        "overflow": not args.no_overflow,
-    }
-    return Replay(inst, reqs, sim_config(args, n_slots), assumptions)
+    return Replay(inst, reqs, sim_config(args, n_slots), assumptions, every)
 
 
 def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
@@ -438,7 +535,17 @@ def default_label(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trace", type=Path, required=True, help="trace folder (or file)")
-    ap.add_argument("--kind", choices=["gentd26", "azure-llm"], required=True)
+    ap.add_argument("--kind", choices=sorted(KINDS), required=True)
+    ap.add_argument("--hosts", type=int, help="edge hosts (default: gentd26 2, requests 2, else 1)")
+    ap.add_argument(
+        "--work-mean",
+        choices=["trace", "model"],
+        help="normalise work by the trace's mean or each model's (default: gentd26 trace, "
+        "else model)",
+    )
+    ap.add_argument(
+        "--export", type=Path, help="also write the whole trace in the generic requests format"
+    )
     ap.add_argument(
         "--speedup", type=float, help="time compression (default: gentd26 to --load, azure 1)"
     )
@@ -477,7 +584,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    replay = prepare_gentd26(args) if args.kind == "gentd26" else prepare_azure(args)
+    if args.load_latencies == "trace" and args.kind != "gentd26":
+        print("--load-latencies trace needs the GenTD26 latency file (--kind gentd26)")
+        return 2
+    try:
+        replay = prepare(args)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"cannot replay {args.trace}: {exc}")
+        return 2
+    if args.export:
+        write_requests(replay.records, args.export)
+        print(f"wrote the {len(replay.records)} requests of the trace to {args.export}")
     print(json.dumps(replay.assumptions, indent=1))
     results = run_policies(replay, args.policies)
     table = markdown_table(results)

@@ -65,6 +65,7 @@ from .splitting import (
     add_replicas,
     best_split,
     drop_levels,
+    improve_levels,
     levels_of_options,
     wait_tangents,
 )
@@ -492,7 +493,8 @@ def _mlds(
     """mlds on the split decision model: the discrete search (`_mlds_levels`) on the
     one-option surrogate, its levels split optimally (`splitting.best_split`); then, with
     each host's busy seconds priced at the marginal queueing wait of that split, the
-    discrete search again (`_WAIT_PRICE_ROUNDS` times, keeping the best split found); then
+    discrete search again (`_WAIT_PRICE_ROUNDS` times, at `_PRICE_SCALES` of that price,
+    keeping the best split found); then
     fractional moves (`splitting.add_replicas`: a second replica of a hot model where its
     reduced cost says it pays, re-split, kept only if the total falls)."""
     deadline = time.perf_counter() + time_limit_s
@@ -506,7 +508,7 @@ def _mlds(
         price = _busy_prices(instance, best)
         if not price.any():
             break
-        priced = Compiled(instance, compute_price=price)
+        priced = Compiled(instance, compute_price=price * _PRICE_SCALES[r % len(_PRICE_SCALES)])
         left = max(0.05, deadline - time.perf_counter())
         opt, _, more = _mlds_levels(instance, priced, seed + 1 + r, left)
         notes = [*notes, *more]
@@ -517,15 +519,25 @@ def _mlds(
     best, _ = add_replicas(instance, best, rounds=rounds, trials=trials, deadline=deadline)
     if small:
         best = drop_levels(instance, best, deadline=deadline)
+        best = improve_levels(
+            instance, best, rounds=_LEVEL_ROUNDS, trials=_LEVEL_TRIALS, deadline=deadline
+        )
     cloud = best_split(instance, {})
     if cloud.total < best.total:
         best = cloud
     return best, None, notes
 
 
-_WAIT_PRICE_ROUNDS = 2  # discrete searches with busy seconds priced, small instances
+_WAIT_PRICE_ROUNDS = 3  # discrete searches with busy seconds priced, small instances
+_PRICE_SCALES = (1.0, 2.0, 0.5)
+"""The r-th priced search prices busy seconds at this multiple of the marginal wait of the
+best split so far: the tangent's slope is right only for small changes of a host's load
+(the wait is convex: it underprices adding load, overprices removing it), so the search is
+run on a bracket of prices and the split that is cheapest in the true model kept."""
 _REPLICA_ROUNDS = 6  # replicas added at most (each re-solves up to _REPLICA_TRIALS splits)
 _REPLICA_TRIALS = 6
+_LEVEL_ROUNDS = 8  # level changes in the true model (`splitting.improve_levels`), small only
+_LEVEL_TRIALS = 4
 
 
 def _busy_prices(instance: Instance, plan: SplitPlan) -> np.ndarray:

@@ -355,5 +355,95 @@ def drop_levels(instance: Instance, plan: SplitPlan, *, deadline: float) -> Spli
     return plan
 
 
+def _moved(
+    split: Mapping[str, Mapping[Option, float]], m: str, old: Option | None, new: Option, x: float
+) -> dict[str, dict[Option, float]]:
+    """The split with `x` of model m's traffic taken from `old` (the cloud when None) and
+    given to `new`."""
+    fr = dict(split[m])
+    src = old if old is not None else CLOUD
+    fr[src] = fr.get(src, 0.0) - x
+    if fr[src] <= _MIN_FRACTION:
+        del fr[src]
+    fr[new] = fr.get(new, 0.0) + x
+    return {**split, m: fr}
+
+
+def _level_moves(
+    instance: Instance, plan: SplitPlan
+) -> list[tuple[dict[tuple[str, str], str], dict[str, dict[Option, float]]]]:
+    """Single changes of the levels, each with the split that follows its traffic: drop a
+    held level (its share to the cloud), hold it at another level on the same host, move
+    it to a host that lacks the model, or place a model held nowhere (as much of its
+    traffic as the host's compute room allows)."""
+    busy = busy_seconds(instance, plan.split)
+    out = []
+    held_models = {m for m, _ in plan.levels}
+    for (m, e), level in sorted(plan.levels.items()):
+        x = float(plan.split.get(m, {}).get(Option(e, level), 0.0))
+        rest = {k: v for k, v in plan.levels.items() if k != (m, e)}
+        out.append((rest, _moved(plan.split, m, Option(e, level), CLOUD, x) if x else plan.split))
+        targets = [(e, other) for other in Level.ALL if other != level]
+        targets += [
+            (h.id, other)
+            for h in instance.hosts
+            if h.id != e and (m, h.id) in instance.perf and (m, h.id) not in plan.levels
+            for other in Level.ALL
+        ]
+        for host, other in targets:
+            split = _moved(plan.split, m, Option(e, level), Option(host, other), x)
+            out.append(({**rest, (m, host): other}, split if x else plan.split))
+    for mm in instance.models:
+        m = mm.id
+        n = instance.requests(m)
+        if n <= 0 or m in held_models:
+            continue
+        for h in instance.hosts:
+            perf = instance.perf.get((m, h.id))
+            if perf is None:
+                continue
+            room = max(0.0, h.rho_max * instance.slot_s - busy[h.id])
+            f = min(1.0, room / (n * perf.infer_s)) if perf.infer_s > 0 else 1.0
+            if f <= _MIN_FRACTION:
+                continue
+            for level in Level.ALL:
+                split = _moved(plan.split, m, None, Option(h.id, level), f)
+                out.append(({**plan.levels, (m, h.id): level}, split))
+    return out
+
+
+def improve_levels(
+    instance: Instance, plan: SplitPlan, *, rounds: int, trials: int, deadline: float
+) -> SplitPlan:
+    """Local search on the levels in the true model: every single change of
+    `_level_moves` is priced by `placement.evaluate_split` with its traffic moved along
+    (feasible ones only); the `trials` best that lower the cost are re-split optimally and
+    the best kept, round after round. It corrects what the one-option surrogate of the
+    discrete search misjudges (the wait of a host that sheds, a split's real shares)."""
+    for _ in range(rounds):
+        if time.perf_counter() >= deadline:
+            break
+        scored = []
+        for levels, split in _level_moves(instance, plan):
+            if violations_split(instance, split, levels):
+                continue
+            scored.append(
+                (evaluate_split(instance, split, levels).total, sorted(levels.items()), levels)
+            )
+        scored.sort(key=lambda t: (t[0], t[1]))
+        tol = 1e-9 * max(1.0, abs(plan.total))
+        best = plan
+        for total, _, levels in scored[:trials]:
+            if total >= plan.total - tol or time.perf_counter() >= deadline:
+                break
+            trial = best_split(instance, levels)
+            if trial.total < best.total - tol:
+                best = trial
+        if best is plan:
+            break
+        plan = best
+    return plan
+
+
 def feasible(instance: Instance, plan: SplitPlan) -> list[str]:
     return violations_split(instance, plan.split, plan.levels)
