@@ -431,3 +431,80 @@ def test_replay_main_writes_the_json(tmp_path: Path, kind: str) -> None:
     replay.update_doc(doc_md, "t", "replaced")
     assert doc_md.read_text().count("<!-- t:begin -->") == 1
     assert "replaced" in doc_md.read_text() and "| mlds |" not in doc_md.read_text()
+
+
+def test_read_requests_sorts_and_refuses_bad_rows(tmp_path: Path) -> None:
+    good = tmp_path / "r.csv"
+    good.write_text("time_s,model,kind,work\n5,b,image,2\n0.5,a,text,1\n5,a,text,0.25\n")
+    recs = replay.read_requests(good)
+    assert [(r.t, r.model, r.kind, r.work) for r in recs] == [
+        (0.5, "a", "text", 1.0),
+        (5.0, "b", "image", 2.0),  # same time: the file's order
+        (5.0, "a", "text", 0.25),
+    ]
+    assert replay.profiles_by_rank(recs) == {"a": "llama-3.1-8B", "b": "sdxl-base-1.0"}
+    bad = {
+        "t,model,kind,work\n1,a,text,1\n": "header",
+        "time_s,model,kind,work\n1,a,video,1\n": ":2:",
+        "time_s,model,kind,work\n1,a,text,1\nx,a,text,1\n": ":3:",
+        "time_s,model,kind,work\n1,a,text,0\n": "work > 0",
+        "time_s,model,kind,work\n-1,a,text,1\n": "time_s must be >= 0",
+    }
+    for text, says in bad.items():
+        good.write_text(text)
+        with pytest.raises(ValueError, match=says):
+            replay.read_requests(good)
+
+
+def test_read_mooncake(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "conversation_trace.jsonl").write_text(
+        '{"timestamp": 2000, "input_length": 10, "output_length": 64, "hash_ids": [1]}\n'
+        '{"timestamp": 500, "input_length": 10, "output_length": 16, "hash_ids": [1]}\n'
+    )
+    recs = replay.read_mooncake(folder)
+    assert [(r.t, r.model, r.kind, r.work) for r in recs] == [
+        (0.0, "kimi", "text", 0.5),
+        (1.5, "kimi", "text", 2.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "hosts", "work_mean"), [("gentd26", 2, "trace"), ("azure-llm", 1, "model")]
+)
+def test_an_exported_trace_replays_as_its_own_kind(
+    tmp_path: Path, kind: str, hosts: int, work_mean: str
+) -> None:
+    # Both readers write the generic format; replaying the export as `requests` with the
+    # kind's settings gives the same scenario and the same results.
+    folder = tmp_path / "trace"
+    (write_gentd26 if kind == "gentd26" else write_azure)(folder)
+    write_measured(tmp_path / "measured.json")
+    common = ["--measured", str(tmp_path / "measured.json"), "--warmup-slots", "0"]
+    common += ["--speedup", "1", "--sample", "1", "--policies", "mlds", "lru"]
+    csv_path = tmp_path / "export.csv"
+    own, generic = tmp_path / "own.json", tmp_path / "generic.json"
+    args = ["--trace", str(folder), "--kind", kind, "--json", str(own), "--export", str(csv_path)]
+    assert replay.main([*args, *common]) == 0
+    assert csv_path.read_text().startswith("time_s,model,kind,work\n")
+    args = ["--trace", str(csv_path), "--kind", "requests", "--json", str(generic)]
+    args += ["--hosts", str(hosts), "--work-mean", work_mean]
+    assert replay.main([*args, *common]) == 0
+    a, b = json.loads(own.read_text()), json.loads(generic.read_text())
+    for name in ("mlds", "lru"):
+        assert a["policies"][name]["total_cost"] == pytest.approx(b["policies"][name]["total_cost"])
+        assert a["policies"][name]["requests"] == b["policies"][name]["requests"]
+    assert a["assumptions"]["profiles"] == b["assumptions"]["profiles"]
+
+
+def test_replay_refuses_what_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("when,model\n1,a\n")
+    assert replay.main(["--trace", str(bad), "--kind", "requests"]) == 2
+    assert "header" in capsys.readouterr().out
+    assert (
+        replay.main(["--trace", str(bad), "--kind", "requests", "--load-latencies", "trace"]) == 2
+    )
