@@ -250,8 +250,9 @@ class _Candidates:
             return []
         E = len(instance.hosts)
         disk, ram, resident, pool = (np.zeros(E) for _ in range(4))
+        hidx = {h.id: i for i, h in enumerate(instance.hosts)}
         for (m, e), level in plan.levels.items():
-            j = self.host_index(instance, e)
+            j = hidx[e]
             size = instance.model(m).storage_bytes
             vram = instance.perf[(m, e)].vram_bytes
             disk[j] += size
@@ -265,16 +266,16 @@ class _Candidates:
         price = np.array([plan.host_price.get(h.id, 0.0) for h in instance.hosts])
         u = np.array([plan.model_dual.get(m, np.nan) for m, _ in self.pairs])
         held = np.array([key in plan.levels for key in self.pairs])
-        j = self.host
-        rc = self.n[:, None] * (self.delay + (self.infer * price[j])[:, None]) - u[:, None]
-        room = np.maximum(self.cap[j, 3] - loads[j], 0.0)
+        hj = self.host
+        rc = self.n[:, None] * (self.delay + (self.infer * price[hj])[:, None]) - u[:, None]
+        room = np.maximum(self.cap[hj, 3] - loads[hj], 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(self.infer > 0, np.minimum(1.0, room / (self.n * self.infer)), 1.0)
-        fit_disk = disk[j] + self.size <= self.cap[j, 0]
-        fit_ram = ram[j] + self.size <= self.cap[j, 1]
-        grown = np.maximum(pool[j], self.vram)
-        fit_pooled = resident[j] + grown <= self.cap[j, 2]
-        fit_res = resident[j] + self.vram + pool[j] <= self.cap[j, 2]
+        fit_disk = disk[hj] + self.size <= self.cap[hj, 0]
+        fit_ram = ram[hj] + self.size <= self.cap[hj, 1]
+        grown = np.maximum(pool[hj], self.vram)
+        fit_pooled = resident[hj] + grown <= self.cap[hj, 2]
+        fit_res = resident[hj] + self.vram + pool[hj] <= self.cap[hj, 2]
         growth = np.zeros_like(self.hold)
         fits = np.zeros(self.hold.shape, dtype=bool)
         for col, level in enumerate(Level.ALL):
@@ -282,7 +283,7 @@ class _Candidates:
                 fits[:, col] = fit_disk & fit_res
             else:
                 fits[:, col] = fit_disk & fit_pooled & (fit_ram if level == Level.CACHED else True)
-                growth[:, col] = grown - pool[j]
+                growth[:, col] = grown - pool[hj]
         gain = -rc * np.maximum(share, 0.05)[:, None] - self.hold
         gain -= instance.prices.vram_per_GB * growth / GB
         ok = fits & (rc < 0) & (gain > 0) & ~held[:, None] & ~np.isnan(u)[:, None]
@@ -296,10 +297,6 @@ class _Candidates:
             key=lambda t: (-g[t], *self.pairs[ps[t]], Level.ALL[ls[t]]),
         )
         return [(*self.pairs[ps[t]], Level.ALL[ls[t]]) for t in ranked[:k]]
-
-    @staticmethod
-    def host_index(instance: Instance, host: str) -> int:
-        return next(i for i, h in enumerate(instance.hosts) if h.id == host)
 
 
 def add_replicas(
@@ -357,7 +354,7 @@ def drop_levels(instance: Instance, plan: SplitPlan, *, deadline: float) -> Spli
 
 def _moved(
     split: Mapping[str, Mapping[Option, float]], m: str, old: Option | None, new: Option, x: float
-) -> dict[str, dict[Option, float]]:
+) -> dict[str, Mapping[Option, float]]:
     """The split with `x` of model m's traffic taken from `old` (the cloud when None) and
     given to `new`."""
     fr = dict(split[m])
@@ -371,13 +368,13 @@ def _moved(
 
 def _level_moves(
     instance: Instance, plan: SplitPlan
-) -> list[tuple[dict[tuple[str, str], str], dict[str, dict[Option, float]]]]:
+) -> list[tuple[dict[tuple[str, str], str], Mapping[str, Mapping[Option, float]]]]:
     """Single changes of the levels, each with the split that follows its traffic: drop a
     held level (its share to the cloud), hold it at another level on the same host, move
     it to a host that lacks the model, or place a model held nowhere (as much of its
     traffic as the host's compute room allows)."""
     busy = busy_seconds(instance, plan.split)
-    out = []
+    out: list[tuple[dict[tuple[str, str], str], Mapping[str, Mapping[Option, float]]]] = []
     held_models = {m for m, _ in plan.levels}
     for (m, e), level in sorted(plan.levels.items()):
         x = float(plan.split.get(m, {}).get(Option(e, level), 0.0))
