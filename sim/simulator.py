@@ -43,10 +43,10 @@ Routing (the gateway's rule, `cloud_gateway/core/routing.py`)
   the request's arrival (on disk; loaded, for a resident replica): a host still fetching
   or loading it is left out of the pick, as the gateway skips hosts whose model state is
   not `ready`. Nothing ready and no cloud fraction: the cloud.
-- Live-queue correction (`SimConfig.overflow`, on by default): a picked host that would
-  finish the request later than the cloud (its queue, pool content and the request's work
-  known exactly) goes behind the cloud: the request goes to the other ready planned host
-  that would finish it first if that beats the cloud, else to the cloud.
+- Live-queue correction (`SimConfig.overflow`, on by default): the pick only decides edge
+  or cloud; an edge request goes to the ready planned host that would finish it first (its
+  queue, pool content and the request's work known exactly; the picked host on a tie), and
+  to the cloud when even that one would finish it later than the cloud.
 - Overflow off: the pick is over every planned option (ready or not) and the request is
   served there however long it waits (for a fetch or load, then in the host's queue).
   The compute cap ρ_max is a planning constraint only.
@@ -881,12 +881,13 @@ class _PlannedSim:
         for ready, _, _, r, e in queue:
             host = self.hosts[e]
             cloud_s = _cloud_latency(self.base, r)
-            if self.cfg.overflow and host.finish(r.model, ready, r.work) > r.t + cloud_s:
-                other = self._fastest_other(r, plan, e)
-                if other is None or other[0] > r.t + cloud_s:
+            if self.cfg.overflow:
+                # the pick chose the edge; the planned ready host that finishes first serves
+                first = self._fastest(r, plan, e)
+                if first is None or first[0] > r.t + cloud_s:
                     tally.serve(cloud_s, True, w, r.model, "cloud")
                     continue
-                e, ready = other[1], other[2]
+                e, ready = first[1], first[2]
                 host = self.hosts[e]
             latency, hit = host.serve(r.model, r.t, ready, r.work)
             tally.serve(latency, False, w, r.model, e)
@@ -898,23 +899,25 @@ class _PlannedSim:
         for (m, e), (hits, misses) in sorted(stats.items()):
             self.pool.observe(m, e, hits, misses)
 
-    def _fastest_other(
-        self, r: Request, plan: Plan, picked: str
-    ) -> tuple[float, str, float] | None:
-        """(finish, host, ready) of the ready planned host other than `picked` that would
-        finish `r` first (ties by host id); None when there is none."""
+    def _fastest(self, r: Request, plan: Plan, picked: str) -> tuple[float, str, float] | None:
+        """(finish, host, ready) of the ready planned host that would finish `r` first
+        (ties: the picked host, then by host id); None when there is none."""
         best: tuple[float, str, float] | None = None
         for o in plan.split[r.model]:
-            if o.host is None or o.host == picked:
+            if o.host is None:
                 continue
             host = self.hosts[o.host]
             if not host.is_ready(r.model, r.t):
                 continue
             ready = host.eligible(r.model, r.t)
             cand = (host.finish(r.model, ready, r.work), o.host, ready)
-            if best is None or cand[:2] < best[:2]:
+            if best is None or _rank(cand, picked) < _rank(best, picked):
                 best = cand
         return best
+
+
+def _rank(cand: tuple[float, str, float], picked: str) -> tuple[float, bool, str]:
+    return cand[0], cand[1] != picked, cand[1]
 
 
 def _resource(inst: Instance, levels: Mapping[tuple[str, str], str]) -> float:

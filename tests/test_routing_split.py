@@ -53,6 +53,17 @@ def test_a_long_queue_puts_the_picked_host_behind_the_cloud() -> None:
     assert [t.backend for t in r.candidates("m", {"a": 3}, now=0.0)] == ["cloud", "a"]
 
 
+def test_an_edge_pick_goes_to_the_planned_host_that_answers_first() -> None:
+    # the weights decide edge or cloud; among the planned hosts the shortest queue serves
+    r = router(
+        [planned("a", "resident", 0.5, infer_s=1.0), planned("b", "resident", 0.5, infer_s=1.0)],
+        0.0,
+    )
+    assert {t.backend for t in (r.candidates("m", {"a": 3}, now=0.0)[0] for _ in range(6))} == {"b"}
+    # idle and equal: the weights share them out
+    assert firsts(r, 4) == {"a": 2, "b": 2}
+
+
 def test_unready_and_suspect_hosts_give_their_share_to_the_rest() -> None:
     r = router([planned("a", "resident", 0.5), planned("b", "resident", 0.5, state="loading")], 0.0)
     assert firsts(r, 6) == {"a": 6}  # b is loading: not a backend at all

@@ -1,11 +1,12 @@
 """Routing policy: for one request, the ordered list of backends to try.
 
-With a decision (the routing table gives each model's traffic split: a fraction per host
-and one for the cloud, DESIGN.md "The decision model"), the first backend is chosen in
-proportion to those fractions by smooth weighted round-robin (`genedge.weighted`), among
-the planned hosts that are ready and not suspect; a chosen host whose expected delay (its
-queue ahead times the measured inference, plus a preload when the pool does not hold the
-model) exceeds the cloud's goes behind the cloud: the live-queue correction of the plan.
+With a decision (the routing table gives each model's routing weights: one per host and
+one for the cloud, `docs/decisions.md`), smooth weighted round-robin (`genedge.weighted`)
+over those weights, among the planned hosts that are ready and not suspect, decides
+whether a request goes to the edge or the cloud; an edge request goes to the planned host
+that would answer it first (its queue ahead times the measured inference, plus a preload
+when the pool does not hold the model), and when even that one would answer later than the
+cloud, behind the cloud: the live-queue correction of the plan.
 The rest follow as fallbacks: the other planned hosts that beat the cloud, the cloud, the
 slower ones, then unplanned hosts that hold the model.
 
@@ -166,8 +167,14 @@ class Router:
         elif pick is None:
             first = cloud
         else:
+            # the pick chose the edge: the planned host that would answer first serves, the
+            # picked one on a tie (so idle hosts share by the weights) or when none has
+            # measured the model
             h = next(x for x in planned if x.host == pick)
-            exp = self._expected(h, inflight)
+            known = [(e, x) for x in planned if (e := self._expected(x, inflight)) is not None]
+            exp = None
+            if known:
+                exp, h = min(known, key=lambda t: (t[0], t[1].host != pick, t[1].host))
             if not slower_than_cloud(exp):
                 first = [self._target(h, exp)]
         chosen = {t.backend for t in first}
