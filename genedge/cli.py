@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+EXIT_FAILED = 1
+EXIT_REGISTRY_DAMAGED = 4
+"""Distinct from a crash (1) and from uvicorn's failed startup (3): restore or move the file."""
+
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
@@ -68,11 +72,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_orchestrator(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from orchestrator.adapters.registry import Registry, RegistryDamaged
     from orchestrator.app import create_app
     from orchestrator.settings import OrchestratorSettings
 
     settings = OrchestratorSettings(**_given(db_path=args.db, host=args.host, port=args.port))
     _setup_logging(settings.log_level)
+    try:  # damage stops the start with one line, not a traceback from the app's startup
+        Registry(settings.db_path).close()
+    except RegistryDamaged as exc:
+        print(f"genedge orchestrator: {exc}", file=sys.stderr)
+        return EXIT_REGISTRY_DAMAGED
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
     )
@@ -210,6 +220,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genedge", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of a failure (default: one line)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("agent", help="run an edge agent (settings: EDGE_* environment)")
@@ -279,6 +292,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one line, never a traceback (unless --debug)
+        if args.debug:
+            raise
+        print(f"genedge {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _one_line(exc: Exception) -> str:
+    """A failure's reason on one line: a settings error names its fields."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return "invalid settings: " + "; ".join(parts)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -327,3 +327,24 @@ async def test_text_requests_over_the_context_get_a_clean_422(
         chat = {"model": "gpt2-ctx64", "messages": [{"role": "user", "content": "cat " * 200}]}
         r = await c.post("/v1/chat/completions", json=chat)
         assert r.status_code == 422 and r.json()["error"]["field"] == "messages"
+
+
+def test_cli_failures_are_one_line_and_debug_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genedge.cli import main
+
+    monkeypatch.setenv("EDGE_PORT", "not-a-port")
+    assert main(["agent", "--store", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "genedge agent: invalid settings: port: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ]
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["credentials", str(blocked / "sub")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("genedge credentials: ") and str(blocked) in err[0]
+    with pytest.raises(Exception):  # noqa: B017 - whatever it was, --debug lets it through
+        main(["--debug", "credentials", str(blocked / "sub")])

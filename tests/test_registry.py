@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.adapters.registry import KEEP_DECISIONS, AgentRecord, Registry
+from orchestrator.adapters.registry import (
+    KEEP_DECISIONS,
+    AgentRecord,
+    Registry,
+    RegistryDamaged,
+)
 from orchestrator.core.rates import PoolStats, RateEstimator
 
 FACTS = {"host_id": "e1", "hostname": "box", "device": "cuda:0", "gpu_total_bytes": 80 << 30}
@@ -185,6 +190,58 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="schema version 99"):
         Registry(path)
+
+
+def _filled(path: Path) -> None:
+    with Registry(path) as reg:
+        for n in range(200):
+            reg.save_state(f"k{n}", {"pad": "x" * 500})
+    for extra in ("-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "overwritten page"])
+def test_a_damaged_file_is_refused_in_one_line(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "orch.sqlite"
+    _filled(path)
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a database at all " * 400)
+    else:
+        path.write_bytes(data[:4096] + b"\xff" * 4096 + data[8192:])
+    with pytest.raises(RegistryDamaged) as info:
+        Registry(path)
+    text = str(info.value)
+    assert str(path) in text and "move it aside" in text and "\n" not in text
+
+
+def test_the_cli_exits_4_with_one_line_on_a_damaged_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from genedge.cli import EXIT_REGISTRY_DAMAGED, main
+
+    path = tmp_path / "orch.sqlite"
+    path.write_bytes(b"garbage" * 1000)
+    assert main(["orchestrator", "--db", str(path), "--port", "0"]) == EXIT_REGISTRY_DAMAGED == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged" in err[0] and "Traceback" not in err[0]
+
+
+def test_an_empty_or_missing_file_is_a_new_registry_said_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with caplog.at_level("INFO", logger="orchestrator.registry"):
+        Registry(empty).close()
+        Registry(tmp_path / "missing.sqlite").close()
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "0 bytes" in warned[0].getMessage()
+    assert any("no registry at" in r.getMessage() for r in caplog.records)
+    with Registry(empty) as reg:  # now a registry
+        assert reg.schema_version() == 1
 
 
 def test_a_failed_write_is_rolled_back_whole(reg: Registry) -> None:

@@ -11,11 +11,15 @@ One SQLite file (or ``":memory:"``) through the standard library's `sqlite3`:
 - JSON documents (facts, model status, profiles, state, decisions) are stored as TEXT.
 - The schema is created on open and its version recorded in ``schema_version``; a file
   written by a newer schema is refused rather than misread.
+- Damage is loud: on open ``PRAGMA quick_check`` runs, and a file that is not a database,
+  is malformed or fails the check raises `RegistryDamaged` (the CLI prints its one line and
+  exits 4); a missing file, or a 0-byte one, becomes a new database with a log line saying so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,7 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AGENT_ROLES", "AGENT_STATUSES", "KEEP_DECISIONS", "AgentRecord", "Registry"]
+__all__ = [
+    "AGENT_ROLES",
+    "AGENT_STATUSES",
+    "KEEP_DECISIONS",
+    "AgentRecord",
+    "Registry",
+    "RegistryDamaged",
+]
+
+log = logging.getLogger("orchestrator.registry")
+
+
+class RegistryDamaged(RuntimeError):
+    """The registry file is damaged or not a registry; the message says what to do."""
 
 SCHEMA_VERSION = 1
 KEEP_DECISIONS = 100
@@ -105,15 +122,36 @@ class Registry:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            file = Path(self.path)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            if not file.exists():
+                log.info("no registry at %s: starting a new one", file)
+            elif file.is_file() and file.stat().st_size == 0:
+                log.warning(
+                    "registry %s is empty (0 bytes): starting a new one; agents re-register, "
+                    "but earlier decisions, profiles and rates are not there",
+                    file,
+                )
         self._lock = threading.Lock()
         # isolation_level=None: no implicit transactions; `_write` opens them explicitly.
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._damaged(str(exc)) from None
         try:
             self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise self._damaged(str(exc)) from None
         except BaseException:
             self._conn.close()
             raise
+
+    def _damaged(self, reason: str) -> RegistryDamaged:
+        return RegistryDamaged(
+            f"registry {self.path} is damaged or not a genedge registry ({reason}): restore "
+            "it from a backup, or move it aside to start with an empty one"
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -124,6 +162,9 @@ class Registry:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(str(p) for p in problems[:3]))
         with self._write() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()
