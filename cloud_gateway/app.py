@@ -65,5 +65,7 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     # Outermost last: the size limit sees every body before the generation endpoints do.
     app.add_middleware(GenerationEndpoints)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     return app

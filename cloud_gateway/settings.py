@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from genedge.auth import check_token_setting, read_credential
+from genedge.limits import ServerLimits
 
 MiB = 1024**2
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServerLimits):
     model_config = SettingsConfigDict(env_prefix="GW_", extra="ignore")
 
     # Where routes come from

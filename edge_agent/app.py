@@ -163,7 +163,9 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     if settings.wan_delay_ms > 0:
         app.add_middleware(AddedDelay, delay_ms=settings.wan_delay_ms)
     credentials = Credentials.of(agent=settings.agent_token)

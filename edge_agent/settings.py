@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from genedge.auth import check_token_setting, read_credential
+from genedge.limits import ServerLimits
 
 GiB = 1024**3
 MiB = 1024**2
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(ServerLimits):
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
 
     host_id: str = Field(default_factory=socket.gethostname, description="Name in the fleet.")

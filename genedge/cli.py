@@ -46,6 +46,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from edge_agent.app import create_app
     from edge_agent.settings import AgentSettings
+    from genedge.serving import uvicorn_options
 
     overrides = _given(
         store_dir=args.store,
@@ -65,6 +66,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),
     )
     return 0
 
@@ -72,6 +74,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_orchestrator(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from genedge.serving import uvicorn_options
     from orchestrator.adapters.registry import Registry, RegistryDamaged
     from orchestrator.app import create_app
     from orchestrator.settings import OrchestratorSettings
@@ -84,7 +87,11 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
         print(f"genedge orchestrator: {exc}", file=sys.stderr)
         return EXIT_REGISTRY_DAMAGED
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        **uvicorn_options(settings),
     )
     return 0
 
@@ -94,6 +101,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     from cloud_gateway.app import create_app
     from cloud_gateway.settings import GatewaySettings
+    from genedge.serving import uvicorn_options
 
     overrides = _given(
         host=args.host, port=args.port, orchestrator_url=args.orchestrator, cloud_url=args.cloud
@@ -106,6 +114,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # one line per request costs more than the routing itself
+        **uvicorn_options(settings),
     )
     return 0
 

@@ -7,6 +7,7 @@ stack trace, answered without it). Each service adds the handler of its own erro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ HTTP_TYPES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
@@ -82,11 +84,14 @@ def install_common_handlers(app: FastAPI, log: logging.Logger) -> None:
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: 413 for bodies over `max_bytes`, by header or by counting."""
+    """Pure ASGI middleware: 413 for bodies over `max_bytes` (by header or by counting), and
+    408 for a body that has not all arrived `timeout_s` after the app first asked for it
+    (a client sending a byte a second holds nothing for long)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,26 +102,49 @@ class BodySizeLimit:
                 await self._reject(scope, receive, send)
                 return
         seen = 0
+        done = False
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done, deadline
+            if done or self.timeout_s is None:
+                message = await receive()
+            else:
+                if deadline is None:
+                    deadline = loop.time() + self.timeout_s
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise _TooSlow(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise _TooLarge
+                done = not message.get("more_body", False)
             return message
 
         try:
             await self.app(scope, counting_receive, send)
         except _TooLarge:
             await self._reject(scope, receive, send)
+        except _TooSlow as exc:  # outside any handler (a middleware read the body)
+            body = ErrorBody(type="request_timeout", message=str(exc.detail))
+            await error_response(408, body)(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = ErrorBody(
             type="request_too_large", message=f"request body over {self.max_bytes} bytes"
         )
         await error_response(413, body)(scope, receive, send)
+
+
+class _TooSlow(StarletteHTTPException):
+    """Raised from `receive` inside the app: an HTTP error, so FastAPI's body parsing lets
+    it through and the app's handler answers 408 in the common error shape."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"request body not received within {timeout_s:g} s")
 
 
 class _TooLarge(Exception):

@@ -52,7 +52,9 @@ def create_app(
     app.include_router(router)
     credentials = settings.credentials()
     # Outermost last: credentials are checked before any body is read.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(
         BearerAuth, credentials=credentials, policy=access.policy, service="orchestrator"
     )

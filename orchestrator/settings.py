@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from genedge.auth import Credentials, check_distinct, check_token_setting, read_credential
+from genedge.limits import ServerLimits
 
 
-class OrchestratorSettings(BaseSettings):
+class OrchestratorSettings(ServerLimits):
     model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
 
     db_path: Path = Field(default=Path("state/orchestrator.sqlite"), description="SQLite file.")

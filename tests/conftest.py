@@ -104,13 +104,18 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serving(
-    app: Any, port: int = 0, headers: dict[str, str] | None = None
+    app: Any,
+    port: int = 0,
+    headers: dict[str, str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Serve `app` with a real uvicorn server on a loopback port, in the test's own event
     loop (so tests may also look at `client.app.state`). httpx's ASGI transport would buffer
     whole responses, which hides what streaming really does."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **(options or {})
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:

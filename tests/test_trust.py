@@ -373,3 +373,60 @@ def test_host_facts_are_non_negative_and_finite(budget: int, gbps: float) -> Non
         assert budget < 0 or not (math.isfinite(gbps) and gbps >= 0)
     else:
         assert budget >= 0 and math.isfinite(gbps) and gbps >= 0
+
+
+async def test_slow_and_silent_clients_are_cut_off(tmp_path: Path) -> None:
+    # The service's own limits (`genedge.limits.ServerLimits`), as `genedge orchestrator`
+    # applies them: a head that is late closes the connection, a late body gets a 408.
+    import asyncio
+
+    from genedge.serving import uvicorn_options
+    from orchestrator.settings import OrchestratorSettings
+    from tests.conftest import serving
+
+    s = OrchestratorSettings(
+        db_path=tmp_path / "o.sqlite",
+        operator_token="op-token-1234567890",
+        head_timeout_s=0.4,
+        body_timeout_s=0.4,
+    )
+    async with serving(create_orchestrator(s), options=uvicorn_options(s)) as client:
+        port = client.server.servers[0].sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+        async def closed_after(first: bytes, trickle: bytes) -> tuple[float, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            writer.write(first)
+            await writer.drain()
+
+            async def drip() -> None:
+                for b in trickle:
+                    await asyncio.sleep(0.1)
+                    writer.write(bytes([b]))
+                    await writer.drain()
+
+            dripping = asyncio.create_task(drip())
+            try:
+                data = await asyncio.wait_for(reader.read(), 5.0)
+            finally:
+                dripping.cancel()
+                writer.close()
+            return loop.time() - t0, data
+
+        # silent: nothing sent at all
+        took, data = await closed_after(b"", b"")
+        assert data == b"" and took < 2.0
+        # a head sent a byte every 0.1 s never completes in time
+        took, data = await closed_after(b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n" * 4)
+        assert data == b"" and took < 2.0
+        # a body promised but sent a byte every 0.1 s: 408 with the reason
+        head = (
+            b"POST /v1/placement/plan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer op-token-1234567890\r\nContent-Length: 200\r\n\r\n"
+        )
+        took, data = await closed_after(head, b"{" * 50)
+        assert data.startswith(b"HTTP/1.1 408") and b"request_timeout" in data and took < 2.0
+        # a normal client is served, twice on one connection
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200

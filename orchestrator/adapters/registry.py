@@ -43,6 +43,7 @@ log = logging.getLogger("orchestrator.registry")
 class RegistryDamaged(RuntimeError):
     """The registry file is damaged or not a registry; the message says what to do."""
 
+
 SCHEMA_VERSION = 1
 KEEP_DECISIONS = 100
 AGENT_ROLES = ("edge", "cloud")
