@@ -131,9 +131,10 @@ def print_placement(orch: httpx.Client) -> None:
     print(
         f"  by {p['algorithm']} ({p['trigger']}) in {p['seconds'] * 1000:.1f} ms; cost "
         f"{c['total']:.2f} = delay {c['delay']:.2f} + resource {c['resource']:.3f} + cloud "
-        f"{c['cloud']:.2f} + transition {c['transition']:.2f}"
+        f"{c['cloud']:.2f} + transition {c['transition']:.2f} + wait {c.get('wait', 0.0):.2f}"
     )
-    print(f"  {'model':<24}{'req/s':>7}  {'host':<8}{'level':<10}{'actual':<44}why")
+    head = f"  {'model':<24}{'req/s':>7}  {'host':<8}{'level':<10}{'actual':<44}"
+    print(head + "why (host and level: the heaviest share)")
     for e in p["entries"]:
         host = e["target_host"] or "cloud"
         level = e["target_level"] or "-"

@@ -505,7 +505,11 @@ class Orchestrator:
         entries = []
         for m in inst.models:
             o = d.assignment.get(m.id, placement.CLOUD)
-            cost, why = describe.option_cost(inst, d.assignment, m.id)
+            if len(d.split.get(m.id, {})) > 1:
+                cost = describe.split_cost(inst, d, m.id)
+                why = describe.split_why(inst, d, m.id)
+            else:
+                cost, why = describe.option_cost(inst, d.assignment, m.id)
             entries.append(
                 PlacementEntry(
                     model=m.id,

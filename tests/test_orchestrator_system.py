@@ -304,7 +304,7 @@ async def test_a_model_hotter_than_one_host_is_split_over_two_hosts_and_the_clou
         shares = {s["host"]: s for s in entry["split"]}
         assert set(shares) == {None, "edge-a", "edge-b"}, entry["split"]
         assert sum(s["fraction"] for s in entry["split"]) == pytest.approx(1.0, abs=1e-6)
-        assert shares[None]["fraction"] > 0.5  # ten hosts' worth: most of it to the cloud
+        assert shares[None]["fraction"] > 0.1  # more than both hosts can take: the cloud too
         for host in ("edge-a", "edge-b"):
             assert shares[host]["fraction"] > 0 and shares[host]["rate_rps"] > 0
             assert shares[host]["weight"] >= shares[host]["fraction"]  # the hosts shed

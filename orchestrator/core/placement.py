@@ -425,6 +425,11 @@ class CostBreakdown:
             self.wait + other.wait,
         )
 
+    def __mul__(self, k: float) -> CostBreakdown:
+        return CostBreakdown(
+            k * self.delay, k * self.resource, k * self.cloud, k * self.transition, k * self.wait
+        )
+
     def as_dict(self) -> dict[str, float]:
         return {
             "delay": self.delay,
@@ -615,17 +620,13 @@ def holding_cost(instance: Instance, model_id: str, host_id: str, level: str) ->
     return CostBreakdown(resource=resource, transition=transition)
 
 
-def _scaled(c: CostBreakdown, k: float) -> CostBreakdown:
-    return CostBreakdown(k * c.delay, k * c.resource, k * c.cloud, k * c.transition, k * c.wait)
-
-
 def option_cost(instance: Instance, model_id: str, option: Option) -> CostBreakdown:
     """Cost of one option of one model taking all its traffic, *without* the shared pool
     term and the queueing wait (see `evaluate`): n_m per-request costs plus the holding.
 
     Raises ValueError when the model cannot take the option (no Perf on that host).
     """
-    c = _scaled(per_request_cost(instance, model_id, option), instance.requests(model_id))
+    c = per_request_cost(instance, model_id, option) * instance.requests(model_id)
     if option.host is None or option.level is None:
         return c
     return c + holding_cost(instance, model_id, option.host, option.level)
@@ -819,7 +820,7 @@ def evaluate_split(instance: Instance, split: Split, levels: Levels) -> CostBrea
     for m, fractions in split.items():
         n = instance.requests(m)
         for o, x in fractions.items():
-            total = total + _scaled(per_request_cost(instance, m, o), x * n)
+            total = total + per_request_cost(instance, m, o) * (x * n)
     for (m, e), level in levels.items():
         total = total + holding_cost(instance, m, e, level)
     use = _host_use_split(instance, split, levels)
