@@ -7,9 +7,12 @@ the store are kept, so the store is prepared once and reused.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edge_agent.adapters import tiny_models
@@ -30,6 +33,30 @@ def _build(dest: Path, make: Callable[[Path], Path]) -> Path:
     return dest
 
 
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """While the store is built: the libraries' notices (transformers' "requires
+    torchvision" fallbacks) below errors, and progress bars (the GGUF conversion's own tqdm
+    writes to stderr whatever transformers is told) kept off the terminal, shown only if
+    the build fails."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = tlog.get_verbosity(), dlog.get_verbosity()
+    tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+    finally:
+        tlog.set_verbosity(levels[0])
+        dlog.set_verbosity(levels[1])
+
+
 def build_demo_store(
     root: Path, *, scale: int = 1, with_smollm2: bool = True, medium: bool = False
 ) -> list[Path]:
@@ -38,6 +65,11 @@ def build_demo_store(
     SmolLM2 (~270 MB) in size, load time and memory."""
     root.mkdir(parents=True, exist_ok=True)
     quiet_library_progress()
+    with _quiet_libraries():
+        return _build_all(root, scale=scale, with_smollm2=with_smollm2, medium=medium)
+
+
+def _build_all(root: Path, *, scale: int, with_smollm2: bool, medium: bool) -> list[Path]:
     built = [
         _build(root / "tiny-llama", lambda p: tiny_models.build_tiny_llama(p, seed=1, scale=scale)),
         _build(root / "tiny-gpt2", lambda p: tiny_models.build_tiny_gpt2(p, seed=2, scale=scale)),
