@@ -222,3 +222,15 @@ def test_replica_candidates_are_priced_as_the_cost_model_prices_them() -> None:
                 per_request_cost(inst, m, Option(e, level)).delay
             )
             assert c.hold[p, col] == pytest.approx(holding_cost(inst, m, e, level).total)
+
+
+def test_a_host_the_cloud_beats_outright_still_plans_and_routes() -> None:
+    from orchestrator.core.placement import routing_weights
+
+    # the cloud answers in 1 s, the host in 2 s: a request should wait there not at all
+    inst = replace(hot_instance(1), cloud=CloudSpec(wan_rtt_s=0.0, infer_s={"hot": 1.0}))
+    assert inst.shed_threshold("h0") == 0.01
+    for name in ("exact", "mlds"):
+        d = solve(name, inst)
+        weights = routing_weights(inst, d.split)
+        assert sum(weights["hot"].values()) == pytest.approx(1.0)

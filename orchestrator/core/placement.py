@@ -57,7 +57,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final, Literal
 
-from .queueing import DEFAULT_SERVICE_SCV, WaitCurve, offered_factor, wait_curve, wait_scale
+from .queueing import (
+    DEFAULT_SERVICE_SCV,
+    WaitCurve,
+    offered_factor,
+    quantise_threshold,
+    wait_curve,
+    wait_scale,
+)
 
 GB: Final = 1e9
 """Bytes per GB in every price (decimal, like the disk and GPU vendors)."""
@@ -363,7 +370,9 @@ class Instance:
         total = 0.0
         for (m, i), w in zip(pairs, weights, strict=True):
             total += w * max(0.0, self.cloud.wan_rtt_s + self.cloud_infer_s(m) - i) / i
-        return total / sum(weights)
+        # as the curves are built: two significant digits, at least 0.01 (a host the cloud
+        # beats outright still serves an arrival that finds it idle)
+        return quantise_threshold(total / sum(weights))
 
     def wait_curve(self, host_id: str) -> WaitCurve:
         """The host's linearised wait curve G (`queueing.WaitCurve`)."""

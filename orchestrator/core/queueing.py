@@ -97,6 +97,7 @@ def _shed_state(a: float, d: float) -> tuple[float, float]:
 def _offered_for(rho: float, d: float) -> float:
     """The offered load whose served utilisation is ρ at threshold d (bisection; the
     served utilisation grows with the offered load towards 1)."""
+    d = max(d, 1e-6)
     hi = 1.0
     top = 1.0 + _A_MAX_EXP / d
     while _shed_state(hi, d)[0] < rho and hi < top:
