@@ -242,6 +242,10 @@ def run(state: Path, *, once: bool) -> int:
         wait_profiles(system, [a.name for a in agents], timeout=900)
         print(f"  profiles ready after {time.perf_counter() - t0:.1f} s")
         print(f"  credentials for clients: {system.credentials_file} (mode 0600)")
+        print(
+            f"  dashboard URL: {system.url('orchestrator')}/ui/"
+            f"#token={system.cfg.credentials.operator_token}"
+        )
         with system.client("gateway", timeout=300) as gw, system.client("orchestrator") as orch:
             deadline = time.monotonic() + 60
             while not (gw.get("/v1/models").json()["data"]) and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from genedge.http_errors import BodySizeLimit
 from orchestrator.adapters.registry import Registry
 from orchestrator.api import access
 from orchestrator.api.routes import install_error_handlers, router
+from orchestrator.api.ui import router as ui_router
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.service import Orchestrator
 from orchestrator.settings import OrchestratorSettings
@@ -50,6 +51,7 @@ def create_app(
     app = FastAPI(title="genedge orchestrator", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(ui_router)
     credentials = settings.credentials()
     # Outermost last: credentials are checked before any body is read.
     app.add_middleware(

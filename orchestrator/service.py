@@ -105,6 +105,7 @@ class Orchestrator:
         if saved is not None:
             self.restored_decision = saved[2]
         self.gateway_seen_at: float | None = None
+        self.routing_served_at: float | None = None  # a gateway last fetched the table
         self.unknown_arrivals = 0  # requests for models no agent holds (the `_other` bucket)
         self.batch_ids = RecentIds()  # arrivals batches counted, so a retry counts once
         self.arrivals_counted: Counter[str] = Counter()  # per known model, since start
@@ -549,6 +550,30 @@ class Orchestrator:
         plan = LastPlan(decision, instance, self.clock(), "what-if", kinds)
         return self._placement_of(plan, self._actual())
 
+    def history(self, window_s: float = 3600.0) -> dict[str, Any]:
+        """The decisions of the last `window_s` seconds, oldest first (when, why, the cost by
+        term, each model's rate), and when the gateways were last heard of."""
+        now = self.clock()
+        rows = []
+        for _, at, doc in self.registry.decisions():
+            if at < now - window_s:
+                break
+            rows.append(
+                {
+                    "computed_at": at,
+                    "trigger": doc.get("trigger", ""),
+                    "algorithm": doc.get("algorithm"),
+                    "cost": doc.get("cost"),
+                    "rates": {e["model"]: e.get("rate_rps", 0.0) for e in doc.get("entries", [])},
+                }
+            )
+        return {
+            "now": now,
+            "data": rows[::-1],
+            "routing_served_at": self.routing_served_at,
+            "gateway_arrivals_at": self.gateway_seen_at,
+        }
+
     def explain(self, model_id: str) -> Explanation:
         fractions: Mapping[Option, float] = {}
         if self.last is None:
@@ -590,6 +615,7 @@ class Orchestrator:
         """Everything the gateway needs to route a request: per model the live hosts holding
         it (level, state, swap-pool occupancy, measured preload and inference, queue), the
         decision's target, and the live cloud agents."""
+        self.routing_served_at = self.clock()
         targets, planned_at, algorithm = self._targets()
         models: dict[str, RouteModel] = {}
         for a in self._live("edge"):

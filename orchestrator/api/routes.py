@@ -107,6 +107,12 @@ async def get_placement(request: Request) -> Placement:
     return _orch(request).placement()
 
 
+@router.get("/v1/placement/history")
+async def placement_history(request: Request) -> dict[str, Any]:
+    """The last hour's decisions (when, trigger, cost by term, rates) and gateway contact."""
+    return _orch(request).history()
+
+
 @router.post("/v1/placement/plan", response_model=Placement, responses=ERRORS)
 async def plan(request: Request, body: PlanRequest) -> Placement:
     """What-if: the decision for the given rates and/or algorithm, with no side effects."""
