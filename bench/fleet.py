@@ -202,8 +202,8 @@ async def level_sink(port: int) -> asyncio.AbstractServer:
                     b"content-length: 2\r\n\r\n{}"
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client went, or the bench is over
         finally:
             writer.close()
 

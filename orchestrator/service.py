@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -106,6 +107,11 @@ class Orchestrator:
             self.restored_decision = saved[2]
         self.gateway_seen_at: float | None = None
         self.routing_served_at: float | None = None  # a gateway last fetched the table
+        self._profiles_seen: dict[tuple[str, str], str] = {}  # what the registry holds
+        # Each agent's last model statuses as the registry holds them, parsed once (every
+        # view and the routing table read them; the registry is what survives a restart).
+        self._models_cache: dict[str, list[dict[str, Any]]] = {}
+        self._entries_cache: tuple[LastPlan, list[PlacementEntry]] | None = None
         self.unknown_arrivals = 0  # requests for models no agent holds (the `_other` bucket)
         self.batch_ids = RecentIds()  # arrivals batches counted, so a retry counts once
         self.arrivals_counted: Counter[str] = Counter()  # per known model, since start
@@ -150,12 +156,9 @@ class Orchestrator:
         self.registry.upsert_agent(
             reg.agent_id, reg.url, reg.role, reg.facts.model_dump(mode="json"), now
         )
-        self.registry.heartbeat(
-            reg.agent_id,
-            reg.facts.model_dump(mode="json"),
-            [m.model_dump(mode="json") for m in reg.models],
-            now,
-        )
+        docs = [m.model_dump(mode="json") for m in reg.models]
+        self.registry.heartbeat(reg.agent_id, reg.facts.model_dump(mode="json"), docs, now)
+        self._models_cache[reg.agent_id] = docs
         self._store_profiles(reg.agent_id, reg.models, now)
         log.info(
             "agent %s %sregistered at %s (%s, %d models)",
@@ -167,10 +170,29 @@ class Orchestrator:
         )
         self.request_replan(f"host {reg.agent_id} joined")
 
+    def _models_of(self, agent_id: str) -> list[dict[str, Any]]:
+        """An agent's last reported model statuses (read from the registry once)."""
+        docs = self._models_cache.get(agent_id)
+        if docs is None:
+            docs = self._models_cache[agent_id] = self.registry.agent_models(agent_id)
+        return docs
+
     def _store_profiles(self, agent_id: str, models: list[Any], now: float) -> None:
+        """Store the profiles that changed since this agent last sent them (a heartbeat
+        repeats every profile: rewriting them all was most of a heartbeat's cost), in one
+        transaction."""
+        changed = []
         for m in models:
-            if m.profile is not None:
-                self.registry.put_profile(agent_id, m.id, m.profile.model_dump(mode="json"), now)
+            if m.profile is None:
+                continue
+            doc = m.profile.model_dump(mode="json")
+            key = json.dumps(doc, sort_keys=True)
+            if self._profiles_seen.get((agent_id, m.id)) != key:
+                changed.append((m.id, doc, key))
+        if changed:
+            self.registry.put_profiles(agent_id, [(mid, doc) for mid, doc, _ in changed], now)
+            for mid, _, key in changed:
+                self._profiles_seen[(agent_id, mid)] = key
 
     def heartbeat(self, agent_id: str, hb: Heartbeat) -> bool:
         """False when the agent is unknown or was marked down: it must register again."""
@@ -179,9 +201,9 @@ class Orchestrator:
         if rec is None or rec.status == "down":
             return False
         facts = hb.facts.model_dump(mode="json") if hb.facts is not None else None
-        self.registry.heartbeat(
-            agent_id, facts, [m.model_dump(mode="json") for m in hb.models], now
-        )
+        docs = [m.model_dump(mode="json") for m in hb.models]
+        self.registry.heartbeat(agent_id, facts, docs, now)
+        self._models_cache[agent_id] = docs
         self._store_profiles(agent_id, hb.models, now)
         if not self._gateway_active(now):
             own = {m.id for m in hb.models}  # an agent counts only what it serves
@@ -203,7 +225,7 @@ class Orchestrator:
     def known_models(self) -> set[str]:
         """Every model some registered agent (up or down) holds: the only names whose rates
         are kept, planned and exported."""
-        return {m["id"] for a in self.registry.agents() for m in self.registry.agent_models(a.id)}
+        return {m["id"] for a in self.registry.agents() for m in self._models_of(a.id)}
 
     def arrivals(self, batch: ArrivalBatch) -> ArrivalResult:
         """Count a gateway's batch at the orchestrator's own clock, once per batch id. Names
@@ -244,7 +266,7 @@ class Orchestrator:
                 registered_at=a.registered_at,
                 last_heartbeat=a.last_heartbeat,
                 facts=a.facts,
-                models=self.registry.agent_models(a.id),
+                models=self._models_of(a.id),
             )
             for a in self.registry.agents()
         ]
@@ -282,7 +304,7 @@ class Orchestrator:
         current: dict[tuple[str, str], str] = {}
         for a in self._live("edge"):
             f = a.facts
-            statuses = self.registry.agent_models(a.id)
+            statuses = self._models_of(a.id)
             on_disk = sum(int(m.get("storage_bytes", 0)) for m in statuses)
             hosts.append(
                 HostSpec(
@@ -324,7 +346,7 @@ class Orchestrator:
             raise NoHosts("no live edge agents to plan on")
         cloud_infer: dict[str, float] = {}
         for a in self._live("cloud"):
-            for m in self.registry.agent_models(a.id):
+            for m in self._models_of(a.id):
                 p = m.get("profile")
                 if p:
                     cloud_infer[m["id"]] = float(p["generation_s"])
@@ -374,11 +396,16 @@ class Orchestrator:
             self.rates.roll()
             if trigger == "slot":
                 self.pool.roll()  # age the pool-hit evidence once per slot
-            instance, kinds = self.build_instance()
+            # off the event loop too (heartbeats keep being answered): the estimator, the
+            # pool statistics and the registry are thread-safe, the models cache is
+            # replaced whole per agent
+            instance, kinds = await asyncio.to_thread(self.build_instance, self.rates.rates())
             decision = await asyncio.to_thread(self._solve, instance, None)
             now = self.clock()
             self.last = LastPlan(decision, instance, now, trigger, kinds)
-            self.registry.save_decision(self.placement().model_dump(mode="json"), now)
+            # the view's costs and whys take a while on a large fleet: off the event loop
+            doc = await asyncio.to_thread(lambda: self.placement().model_dump(mode="json"))
+            self.registry.save_decision(doc, now)
             self._persist_rates()
             log.info(
                 "planned (%s) with %s in %.3f s: cost %.2f, %s",
@@ -424,7 +451,7 @@ class Orchestrator:
     def _actual(self) -> dict[tuple[str, str], str]:
         actual: dict[tuple[str, str], str] = {}
         for a in self._live("edge"):
-            for m in self.registry.agent_models(a.id):
+            for m in self._models_of(a.id):
                 lvl = settled_level(m.get("level", "stored"), int(m.get("host_ram_bytes", 0)))
                 actual[(m["id"], a.id)] = lvl
         return actual
@@ -500,7 +527,35 @@ class Orchestrator:
         return False
 
     # ------------------------------------------------------------------ views
-    def _placement_of(self, plan: LastPlan, actual: dict[tuple[str, str], str]) -> Placement:
+    def _placement_of(
+        self, plan: LastPlan, actual: dict[tuple[str, str], str], *, cache: bool = True
+    ) -> Placement:
+        """The placement view: what the decision says per model (built once per decision:
+        its costs and whys take a while on a large fleet; a what-if's is not kept) and the
+        actual levels now."""
+        d = plan.decision
+        cached = self._entries_cache
+        if cached is None or cached[0] is not plan:
+            cached = (plan, self._decision_entries(plan))
+            if cache:
+                self._entries_cache = cached
+        by_model: dict[str, dict[str, str]] = {}
+        for (mid, h), lvl in actual.items():
+            by_model.setdefault(mid, {})[h] = lvl
+        entries = [e.model_copy(update={"actual": by_model.get(e.model, {})}) for e in cached[1]]
+        return Placement(
+            algorithm=d.algorithm,
+            computed_at=plan.computed_at,
+            seconds=d.seconds,
+            optimal=d.optimal,
+            cost=views.terms(d.cost),
+            entries=entries,
+            hosts=[h.id for h in plan.instance.hosts],
+            trigger=plan.trigger,
+            pending_commands=len(self.pending),
+        )
+
+    def _decision_entries(self, plan: LastPlan) -> list[PlacementEntry]:
         d, inst = plan.decision, plan.instance
         view = views.decision_view(inst, d)
         entries = []
@@ -520,22 +575,11 @@ class Orchestrator:
                     target_level=o.level,
                     split=view.shares.get(m.id, []),
                     levels=view.levels.get(m.id, {}),
-                    actual={h: lvl for (mid, h), lvl in actual.items() if mid == m.id},
                     cost=views.terms(cost),
                     why=why,
                 )
             )
-        return Placement(
-            algorithm=d.algorithm,
-            computed_at=plan.computed_at,
-            seconds=d.seconds,
-            optimal=d.optimal,
-            cost=views.terms(d.cost),
-            entries=entries,
-            hosts=[h.id for h in inst.hosts],
-            trigger=plan.trigger,
-            pending_commands=len(self.pending),
-        )
+        return entries
 
     def placement(self) -> Placement:
         if self.last is None:
@@ -545,10 +589,10 @@ class Orchestrator:
         return self._placement_of(self.last, self._actual())
 
     async def what_if(self, rates: dict[str, float] | None, algorithm: str | None) -> Placement:
-        instance, kinds = self.build_instance(rates)
+        instance, kinds = await asyncio.to_thread(self.build_instance, rates)
         decision = await asyncio.to_thread(self._solve, instance, algorithm)
         plan = LastPlan(decision, instance, self.clock(), "what-if", kinds)
-        return self._placement_of(plan, self._actual())
+        return await asyncio.to_thread(self._placement_of, plan, self._actual(), cache=False)
 
     def history(self, window_s: float = 3600.0) -> dict[str, Any]:
         """The decisions of the last `window_s` seconds, oldest first (when, why, the cost by
@@ -620,7 +664,7 @@ class Orchestrator:
         models: dict[str, RouteModel] = {}
         for a in self._live("edge"):
             pool_model = a.facts.get("pool_model")
-            for m in self.registry.agent_models(a.id):
+            for m in self._models_of(a.id):
                 mid = m["id"]
                 entry = models.get(mid)
                 route = targets.get(mid)
@@ -638,7 +682,7 @@ class Orchestrator:
                 p = m.get("profile") or self.registry.profile(a.id, mid) or {}
                 preload = p.get("load_ram_s") if level == "cached" else p.get("load_cold_s")
                 entry.hosts.append(
-                    RouteHost(
+                    RouteHost.model_construct(  # internal data: no re-validation
                         host=a.id,
                         url=a.url,
                         level=level,
@@ -653,7 +697,7 @@ class Orchestrator:
                 )
         cloud = []
         for a in self._live("cloud"):
-            statuses = self.registry.agent_models(a.id)
+            statuses = self._models_of(a.id)
             cloud.append(CloudRoute(id=a.id, url=a.url, models=[m["id"] for m in statuses]))
             for m in statuses:
                 p = m.get("profile")

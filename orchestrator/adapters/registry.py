@@ -332,15 +332,21 @@ class Registry:
 
         The agent need not be registered (profiles may come from the profiles directory).
         """
-        if not agent_id or not model_id:
+        self.put_profiles(agent_id, [(model_id, profile)], now)
+
+    def put_profiles(self, agent_id: str, profiles: list[tuple[str, dict]], now: float) -> None:
+        """`put_profile` for several models of one agent, in one transaction."""
+        if not agent_id or any(not model_id for model_id, _ in profiles):
             raise ValueError("agent_id and model_id must be non-empty")
-        text = _dumps(profile, "profile")
+        rows = [(agent_id, m, _dumps(doc, "profile"), float(now)) for m, doc in profiles]
+        if not rows:
+            return
         with self._write() as cur:
-            cur.execute(
+            cur.executemany(
                 "INSERT INTO profiles (agent_id, model_id, doc, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(agent_id, model_id) DO UPDATE SET doc = excluded.doc,"
                 " updated_at = excluded.updated_at",
-                (agent_id, model_id, text, float(now)),
+                rows,
             )
 
     def profiles(self) -> list[tuple[str, str, dict]]:
