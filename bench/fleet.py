@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.seconds = [100], 10.0
     out: dict[str, Any] = {"agents": {}, "cpus": os.cpu_count()}
     print(
-        f"{'agents':>7} {'hb p50 ms':>10} {'hb p99 ms':>10} {'hb/s':>7} {'offered':>8} "
+        f"{'agents':>7} {'up':>5} {'hb p50 ms':>10} {'hb p99 ms':>10} {'hb/s':>7} {'offered':>8} "
         f"{'errors':>6} {'plan s':>7} {'rss MB':>7} {'db MB':>6}"
     )
     for n in args.sizes:
