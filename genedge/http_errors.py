@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,12 @@ HTTP_TYPES = {
     429: "overloaded",
     503: "unavailable",
 }
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    """`Retry-After` in whole seconds, rounded up (a client told to wait 1.2 s that comes back
+    after 1 s is refused again), at least 1: the one rule of every service."""
+    return {"Retry-After": str(max(1, math.ceil(seconds - 1e-9)))}
 
 
 def error_response(

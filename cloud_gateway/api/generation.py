@@ -28,7 +28,7 @@ from genedge.contract import (
     ImageGenerationRequest,
     ImageGenerationResponse,
 )
-from genedge.http_errors import error_response, validation_error_response
+from genedge.http_errors import error_response, retry_after_header, validation_error_response
 
 # path -> (request model, response model, model kind, summary)
 ENDPOINTS: dict[str, tuple[type[BaseModel], type[BaseModel], str, str]] = {
@@ -65,7 +65,7 @@ def gateway_error_response(exc: GatewayError) -> Any:
     )
     headers = None
     if exc.retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s + 0.49)))}
+        headers = retry_after_header(exc.retry_after_s)
     return error_response(exc.status, body, headers)
 
 

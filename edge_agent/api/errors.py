@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from edge_agent.errors import AgentError, Overloaded
 from genedge.contract import ErrorBody
-from genedge.http_errors import error_response, install_common_handlers
+from genedge.http_errors import error_response, install_common_handlers, retry_after_header
 
 log = logging.getLogger("edge_agent.api")
 
@@ -26,6 +26,6 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = None
         body = ErrorBody(type=exc.type, message=exc.message, field=exc.field, model=exc.model)
         if isinstance(exc, Overloaded):
-            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+            headers = retry_after_header(exc.retry_after_s)
             body.retry_after_s = exc.retry_after_s
         return error_response(exc.status, body, headers)
