@@ -38,6 +38,7 @@ from genedge.contract import (
     RoutingTable,
 )
 from orchestrator import views
+from orchestrator.adapters.agent_commands import AgentCommands
 from orchestrator.adapters.registry import Registry
 from orchestrator.core import algorithms, describe, placement
 from orchestrator.core.placement import (
@@ -123,8 +124,7 @@ class Orchestrator:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._plan_lock = asyncio.Lock()
         self.started_at = clock()
-        tok = settings.agent_token
-        self._agent_headers = {"authorization": f"Bearer {tok}"} if tok else {}
+        self.commands = AgentCommands(http, settings)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -482,49 +482,9 @@ class Orchestrator:
         if rec is None:
             return
         for c in cmds:
-            await self._send(rec.url, c)
+            await self.commands.send(rec.url, c)
             if c in self.pending:
                 self.pending.remove(c)
-
-    async def _send(self, url: str, c: Command) -> bool:
-        delay = self.settings.command_backoff_s
-        for attempt in range(self.settings.command_retries + 1):
-            try:
-                r = await self.http.put(
-                    f"{url.rstrip('/')}/v1/models/{c.model}/level",
-                    json={"level": c.level, "wait": True},
-                    timeout=self.settings.command_timeout_s,
-                    headers=self._agent_headers,
-                )
-                if r.status_code in (200, 202):
-                    log.info("%s: %s %s -> %s", c.host, c.model, c.was, c.level)
-                    return True
-                if r.status_code in (401, 403):
-                    log.error(
-                        "%s refused the agent token (HTTP %d): ORCH_AGENT_TOKEN must be the "
-                        "agents' EDGE_AGENT_TOKEN",
-                        c.host,
-                        r.status_code,
-                    )
-                    return False
-                if r.status_code in (404, 409, 422):  # will not get better by retrying
-                    log.warning("%s: %s -> %s refused: %s", c.host, c.model, c.level, r.text[:200])
-                    return False
-                log.warning(
-                    "%s: %s -> %s: HTTP %d (attempt %d)",
-                    c.host,
-                    c.model,
-                    c.level,
-                    r.status_code,
-                    attempt + 1,
-                )
-            except httpx.HTTPError as exc:
-                log.warning(
-                    "%s: %s -> %s: %s (attempt %d)", c.host, c.model, c.level, exc, attempt + 1
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-        return False
 
     # ------------------------------------------------------------------ views
     def _placement_of(
