@@ -651,21 +651,9 @@ class _HostUse:
 
 
 def _check_options(instance: Instance, assignment: Mapping[str, Option]) -> list[str]:
-    problems: list[str] = []
-    models = {m.id for m in instance.models}
-    hosts = {h.id for h in instance.hosts}
-    for spec in instance.models:
-        if spec.id not in assignment:
-            problems.append(f"model {spec.id}: no option assigned")
-    for m, o in assignment.items():
-        if m not in models:
-            problems.append(f"unknown model {m!r} in assignment")
-        elif o.host is not None:
-            if o.host not in hosts:
-                problems.append(f"model {m}: unknown host {o.host!r}")
-            elif (m, o.host) not in instance.perf:
-                problems.append(f"model {m}: cannot run on host {o.host} (no Perf)")
-    return problems
+    """`_check_split` of a one-option assignment (each problem said once)."""
+    split = split_of_assignment(assignment)
+    return list(dict.fromkeys(_check_split(instance, split, levels_of_split(split))))
 
 
 def _host_use(

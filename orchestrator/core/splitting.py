@@ -45,7 +45,9 @@ from .placement import (
     Option,
     busy_seconds,
     evaluate_split,
+    levels_of_split,
     per_request_cost,
+    split_of_assignment,
     violations_split,
 )
 from .queueing import BREAKPOINTS, wait_scale
@@ -185,11 +187,8 @@ def best_split(instance: Instance, levels: Levels) -> SplitPlan:
 
 
 def levels_of_options(assignment: Mapping[str, Option]) -> dict[tuple[str, str], str]:
-    return {
-        (m, o.host): o.level
-        for m, o in assignment.items()
-        if o.host is not None and o.level is not None
-    }
+    """The levels a one-option assignment holds (its edge options)."""
+    return levels_of_split(split_of_assignment(assignment))
 
 
 class _Candidates:
