@@ -254,6 +254,10 @@ async def test_routes_by_placement_to_real_agents(
         assert models["tiny-gpt2"]["level"] == "resident"
         assert models["tiny-llama"]["level"] == "pooled"
         assert models["tiny-sd"]["served_by"] == "cloud"
+        one = (await gw.get("/v1/models/tiny-gpt2")).json()
+        assert one == models["tiny-gpt2"] and one["object"] == "model" and "owned_by" in one
+        r = await gw.get("/v1/models/no-such-model")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
 
         async def reported() -> bool:
             return fake.counts() == {"tiny-gpt2": 2, "tiny-llama": 1, "tiny-sd": 1}

@@ -11,12 +11,13 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from cloud_gateway.api.generation import gateway_error_response
-from cloud_gateway.errors import GatewayError
+from cloud_gateway.errors import GatewayError, UnknownModel
 from cloud_gateway.service import Gateway
 from genedge.contract import (
     ErrorBody,
     ErrorResponse,
     Health,
+    OpenAIModel,
     OpenAIModelList,
     RoutingTable,
 )
@@ -41,6 +42,20 @@ async def models(request: Request) -> OpenAIModelList:
     """The catalogue, with where each model would be served now (`served_by`, `level`)."""
     _admit(request)
     return _gw(request).models()
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=OpenAIModel,
+    responses={404: {"model": ErrorResponse}},
+)
+async def model(request: Request, model_id: str) -> OpenAIModel:
+    """One model of the catalogue (OpenAI's `GET /v1/models/{model}`); 404 when unknown."""
+    _admit(request)
+    for m in _gw(request).models().data:
+        if m.id == model_id:
+            return m
+    raise UnknownModel(f"model {model_id!r} is not served here", model=model_id)
 
 
 @router.get("/v1/routing", response_model=RoutingTable, responses={503: {"model": ErrorResponse}})
