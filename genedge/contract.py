@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # --------------------------------------------------------------------------------------
 # Bounds every message obeys (issue 11: a bad input is a 422 naming the field, never a 500)
@@ -292,16 +292,92 @@ class ChatMessage(Contract):
     content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
+_NOT_HONOURED = "is not supported here; refused rather than ignored"
+
+
 class _TextParams(Contract):
-    model_config = ConfigDict(extra="ignore")
+    """OpenAI's text parameters. A field this server does not honour is refused (422 naming
+    it) when it asks for something (`stop`, penalties, `logprobs`, `logit_bias`, a
+    `response_format` other than text, `stream_options.include_usage`, tools), never
+    silently ignored; an unknown field is refused too. `max_completion_tokens` (OpenAI's
+    newer name, which LangChain sends) is honoured as `max_tokens`; `user` is accepted and
+    has no effect on the output."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS_CEILING, description="Honoured as `max_tokens`."
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: Seed | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request.")
+    user: str | None = Field(default=None, max_length=256, description="Accepted, not used.")
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    stream_options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_completion_tokens(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_completion_tokens") is not None:
+            given = data.get("max_tokens")
+            if given is not None and given != data["max_completion_tokens"]:
+                raise ValueError("max_tokens and max_completion_tokens differ: give one")
+            data = {**data, "max_tokens": data["max_completion_tokens"]}
+        return data
+
+    @field_validator("stop", "logit_bias", "tools")
+    @classmethod
+    def _empty_only(cls, v: Any) -> Any:
+        if v:
+            raise ValueError(_NOT_HONOURED)
+        return v
+
+    @field_validator("presence_penalty", "frequency_penalty", "top_logprobs")
+    @classmethod
+    def _zero_only(cls, v: float | None) -> float | None:
+        if v:
+            raise ValueError(_NOT_HONOURED)
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _false_only(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError(_NOT_HONOURED)
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v.get("type", "text") != "text":
+            raise ValueError(f"type {v.get('type')!r} {_NOT_HONOURED} (only text)")
+        return v
+
+    @field_validator("stream_options")
+    @classmethod
+    def _no_usage_chunk(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v and v.get("include_usage"):
+            raise ValueError(f"include_usage {_NOT_HONOURED}")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_forced_tool(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if v not in (None, "none", "auto"):
+            raise ValueError(_NOT_HONOURED)
+        return v
 
 
 class ChatCompletionRequest(_TextParams):

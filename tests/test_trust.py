@@ -443,3 +443,51 @@ def test_retry_after_is_whole_seconds_rounded_up_everywhere() -> None:
         "3",
         "3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"stop": "\n"}, "stop"),
+        ({"stop": ["a", "b"]}, "stop"),
+        ({"presence_penalty": 5}, "presence_penalty"),  # outside -2..2
+        ({"presence_penalty": 1.0}, "presence_penalty"),  # in range, not honoured
+        ({"frequency_penalty": -0.5}, "frequency_penalty"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        ({"no_such_field": 1}, "no_such_field"),
+    ],
+)
+def test_openai_fields_not_honoured_are_refused_not_ignored(
+    extra: dict[str, Any], field: str
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(ValidationError) as info:
+        c.ChatCompletionRequest.model_validate(body)
+    assert any(field in map(str, e["loc"]) for e in info.value.errors()), info.value
+
+
+def test_openai_fields_that_ask_nothing_or_are_honoured_pass() -> None:
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    ok = c.ChatCompletionRequest.model_validate(
+        {
+            **base,
+            "max_completion_tokens": 12,  # what LangChain sends for max_tokens
+            "user": "u-1",
+            "stop": None,
+            "presence_penalty": 0,
+            "logprobs": False,
+            "response_format": {"type": "text"},
+            "stream_options": {"include_usage": False},
+            "tool_choice": "none",
+        }
+    )
+    assert ok.max_tokens == 12
+    with pytest.raises(ValidationError, match="differ"):
+        c.ChatCompletionRequest.model_validate(
+            {**base, "max_tokens": 5, "max_completion_tokens": 6}
+        )
