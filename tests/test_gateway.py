@@ -258,6 +258,10 @@ async def test_routes_by_placement_to_real_agents(
         assert one == models["tiny-gpt2"] and one["object"] == "model" and "owned_by" in one
         r = await gw.get("/v1/models/no-such-model")
         assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/images/generations"):
+            r = await gw.get(path)  # a GET on a POST route: 405 with Allow, not 404
+            assert r.status_code == 405 and r.headers["allow"] == "POST", path
+            assert r.json()["error"]["type"] == "method_not_allowed"
 
         async def reported() -> bool:
             return fake.counts() == {"tiny-gpt2": 2, "tiny-llama": 1, "tiny-sd": 1}

@@ -75,8 +75,14 @@ class GenerationEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None or scope["method"] != "POST":
+        if endpoint is None:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":  # the path exists: the method is what is wrong
+            refusal = ErrorBody(
+                type="method_not_allowed", message=f"{scope['path']} takes POST only"
+            )
+            await error_response(405, refusal, {"allow": "POST"})(scope, receive, send)
             return
         gw: Gateway = scope["app"].state.gateway
         model_cls, _, kind, _ = endpoint
