@@ -494,15 +494,13 @@ class Orchestrator:
         its costs and whys take a while on a large fleet; a what-if's is not kept) and the
         actual levels now."""
         d = plan.decision
-        cached = self._entries_cache
-        if cached is None or cached[0] is not plan:
-            cached = (plan, self._decision_entries(plan))
-            if cache:
-                self._entries_cache = cached
         by_model: dict[str, dict[str, str]] = {}
         for (mid, h), lvl in actual.items():
             by_model.setdefault(mid, {})[h] = lvl
-        entries = [e.model_copy(update={"actual": by_model.get(e.model, {})}) for e in cached[1]]
+        entries = [
+            e.model_copy(update={"actual": by_model.get(e.model, {})})
+            for e in self._entries_of(plan, cache=cache)
+        ]
         return Placement(
             algorithm=d.algorithm,
             computed_at=plan.computed_at,
@@ -514,6 +512,17 @@ class Orchestrator:
             trigger=plan.trigger,
             pending_commands=len(self.pending),
         )
+
+    def _entries_of(self, plan: LastPlan, *, cache: bool = True) -> list[PlacementEntry]:
+        """What the decision says per model, built once per decision (kept unless asked
+        not to: a what-if's is not)."""
+        cached = self._entries_cache
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        entries = self._decision_entries(plan)
+        if cache:
+            self._entries_cache = (plan, entries)
+        return entries
 
     def _decision_entries(self, plan: LastPlan) -> list[PlacementEntry]:
         d, inst = plan.decision, plan.instance
@@ -608,11 +617,13 @@ class Orchestrator:
     def _targets(self) -> tuple[dict[str, views.ModelRoute], float | None, str | None]:
         """The decision's route per model, from the last plan or the restored one."""
         if self.last is not None:
-            routes = views.routes_of_decision(self.last.instance, self.last.decision)
+            # from the decision's entries (built once per decision), not its split anew:
+            # the gateways fetch the table every second
+            routes = views.routes_of_entries(self._entries_of(self.last))
             return routes, self.last.computed_at, self.last.decision.algorithm
         if self.restored_decision is not None:
             saved = Placement.model_validate(self.restored_decision)
-            return views.routes_of_placement(saved), saved.computed_at, saved.algorithm
+            return views.routes_of_entries(saved.entries), saved.computed_at, saved.algorithm
         return {}, None, None
 
     def routing_table(self) -> RoutingTable:

@@ -1,9 +1,9 @@
 """Contract views of a decision: each model's split (`Share`s, heaviest first), the levels
 it keeps, and what the routing table tells the gateways (the routing weights).
 
-A decision comes either from a plan of this process (an `Instance` and a `Decision` of
-`orchestrator.core`) or, after a restart, from the stored `Placement`; both give the same
-`ModelRoute`s, so the routing table does not change across a restart.
+The routes come from a placement's entries, of this process's decision or, after a restart,
+of the stored `Placement`: both give the same `ModelRoute`s, so the routing table does not
+change across a restart.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from genedge.contract import CostTerms, Placement, Share
+from genedge.contract import CostTerms, PlacementEntry, Share
 from orchestrator.core import placement
 from orchestrator.core.placement import CostBreakdown, Decision, Instance, Option
 
@@ -89,10 +89,6 @@ def _route(target: Option, shares: list[Share]) -> ModelRoute:
     return ModelRoute(target.host, target.level, hosts, min(1.0, cloud))
 
 
-def routes_of_decision(instance: Instance, decision: Decision) -> dict[str, ModelRoute]:
-    view = decision_view(instance, decision)
-    return {m: _route(o, view.shares.get(m, [])) for m, o in decision.assignment.items()}
-
-
-def routes_of_placement(p: Placement) -> dict[str, ModelRoute]:
-    return {e.model: _route(Option(e.target_host, e.target_level), e.split) for e in p.entries}
+def routes_of_entries(entries: list[PlacementEntry]) -> dict[str, ModelRoute]:
+    """The routes of a placement's entries (of this process's decision or a stored one)."""
+    return {e.model: _route(Option(e.target_host, e.target_level), e.split) for e in entries}
