@@ -642,7 +642,10 @@ def option_cost(instance: Instance, model_id: str, option: Option) -> CostBreakd
 
 
 @dataclass
-class _HostUse:
+class HostUse:
+    """What a host's held levels and served traffic take: bytes of disk, of the RAM tier,
+    of resident GPU memory and of the pool, and busy seconds in the slot."""
+
     disk: int = 0
     ram: int = 0
     resident: int = 0
@@ -658,9 +661,9 @@ def _check_options(instance: Instance, assignment: Mapping[str, Option]) -> list
 
 def _host_use(
     instance: Instance, assignment: Mapping[str, Option], skip: str | None = None
-) -> dict[str, _HostUse]:
+) -> dict[str, HostUse]:
     """Resource use per host of a *valid* assignment (models in `skip` left out)."""
-    use = {h.id: _HostUse() for h in instance.hosts}
+    use = {h.id: HostUse() for h in instance.hosts}
     for m, o in assignment.items():
         if o.host is None or m == skip:
             continue
@@ -682,7 +685,7 @@ def _over(used: float, cap: float) -> bool:
     return used > cap + _REL_TOL * max(1.0, abs(cap))
 
 
-def _host_problems(host: HostSpec, u: _HostUse, slot_s: float) -> list[str]:
+def _host_problems(host: HostSpec, u: HostUse, slot_s: float) -> list[str]:
     out = []
     if _over(u.disk, host.disk_bytes):
         out.append(f"host {host.id}: disk {u.disk} > {host.disk_bytes} bytes")
@@ -752,10 +755,10 @@ def busy_seconds(instance: Instance, split: Split) -> dict[str, float]:
     return busy
 
 
-def _host_use_split(instance: Instance, split: Split, levels: Levels) -> dict[str, _HostUse]:
+def host_use_split(instance: Instance, split: Split, levels: Levels) -> dict[str, HostUse]:
     """Resource use per host of a *valid* split: memory from the levels held, compute from
     the traffic each host serves."""
-    use = {h.id: _HostUse() for h in instance.hosts}
+    use = {h.id: HostUse() for h in instance.hosts}
     for (m, e), level in levels.items():
         u = use[e]
         perf = instance.perf[(m, e)]
@@ -777,7 +780,7 @@ def violations_split(instance: Instance, split: Split, levels: Levels) -> list[s
     problems = _check_split(instance, split, levels)
     if problems:
         return problems
-    use = _host_use_split(instance, split, levels)
+    use = host_use_split(instance, split, levels)
     for h in instance.hosts:
         problems.extend(_host_problems(h, use[h.id], instance.slot_s))
     return problems
@@ -820,7 +823,7 @@ def evaluate_split(instance: Instance, split: Split, levels: Levels) -> CostBrea
             total = total + per_request_cost(instance, m, o) * (x * n)
     for (m, e), level in levels.items():
         total = total + holding_cost(instance, m, e, level)
-    use = _host_use_split(instance, split, levels)
+    use = host_use_split(instance, split, levels)
     pool = sum(u.pool for u in use.values())
     wait = sum(wait_cost(instance, h, use[h.id].compute) for h in instance.hosts)
     return total + CostBreakdown(resource=instance.prices.vram_per_GB * pool / GB, wait=wait)
@@ -968,7 +971,7 @@ def explain(
             perf = instance.perf[(model_id, option.host)]
             size = instance.model(model_id).storage_bytes
             u = use[option.host]
-            with_m = _HostUse(
+            with_m = HostUse(
                 disk=u.disk + size,
                 ram=u.ram + (size if option.level == Level.CACHED else 0),
                 resident=u.resident + (perf.vram_bytes if option.level == Level.RESIDENT else 0),

@@ -45,6 +45,7 @@ from .placement import (
     Option,
     busy_seconds,
     evaluate_split,
+    host_use_split,
     levels_of_split,
     per_request_cost,
     split_of_assignment,
@@ -247,21 +248,12 @@ class _Candidates:
         level and of the pool growth; ties by model, host, level."""
         if not self.pairs:
             return []
-        E = len(instance.hosts)
-        disk, ram, resident, pool = (np.zeros(E) for _ in range(4))
-        hidx = {h.id: i for i, h in enumerate(instance.hosts)}
-        for (m, e), level in plan.levels.items():
-            j = hidx[e]
-            size = instance.model(m).storage_bytes
-            vram = instance.perf[(m, e)].vram_bytes
-            disk[j] += size
-            ram[j] += size if level == Level.CACHED else 0
-            if level == Level.RESIDENT:
-                resident[j] += vram
-            else:
-                pool[j] = max(pool[j], vram)
-        busy = busy_seconds(instance, plan.split)
-        loads = np.array([busy[h.id] for h in instance.hosts])
+        by_host = host_use_split(instance, plan.split, plan.levels)
+        use = [by_host[h.id] for h in instance.hosts]
+        disk, ram, resident, pool, loads = (
+            np.array([getattr(u, name) for u in use], dtype=float)
+            for name in ("disk", "ram", "resident", "pool", "compute")
+        )
         price = np.array([plan.host_price.get(h.id, 0.0) for h in instance.hosts])
         u = np.array([plan.model_dual.get(m, np.nan) for m, _ in self.pairs])
         held = np.array([key in plan.levels for key in self.pairs])
@@ -290,7 +282,7 @@ class _Candidates:
         if ps.size == 0:
             return []
         g = gain[ps, ls]
-        top = np.argsort(-g, kind="stable")[: max(k * 4, k)]
+        top = np.argsort(-g, kind="stable")[: 4 * k]
         ranked = sorted(
             top,
             key=lambda t: (-g[t], *self.pairs[ps[t]], Level.ALL[ls[t]]),
