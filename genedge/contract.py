@@ -337,23 +337,18 @@ class _TextParams(Contract):
             data = {**data, "max_tokens": data["max_completion_tokens"]}
         return data
 
-    @field_validator("stop", "logit_bias", "tools")
+    @field_validator(
+        "stop",
+        "logit_bias",
+        "tools",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_logprobs",
+        "logprobs",
+    )
     @classmethod
-    def _empty_only(cls, v: Any) -> Any:
-        if v:
-            raise ValueError(_NOT_HONOURED)
-        return v
-
-    @field_validator("presence_penalty", "frequency_penalty", "top_logprobs")
-    @classmethod
-    def _zero_only(cls, v: float | None) -> float | None:
-        if v:
-            raise ValueError(_NOT_HONOURED)
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _false_only(cls, v: bool | None) -> bool | None:
+    def _asks_nothing(cls, v: Any) -> Any:
+        """Accepted only when it asks for nothing: absent, empty, zero or false."""
         if v:
             raise ValueError(_NOT_HONOURED)
         return v

@@ -349,8 +349,12 @@ class Instance:
         return out
 
     @cached_property
+    def _thresholds(self) -> dict[str, float | None]:
+        return {h.id: self._shed_threshold(h.id) for h in self.hosts}
+
+    @cached_property
     def _wait_curves(self) -> dict[str, WaitCurve]:
-        return {h.id: wait_curve(self.shed_threshold(h.id)) for h in self.hosts}
+        return {e: wait_curve(d) for e, d in self._thresholds.items()}
 
     def shed_threshold(self, host_id: str) -> float | None:
         """d_e: how many of its own service times a request may wait on the host before
@@ -360,6 +364,9 @@ class Instance:
 
         Approximation: one threshold per host although each model has its own, fixed
         for the slot from the rates before the split is known."""
+        return self._thresholds.get(host_id)
+
+    def _shed_threshold(self, host_id: str) -> float | None:
         if not self.cloud.overflow:
             return None
         pairs = self._timed_by_host.get(host_id, [])
