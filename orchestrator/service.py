@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -108,7 +107,7 @@ class Orchestrator:
             self.restored_decision = saved[2]
         self.gateway_seen_at: float | None = None
         self.routing_served_at: float | None = None  # a gateway last fetched the table
-        self._profiles_seen: dict[tuple[str, str], str] = {}  # what the registry holds
+        self._profiles_seen: dict[tuple[str, str], dict[str, Any]] = {}  # as stored
         # Each agent's last model statuses as the registry holds them, parsed once (every
         # view and the routing table read them; the registry is what survives a restart).
         self._models_cache: dict[str, list[dict[str, Any]]] = {}
@@ -186,13 +185,12 @@ class Orchestrator:
             if m.profile is None:
                 continue
             doc = m.profile.model_dump(mode="json")
-            key = json.dumps(doc, sort_keys=True)
-            if self._profiles_seen.get((agent_id, m.id)) != key:
-                changed.append((m.id, doc, key))
+            if self._profiles_seen.get((agent_id, m.id)) != doc:
+                changed.append((m.id, doc))
         if changed:
-            self.registry.put_profiles(agent_id, [(mid, doc) for mid, doc, _ in changed], now)
-            for mid, _, key in changed:
-                self._profiles_seen[(agent_id, mid)] = key
+            self.registry.put_profiles(agent_id, changed, now)
+            for mid, doc in changed:
+                self._profiles_seen[(agent_id, mid)] = doc
 
     def heartbeat(self, agent_id: str, hb: Heartbeat) -> bool:
         """False when the agent is unknown or was marked down: it must register again."""

@@ -208,18 +208,12 @@ def wait_curve(threshold: float | None = None) -> WaitCurve:
 
 
 MG1: Final = wait_curve(None)
-KNOTS_X: Final = MG1.knots_x
-"""The M/G/1 G as a piecewise-linear function on [0, 1]."""
+"""The M/G/1 G (no shedding)."""
 
 
 def linear_g(rho: float) -> float:
     """The M/G/1 G(ρ): the maximum of the tangents (beyond 1 the last tangent)."""
     return MG1.linear(rho)
-
-
-def linear_g_slope(rho: float) -> float:
-    """The M/G/1 G'(ρ) (the right derivative at a knot; 0 below 0)."""
-    return MG1.slope(rho)
 
 
 def wait_scale(slot_s: float, scv: float) -> float:
