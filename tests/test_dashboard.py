@@ -17,8 +17,14 @@ from typing import Any
 import pytest
 
 from orchestrator.app import create_app as create_orchestrator
-from tests.conftest import AGENT_TOKEN, OPERATOR_TOKEN, bearer, free_port, serving
-from tests.test_orchestrator_system import agent, live_agents, orch_settings, until
+from tests.conftest import AGENT_TOKEN, OPERATOR_TOKEN, serving
+from tests.test_orchestrator_system import (
+    agent,
+    live_agents,
+    orch_settings,
+    serve_orchestrator,
+    until,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -51,12 +57,8 @@ async def test_the_dashboard_shows_the_fleet_follows_changes_and_plans(
     cfg["hidden_size"] *= 2
     cfg_path.write_text(json.dumps(cfg))
 
-    settings = orch_settings(tmp_path)
-    port = free_port()
     async with AsyncExitStack() as stack:
-        o = await stack.enter_async_context(
-            serving(create_orchestrator(settings), port, bearer(OPERATOR_TOKEN))
-        )
+        o, _, port = await serve_orchestrator(stack, orch_settings(tmp_path))
         agents = {
             h: await stack.enter_async_context(agent(stores[h], tmp_path, h, port)) for h in HOSTS
         }

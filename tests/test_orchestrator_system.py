@@ -80,6 +80,18 @@ async def live_agents(o: httpx.AsyncClient) -> set[str]:
     return {a["id"] for a in (await o.get("/v1/agents")).json()["data"] if a["status"] == "up"}
 
 
+async def serve_orchestrator(
+    stack: AsyncExitStack, settings: OrchestratorSettings
+) -> tuple[httpx.AsyncClient, Any, int]:
+    """A real orchestrator on a loopback port for the rest of `stack`: (an operator client,
+    its `Orchestrator`, the port agents register at)."""
+    port = free_port()
+    o = await stack.enter_async_context(
+        serving(create_orchestrator(settings), port, bearer(OPERATOR_TOKEN))
+    )
+    return o, o.app.state.orchestrator, port  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def two_stores(model_zoo: Path, tmp_path: Path) -> tuple[Path, Path]:
     import shutil
@@ -96,12 +108,8 @@ async def test_placement_follows_rates_and_survives_faults(
     # Short slots and half-life so rates move within the test; modest rates so the compute
     # cap (rate x measured inference time <= 0.9 of the slot) holds even on a busy CI machine.
     settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
-    orch_port = free_port()
     async with AsyncExitStack() as stack:
-        o = await stack.enter_async_context(
-            serving(create_orchestrator(settings), orch_port, bearer(OPERATOR_TOKEN))
-        )
-        orch = o.app.state.orchestrator  # type: ignore[attr-defined]
+        o, orch, orch_port = await serve_orchestrator(stack, settings)
         a = await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
         b_stack = AsyncExitStack()
         await b_stack.enter_async_context(agent(two_stores[1], tmp_path, "edge-b", orch_port))
@@ -273,12 +281,8 @@ async def test_a_model_hotter_than_one_host_is_split_over_two_hosts_and_the_clou
     # cloud, the placement view and the routing table say so, and the reconciler loads
     # the model on both hosts.
     settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
-    orch_port = free_port()
     async with AsyncExitStack() as stack:
-        o = await stack.enter_async_context(
-            serving(create_orchestrator(settings), orch_port, bearer(OPERATOR_TOKEN))
-        )
-        orch = o.app.state.orchestrator  # type: ignore[attr-defined]
+        o, orch, orch_port = await serve_orchestrator(stack, settings)
         await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
         await stack.enter_async_context(agent(two_stores[1], tmp_path, "edge-b", orch_port))
 
