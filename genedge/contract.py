@@ -93,6 +93,41 @@ class Level(StrEnum):
 
 
 TARGET_LEVELS = (Level.STORED, Level.CACHED, Level.RESIDENT)
+TargetLevel = Literal["stored", "cached", "resident"]
+
+
+class Priority(StrEnum):
+    """A model's priority class (issue 15): the agent's swap-pool scheduler serves a higher
+    class first (within its starvation bound) and the decision weighs a higher class's
+    delay and cloud cost more when capacity binds."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class ModelOrigin(StrEnum):
+    """Who put a model's files on the host: `user` (a store root the operator fills; never
+    deleted by the agent unless a setting says so) or `fetched` (the agent fetched it from
+    a model repository; its disk space may be reclaimed)."""
+
+    USER = "user"
+    FETCHED = "fetched"
+
+
+class FetchProgress(Contract):
+    """A fetch of a model's files from a model repository, under way or last finished."""
+
+    source: str = Field(description="Base URL of the repository fetched from.")
+    bytes_total: NonNegInt
+    bytes_done: NonNegInt = 0
+    resumed_bytes: NonNegInt = Field(
+        default=0, description="Bytes kept from an earlier interrupted attempt."
+    )
+    rate_Bps: float = Field(default=0.0, ge=0, description="Recent transfer rate, bytes/s.")
+    eta_s: float | None = Field(default=None, ge=0)
+    started_at: float
+    finished_at: float | None = None
 
 
 class ModelState(StrEnum):
@@ -134,6 +169,7 @@ class ModelManifest(Contract):
     weight_files: list[str] = Field(default_factory=list, description="Relative paths.")
     storage_bytes: NonNegInt = 0
     file_digest: str = ""
+    origin: ModelOrigin = ModelOrigin.USER
 
 
 class BadModelFolder(Contract):
@@ -228,6 +264,17 @@ class ModelStatus(Contract):
     profile_progress: float = Field(0.0, ge=0.0, le=1.0, description="Of a profile under way.")
     profile_detail: str = ""
     profile: ModelProfile | None = None
+    origin: ModelOrigin = ModelOrigin.USER
+    evictable: bool = Field(
+        default=False,
+        description="The agent may delete this model's files to make room for a fetch "
+        "(fetched by the agent, or a setting allows it; not pinned, not in use).",
+    )
+    pinned_level: TargetLevel | None = Field(
+        default=None, description="The operator's minimum level here; never evicted below."
+    )
+    priority: Priority = Priority.NORMAL
+    fetch: FetchProgress | None = None
 
 
 class ModelStatusList(Contract):
@@ -271,6 +318,14 @@ class HostFacts(Contract):
     h2d_GBps: float | None = Field(default=None, ge=0, description="Host->device copy bandwidth.")
     bandwidth_measured: bool = False
     versions: dict[str, str] = Field(default_factory=dict)
+    repository_url: str | None = Field(
+        default=None,
+        description="The model repository this agent fetches absent models from; None: it "
+        "cannot fetch, so models it lacks are not placed on it.",
+    )
+    fetch_Bps: float | None = Field(
+        default=None, ge=0, description="Measured fetch bandwidth from the repository, bytes/s."
+    )
 
 
 class Health(Contract):
@@ -547,6 +602,10 @@ class RegistrationAck(Contract):
     agent_id: str
     heartbeat_interval_s: float
     server_time: float
+    pins: dict[ModelId, TargetLevel] = Field(
+        default_factory=dict, description="As in a heartbeat's ack."
+    )
+    priorities: dict[ModelId, Priority] = Field(default_factory=dict)
 
 
 class Heartbeat(Contract):
@@ -568,6 +627,15 @@ class Heartbeat(Contract):
 class HeartbeatAck(Contract):
     ok: bool = True
     known: bool = Field(True, description="False: the orchestrator lost us; register again.")
+    pins: dict[ModelId, TargetLevel] = Field(
+        default_factory=dict,
+        description="The operator's pins on this host (model -> minimum level), complete: a "
+        "model not listed is not pinned by the orchestrator.",
+    )
+    priorities: dict[ModelId, Priority] = Field(
+        default_factory=dict,
+        description="Priority classes the operator set, complete (unlisted: `normal`).",
+    )
 
 
 class AgentInfo(Contract):
