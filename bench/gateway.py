@@ -399,7 +399,7 @@ def main() -> int:
         gport = free_port()
         gateway = f"http://127.0.0.1:{gport}"
         procs.start(
-            [sys.executable, "-m", "genedge.cli", "gateway", "--port", str(gport)],
+            [sys.executable, "-m", "launcher.cli", "gateway", "--port", str(gport)],
             env={
                 "GW_ORCHESTRATOR_URL": upstream,
                 "GW_STATE_DIR": state,

@@ -26,8 +26,8 @@ from edge_agent.core.manager import ModelManager
 from edge_agent.core.ports import ImageParams, TextParams
 from edge_agent.core.serving import generate_text
 from edge_agent.errors import InvalidRequest
-from genedge.cli import main as cli_main
 from genedge.contract import ImageDefaults, ModelKind, ModelProfile, ProfileStatus
+from launcher.cli import main as cli_main
 from tests.conftest import agent_settings, poll_status, running_agent
 from tests.fakes import FakeDevice, FakeLoader, FakeProfiler, fake_profile, manifest, msgs
 
@@ -332,7 +332,7 @@ async def test_text_requests_over_the_context_get_a_clean_422(
 def test_cli_failures_are_one_line_and_debug_shows_the_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from genedge.cli import main
+    from launcher.cli import main
 
     monkeypatch.setenv("EDGE_PORT", "not-a-port")
     assert main(["agent", "--store", str(tmp_path)]) == 1

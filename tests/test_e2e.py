@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from genedge.system import MB, AgentSpec, System, SystemConfig
+from launcher.system import MB, AgentSpec, System, SystemConfig
 
 pytestmark = pytest.mark.slow
 

@@ -185,7 +185,7 @@ def test_images_are_the_ones_docker_builds(overlays: dict[str, list[dict[str, An
 def test_secrets_hold_what_genedge_credentials_writes(
     overlays: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    from genedge.cli import main
+    from launcher.cli import main
 
     assert main(["credentials", str(tmp_path / "creds")]) == 0
     written = {p.name for p in (tmp_path / "creds").iterdir()}

@@ -13,8 +13,8 @@ from edge_agent.adapters.profile_store import ProfileStore
 from edge_agent.adapters.profiler import Profiler
 from edge_agent.adapters.store import folder_files, inspect_folder
 from edge_agent.adapters.torch_models import TorchModelLoader
-from genedge.cli import main as cli_main
 from genedge.contract import ModelProfile
+from launcher.cli import main as cli_main
 from tests.conftest import agent_settings, running_agent
 
 

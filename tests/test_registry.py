@@ -220,7 +220,7 @@ def test_a_damaged_file_is_refused_in_one_line(tmp_path: Path, damage: str) -> N
 def test_the_cli_exits_4_with_one_line_on_a_damaged_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from genedge.cli import EXIT_REGISTRY_DAMAGED, main
+    from launcher.cli import EXIT_REGISTRY_DAMAGED, main
 
     path = tmp_path / "orch.sqlite"
     path.write_bytes(b"garbage" * 1000)

@@ -221,7 +221,7 @@ def cmd_credentials(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from genedge.up import run
+    from launcher.up import run
 
     _setup_logging("warning")
     return run(Path(args.state), once=args.once)

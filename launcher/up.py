@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from genedge.system import MB, AgentSpec, System, SystemConfig
+from launcher.system import MB, AgentSpec, System, SystemConfig
 
 SMOL = "smollm2-135m-instruct"
 

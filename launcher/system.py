@@ -221,7 +221,7 @@ class System:
             s.log.close()
         s.log = open(self.cfg.state / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         s.process = subprocess.Popen(
-            [sys.executable, "-m", "genedge.cli", *s.args],
+            [sys.executable, "-m", "launcher.cli", *s.args],
             env=s.env,
             stdout=s.log,
             stderr=subprocess.STDOUT,
