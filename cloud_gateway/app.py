@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,10 +15,10 @@ from fastapi.openapi.utils import get_openapi
 
 from cloud_gateway.adapters.upstream import session
 from cloud_gateway.api.generation import GenerationEndpoints, openapi_paths
-from cloud_gateway.api.routes import install_error_handlers, router
+from cloud_gateway.api.routes import router
 from cloud_gateway.service import Gateway
 from cloud_gateway.settings import GatewaySettings
-from genedge.http_errors import BodySizeLimit
+from genedge.http_errors import BodySizeLimit, install_common_handlers
 
 
 def create_app(
@@ -50,7 +51,7 @@ def create_app(
                 await client.close()
 
     app = FastAPI(title="genedge gateway", version="0.1.0", lifespan=lifespan)
-    install_error_handlers(app)
+    install_common_handlers(app, logging.getLogger("cloud_gateway.api"))
     app.include_router(router)
 
     def openapi() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Errors of the gateway, mapped to HTTP in `api/routes.py` (one place).
+"""Errors of the gateway, mapped to HTTP by `genedge.http_errors` (one place for all).
 
     GatewayError
     ├── Unauthorized      401  missing or unknown API key
@@ -12,24 +12,11 @@ Validation (422, naming the field) and body size (413) come from the shared hand
 
 from __future__ import annotations
 
+from genedge.errors import ServiceError
 
-class GatewayError(Exception):
-    status = 500
+
+class GatewayError(ServiceError):
     type = "gateway_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        model: str | None = None,
-        retry_after_s: float | None = None,
-        details: list[dict[str, object]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.model = model
-        self.retry_after_s = retry_after_s
-        self.details = details
 
 
 class Unauthorized(GatewayError):

@@ -17,14 +17,13 @@ import httpx
 import psutil
 from fastapi import FastAPI
 
-from edge_agent.api.errors import install_error_handlers
 from edge_agent.api.routes import router
 from edge_agent.api.wan import AddedDelay
 from edge_agent.core.ports import ModelLoader
 from edge_agent.runtime import AgentRuntime, HostInfo, ProfilerLike
 from edge_agent.settings import AgentSettings
 from genedge.auth import OPEN_PATHS, BearerAuth, Credentials, Role, Roles, warn_if_open
-from genedge.http_errors import BodySizeLimit
+from genedge.http_errors import BodySizeLimit, install_common_handlers
 
 log = logging.getLogger("edge_agent")
 
@@ -161,7 +160,7 @@ def create_app(
         lifespan=lifespan,
         description="Measures, loads, evicts and serves generative models on one host.",
     )
-    install_error_handlers(app)
+    install_common_handlers(app, logging.getLogger("edge_agent.api"))
     app.include_router(router)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s

@@ -1,4 +1,4 @@
-"""Errors of the edge agent, mapped to HTTP in one place (`edge_agent.api.errors`).
+"""Errors of the edge agent, mapped to HTTP by `genedge.http_errors` (one place for all).
 
 Hierarchy::
 
@@ -18,16 +18,11 @@ Hierarchy::
 
 from __future__ import annotations
 
+from genedge.errors import ServiceError
 
-class AgentError(Exception):
-    status = 500
-    type = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None, model: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.model = model
+class AgentError(ServiceError):
+    pass
 
 
 class InvalidRequest(AgentError):
@@ -50,8 +45,7 @@ class Overloaded(AgentError):
     type = "overloaded"
 
     def __init__(self, message: str, *, model: str | None = None, retry_after_s: float = 1.0):
-        super().__init__(message, model=model)
-        self.retry_after_s = retry_after_s
+        super().__init__(message, model=model, retry_after_s=retry_after_s)
 
 
 class ModelUnavailable(AgentError):

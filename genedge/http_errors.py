@@ -1,15 +1,15 @@
 """The HTTP error shape shared by every service: `{"error": {"type", "message", ...}}`.
 
-`install_common_handlers` maps request-validation errors (422, naming the field), Starlette's
-HTTP errors (404 path, 405 method, ...) and any unexpected exception (500, logged with its
-stack trace, answered without it). Each service adds the handler of its own error hierarchy.
+`install_common_handlers` maps every service's own errors (all `genedge.errors.ServiceError`:
+its status, its body, its `Retry-After`), request-validation errors
+(422, naming the field), Starlette's HTTP errors (404 path, 405 method, ...) and any unexpected
+exception (500, logged with its stack trace, answered without it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genedge.contract import ErrorBody, ErrorResponse
+from genedge.errors import ServiceError
 
 HTTP_TYPES = {
     400: "bad_request",
@@ -37,18 +38,17 @@ HTTP_TYPES = {
 }
 
 
-def retry_after_header(seconds: float) -> dict[str, str]:
-    """`Retry-After` in whole seconds, rounded up (a client told to wait 1.2 s that comes back
-    after 1 s is refused again), at least 1: the one rule of every service."""
-    return {"Retry-After": str(max(1, math.ceil(seconds - 1e-9)))}
-
-
 def error_response(
     status: int, body: ErrorBody, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(
         ErrorResponse(error=body).model_dump(exclude_none=True), status_code=status, headers=headers
     )
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    """The one place a service's own error becomes HTTP."""
+    return error_response(exc.status, exc.body(), exc.headers())
 
 
 def field_of(loc: Any) -> str:
@@ -69,6 +69,13 @@ def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
 
 
 def install_common_handlers(app: FastAPI, log: logging.Logger) -> None:
+    """Every service's error handlers: its own errors (all `ServiceError`s), validation, HTTP
+    errors of the framework and the unexpected."""
+
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return service_error_response(exc)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error_response(exc.errors())

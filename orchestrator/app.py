@@ -12,10 +12,10 @@ import httpx
 from fastapi import FastAPI
 
 from genedge.auth import BearerAuth, warn_if_open
-from genedge.http_errors import BodySizeLimit
+from genedge.http_errors import BodySizeLimit, install_common_handlers
 from orchestrator.adapters.registry import Registry
 from orchestrator.api import access
-from orchestrator.api.routes import install_error_handlers, router
+from orchestrator.api.routes import router
 from orchestrator.api.ui import router as ui_router
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.service import Orchestrator
@@ -49,7 +49,7 @@ def create_app(
                 await client.aclose()
 
     app = FastAPI(title="genedge orchestrator", version="0.1.0", lifespan=lifespan)
-    install_error_handlers(app)
+    install_common_handlers(app, logging.getLogger("orchestrator.api"))
     app.include_router(router)
     app.include_router(ui_router)
     credentials = settings.credentials()

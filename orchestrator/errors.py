@@ -1,4 +1,4 @@
-"""Errors of the orchestrator, mapped to HTTP in `orchestrator.api.routes` (one place).
+"""Errors of the orchestrator, mapped to HTTP by `genedge.http_errors` (one place for all).
 
 Hierarchy::
 
@@ -11,15 +11,11 @@ Hierarchy::
 
 from __future__ import annotations
 
+from genedge.errors import ServiceError
 
-class OrchestratorError(Exception):
-    status = 500
-    type = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
+class OrchestratorError(ServiceError):
+    pass
 
 
 class Unauthorized(OrchestratorError):

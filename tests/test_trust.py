@@ -433,7 +433,7 @@ async def test_slow_and_silent_clients_are_cut_off(tmp_path: Path) -> None:
 
 
 def test_retry_after_is_whole_seconds_rounded_up_everywhere() -> None:
-    from genedge.http_errors import retry_after_header
+    from genedge.errors import retry_after_header
 
     assert [retry_after_header(s)["Retry-After"] for s in (0.0, 0.4, 1.0, 1.2, 2.5, 3.0)] == [
         "1",

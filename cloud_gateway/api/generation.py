@@ -28,7 +28,7 @@ from genedge.contract import (
     ImageGenerationRequest,
     ImageGenerationResponse,
 )
-from genedge.http_errors import error_response, retry_after_header, validation_error_response
+from genedge.http_errors import error_response, service_error_response, validation_error_response
 
 # path -> (request model, response model, model kind, summary)
 ENDPOINTS: dict[str, tuple[type[BaseModel], type[BaseModel], str, str]] = {
@@ -52,21 +52,6 @@ ENDPOINTS: dict[str, tuple[type[BaseModel], type[BaseModel], str, str]] = {
     ),
 }
 ERROR_STATUSES = (400, 401, 404, 413, 422, 429, 503)
-
-
-def gateway_error_response(exc: GatewayError) -> Any:
-    """The one mapping of the gateway's errors to HTTP (also used by the app's handler)."""
-    body = ErrorBody(
-        type=exc.type,
-        message=exc.message,
-        model=exc.model,
-        retry_after_s=exc.retry_after_s,
-        details=exc.details,  # type: ignore[arg-type]
-    )
-    headers = None
-    if exc.retry_after_s is not None:
-        headers = retry_after_header(exc.retry_after_s)
-    return error_response(exc.status, body, headers)
 
 
 class GenerationEndpoints:
@@ -100,7 +85,7 @@ class GenerationEndpoints:
             stream = bool(getattr(body, "stream", False))
             response = await gw.forward(body.model, kind, scope["path"], raw, stream)
         except GatewayError as exc:
-            response = gateway_error_response(exc)
+            response = service_error_response(exc)
         await response(scope, receive, send)
 
 

@@ -1,17 +1,15 @@
 """Thin routes of the gateway (the catalogue, the routing table, health, metrics); the
 generation endpoints are `generation.GenerationEndpoints`. Errors become HTTP through
-`install_error_handlers` and `generation.gateway_error_response`."""
+`genedge.http_errors` (the handlers every service installs)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from cloud_gateway.api.generation import gateway_error_response
-from cloud_gateway.errors import GatewayError, UnknownModel
+from cloud_gateway.errors import UnknownModel
 from cloud_gateway.service import Gateway
 from genedge.contract import (
     ErrorBody,
@@ -21,7 +19,7 @@ from genedge.contract import (
     OpenAIModelList,
     RoutingTable,
 )
-from genedge.http_errors import error_response, install_common_handlers
+from genedge.http_errors import error_response
 
 
 def _gw(request: Request) -> Gateway:
@@ -103,12 +101,3 @@ async def metrics(request: Request) -> Response:
     for backend, n in gw.inflight.items():
         gw.metrics.inflight.labels(backend).set(n)
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    install_common_handlers(app, logging.getLogger("cloud_gateway.api"))
-
-    @app.exception_handler(GatewayError)
-    async def _own(_: Request, exc: GatewayError) -> JSONResponse:
-        response: JSONResponse = gateway_error_response(exc)
-        return response

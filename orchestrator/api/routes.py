@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 
 from genedge.contract import (
     AgentList,
     AgentRegistration,
     ArrivalBatch,
-    ErrorBody,
     ErrorResponse,
     Explanation,
     Health,
@@ -23,8 +20,6 @@ from genedge.contract import (
     RegistrationAck,
     RoutingTable,
 )
-from genedge.http_errors import error_response, install_common_handlers
-from orchestrator.errors import OrchestratorError
 from orchestrator.service import Orchestrator
 
 router = APIRouter()
@@ -146,12 +141,3 @@ async def readyz(request: Request) -> Health:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    install_common_handlers(app, logging.getLogger("orchestrator.api"))
-
-    @app.exception_handler(OrchestratorError)
-    async def _own(_: Request, exc: OrchestratorError) -> JSONResponse:
-        body = ErrorBody(type=exc.type, message=exc.message, field=exc.field)
-        return error_response(exc.status, body)
