@@ -1,4 +1,5 @@
-"""The queueing wait of a host: the M/G/1 curve and its piecewise-linear outer approximation.
+"""The queueing wait of a host: the M/G/1 curve, the curve of a host that sheds to the cloud,
+and their piecewise-linear outer approximations.
 
 A host serves its requests one at a time (the agent runs one generation per GPU at a time;
 batched throughput enters through the measured inference time). With Poisson arrivals at
@@ -21,6 +22,14 @@ convex epigraph, exact at every breakpoint, finite at ρ = 1). The MILP of `exac
 one row per tangent and host; `placement.evaluate` reports the same G, so `exact` is the
 optimum of the model that every algorithm is judged by. `mg1_g` is the true curve, reported
 beside it (`placement.host_loads`) so the approximation error stays visible.
+
+A host behind the gateway does not queue without bound: the router sends a request past a
+host whose queue would take longer than the cloud. So the decision prices each host's wait on
+`shed_g(ρ, d)`, the curve of an M/M/1 queue whose arrivals join only while the work ahead of
+them is at most d mean service times (d: the cloud's head start over the host's models, set
+per host by `placement`; `quantise_threshold` rounds it so curves are shared), linearised the
+same way (`wait_curve(d)`); `offered_factor` is how much more traffic the router must send
+such a host for it to serve ρ. Without shedding (d = None) the curve is the M/G/1 one above.
 
 Everything here is plain Python over floats; `compiled` vectorises the same knots.
 """
