@@ -25,7 +25,7 @@ from edge_agent.adapters.fastload import (
     BlockLayout,
     HostMemory,
     PipelinedReader,
-    UnsupportedByGenedge,
+    UnsupportedByDirectLoader,
     plan_layout,
 )
 from edge_agent.adapters.torch_models import (
@@ -163,10 +163,10 @@ def test_layout_aligns_every_tensor_and_keeps_aligned_files_in_one_segment(
 
 def test_layout_refuses_what_it_does_not_handle(tmp_path: Path) -> None:
     (tmp_path / "model.bin").write_bytes(b"pickle")
-    with pytest.raises(UnsupportedByGenedge, match=r"model\.bin"):
+    with pytest.raises(UnsupportedByDirectLoader, match=r"model\.bin"):
         plan_layout(tmp_path, ["model.bin"])
     write_safetensors(tmp_path / "f4.safetensors", [("x", "F4", [4], b"\x00\x00")])
-    with pytest.raises(UnsupportedByGenedge, match="F4"):
+    with pytest.raises(UnsupportedByDirectLoader, match="F4"):
         plan_layout(tmp_path, ["f4.safetensors"])
 
 

@@ -59,7 +59,7 @@ __all__ = [
     "Segment",
     "TensorEntry",
     "Transfer",
-    "UnsupportedByGenedge",
+    "UnsupportedByDirectLoader",
     "plan_layout",
 ]
 
@@ -76,8 +76,9 @@ DEFAULT_THREADS = 4
 _IOV_MAX = 512
 
 
-class UnsupportedByGenedge(Exception):
-    """The genedge loader cannot load this folder; the library loader may."""
+class UnsupportedByDirectLoader(Exception):
+    """The direct loader (`torch_models`: skeletons on `meta`, checkpoint tensors assigned)
+    cannot load this folder; the library loader may."""
 
 
 def _st_dtypes() -> dict[str, torch.dtype]:
@@ -197,15 +198,15 @@ class BlockLayout:
 def plan_layout(root: Path, rels: Sequence[str]) -> BlockLayout:
     """Validate the headers of the weight files `rels` (relative to `root`) and place their
     tensors in one block. Raises `BadModelFolder` for a missing file, `CorruptWeights` for a
-    truncated or garbled one (both naming `rel`), `UnsupportedByGenedge` for what the
+    truncated or garbled one (both naming `rel`), `UnsupportedByDirectLoader` for what the
     pipelined reader does not handle (not safetensors, a dtype torch lacks, big-endian)."""
     if sys.byteorder != "little":
-        raise UnsupportedByGenedge("safetensors data is little-endian; this host is not")
+        raise UnsupportedByDirectLoader("safetensors data is little-endian; this host is not")
     cursor = 0
     files: list[FilePlan] = []
     for rel in rels:
         if not rel.endswith(".safetensors"):
-            raise UnsupportedByGenedge(f"{rel} is not a safetensors file")
+            raise UnsupportedByDirectLoader(f"{rel} is not a safetensors file")
         path = Path(root) / rel
         if not path.is_file():
             raise BadModelFolder(f"weight file {rel} is missing")
@@ -222,7 +223,7 @@ def plan_layout(root: Path, rels: Sequence[str]) -> BlockLayout:
         for begin, end, key, info in spans:
             dtype = ST_DTYPES.get(info["dtype"])
             if dtype is None:
-                raise UnsupportedByGenedge(f"{rel}: tensor {key!r} has dtype {info['dtype']}")
+                raise UnsupportedByDirectLoader(f"{rel}: tensor {key!r} has dtype {info['dtype']}")
             nbytes = end - begin
             file_off = data_start + begin
             block_off = seg_block + (file_off - seg_file)
