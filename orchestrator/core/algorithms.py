@@ -56,6 +56,7 @@ from .placement import (
     holding_cost,
     marginal_wait_price,
     per_request_cost,
+    pinned_instance,
     primary_of,
     violations_split,
 )
@@ -88,6 +89,8 @@ class Algorithm:
     def __call__(
         self, instance: Instance, *, seed: int = 0, time_limit_s: float = 10.0
     ) -> Decision:
+        if instance.pins:
+            return self._pinned(instance, seed, time_limit_s)
         t0 = time.perf_counter()
         cm = Compiled(instance)
         answer, optimal, notes = self.body(instance, cm, seed, time_limit_s)
@@ -104,6 +107,32 @@ class Algorithm:
             notes=notes,
             split=plan.split,
             levels=plan.levels,
+        )
+
+    def _pinned(self, instance: Instance, seed: int, time_limit_s: float) -> Decision:
+        """Plan the rest around the pins (`placement.pinned_instance`), then choose every
+        model's fractions again with the pinned levels held; a pin serving nothing is still
+        held (it is the operator's constraint, not a cost decision)."""
+        t0 = time.perf_counter()
+        rest, kept, notes = pinned_instance(instance)
+        inner = self(rest, seed=seed, time_limit_s=time_limit_s)
+        plan = best_split(instance, {**inner.levels, **kept})
+        levels = {**plan.levels, **kept}
+        notes = [*inner.notes, *notes]
+        if kept:
+            notes.append("pinned: " + ", ".join(f"{m}@{e}:{lv}" for (m, e), lv in kept.items()))
+        problems = violations_split(instance, plan.split, levels)
+        if problems:  # cannot happen (the pins' room was taken first); be loud, stay safe
+            raise RuntimeError(f"{self.name} with pins is infeasible: {problems[0]}")
+        return Decision(
+            assignment=primary_of(plan.split),
+            cost=evaluate_split(instance, plan.split, levels),
+            algorithm=self.name,
+            seconds=time.perf_counter() - t0,
+            optimal=inner.optimal if not kept else False,
+            notes=notes,
+            split=plan.split,
+            levels=levels,
         )
 
 

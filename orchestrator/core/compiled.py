@@ -105,15 +105,17 @@ class Compiled:
         fetch = np.where(cur < 0, pr.fetch_weight * self.s[:, None] / backhaul[None, :], 0.0)
         load = np.where(cur == CACHED, l_ram, l_disk)
         cost = np.empty((M, E, 3))
-        cost[:, :, STORED] = n * (infer + miss * l_disk) * pr.delay_weight
-        cost[:, :, CACHED] = n * (infer + miss * l_ram) * pr.delay_weight
+        w = np.array([instance.weight(m) for m in self.model_ids])  # priority weights
+        wd = pr.delay_weight * w[:, None]
+        cost[:, :, STORED] = n * (infer + miss * l_disk) * wd
+        cost[:, :, CACHED] = n * (infer + miss * l_ram) * wd
         cost[:, :, CACHED] += pr.ram_per_GB * self.s[:, None] / GB
-        cost[:, :, RESIDENT] = n * infer * pr.delay_weight + pr.vram_per_GB * self.h / GB
+        cost[:, :, RESIDENT] = n * infer * wd + pr.vram_per_GB * self.h / GB
         cost[:, :, RESIDENT] += np.where(cur == RESIDENT, 0.0, pr.load_weight * load)
         cost += (disk_res[:, None] + fetch)[:, :, None]
         cloud_infer = np.array([instance.cloud_infer_s(m) for m in self.model_ids])
         per_cloud = (instance.cloud.wan_rtt_s + cloud_infer) * pr.delay_weight
-        per_cloud += pr.cloud_per_request
+        per_cloud = (per_cloud + pr.cloud_per_request) * w
         cost += ((self.n[:, None] - n_edge) * per_cloud[:, None])[:, :, None]
         if compute_price is not None:
             cost += (self.nI * compute_price[None, :])[:, :, None]

@@ -47,13 +47,24 @@ Constraints per host e
     Σ_{m on e} n_m·I_{m,e} ≤ ρ_e·τ             (compute time in the slot)
 
 The cloud is always feasible, so every instance has a feasible assignment (all-cloud).
+
+Priorities and pins (the operator's controls)
+---------------------------------------------
+A model's priority class weighs its own per-request terms: its delay (inference, switch,
+round trip) and its cloud price are multiplied by w_m (`PRIORITY_WEIGHTS`: low 0.5, normal 1,
+high 2; `Instance.priority`), so when capacity binds the decision keeps a high-priority
+model at the edge before a normal one with the same numbers. The hosts' queueing wait is
+shared by every model on a host and stays unweighted (an approximation: a high-priority
+model's requests wait as long as the others' in the agent's queue, which serves them first
+only within its starvation bound). A pin `Instance.pins[(m, e)] = ℓ` is the operator's
+minimum level of m on e: a constraint, carried by `pinned_instance` (see there).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Final, Literal
 
@@ -85,6 +96,11 @@ class Level:
 
 
 LevelName = Literal["stored", "cached", "resident"]
+
+PRIORITY_WEIGHTS: Final = {"low": 0.5, "normal": 1.0, "high": 2.0}
+"""The weight w_m of each priority class on a model's own delay and cloud price: a second a
+high-priority request waits counts as two of a normal one, a low one's as half. A policy
+choice of the operator's scale, not a measurement; the default class is `normal`."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,6 +293,10 @@ class Instance:
     prices: Prices = field(default_factory=Prices)
     pool_miss: Mapping[tuple[str, str], float] = field(default_factory=dict)
     current: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    priority: Mapping[str, float] = field(default_factory=dict)
+    """w_m per model (`PRIORITY_WEIGHTS`); 1 for models not listed."""
+    pins: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """The operator's minimum level per (model, host): the model is held there at least so."""
 
     def __post_init__(self) -> None:
         host_ids = [h.id for h in self.hosts]
@@ -306,6 +326,20 @@ class Instance:
                 raise ValueError(f"current level for unknown pair ({m!r}, {e!r})")
             if level not in Level.ALL:
                 raise ValueError(f"current level of ({m!r}, {e!r}) is {level!r}")
+        for m, w in self.priority.items():
+            if m not in models:
+                raise ValueError(f"priority for unknown model {m!r}")
+            if not 0.0 < w < math.inf:
+                raise ValueError(f"priority weight of {m!r} must be finite and > 0")
+        for (m, e), level in self.pins.items():
+            if (m, e) not in self.perf:
+                raise ValueError(f"pin of ({m!r}, {e!r}): the model cannot run on that host")
+            if level not in Level.ALL:
+                raise ValueError(f"pin of ({m!r}, {e!r}) is {level!r}; levels: {Level.ALL}")
+
+    def weight(self, model_id: str) -> float:
+        """w_m: the model's priority weight on its own delay and cloud price."""
+        return self.priority.get(model_id, 1.0)
 
     # -- lookups (indexes built once: an Instance is treated as immutable) ----------------
 
@@ -589,14 +623,76 @@ class OptionCost:
         return CostBreakdown(self.delay, self.resource, self.cloud, self.transition, self.wait)
 
 
+def pinned_instance(instance: Instance) -> tuple[Instance, dict[tuple[str, str], str], list[str]]:
+    """What the algorithms solve when pins are set: (the instance without the pinned pairs and
+    with the pins' room taken from their hosts, the pins kept, notes on pins dropped).
+
+    A pinned (m, e) at ℓ leaves the search: m cannot be given another level on e, and e's
+    disk loses s_m, its RAM tier s_m when ℓ is cached, its GPU memory h_{m,e} when ℓ is
+    resident and, for pooled pins, the largest of their h (the pool must be able to take
+    them). Every algorithm then plans the rest as usual, and the pins come back as held
+    levels whose traffic share the split's linear programme chooses with everything else
+    (`algorithms.Algorithm`). Reserving the pool conservatively (as if the rest's pool were
+    separate) keeps every decision feasible; the price is that `exact` is the optimum of
+    the rest given the pins, not of the whole with pins as constraints. The cloud's
+    inference times stay those of the full instance. A host whose pins do not fit together
+    keeps none of them (a note says so): a pin never makes a decision infeasible.
+    """
+    if not instance.pins:
+        return instance, {}, []
+    by_host: dict[str, list[tuple[str, str]]] = {}
+    for (m, e), level in sorted(instance.pins.items()):
+        by_host.setdefault(e, []).append((m, level))
+    kept: dict[tuple[str, str], str] = {}
+    notes: list[str] = []
+    hosts = []
+    for h in instance.hosts:
+        disk = ram = resident = pool = 0
+        for m, level in by_host.get(h.id, []):
+            size, vram = instance.model(m).storage_bytes, instance.perf[(m, h.id)].vram_bytes
+            disk += size
+            ram += size if level == Level.CACHED else 0
+            resident += vram if level == Level.RESIDENT else 0
+            pool = max(pool, 0 if level == Level.RESIDENT else vram)
+        gpu = resident + pool
+        if disk > h.disk_bytes or ram > h.ram_bytes or gpu > h.gpu_bytes:
+            names = ", ".join(f"{m}:{level}" for m, level in by_host[h.id])
+            notes.append(f"pins on {h.id} ({names}) do not fit its capacities; not held")
+            hosts.append(h)
+            continue
+        for m, level in by_host.get(h.id, []):
+            kept[(m, h.id)] = level
+        hosts.append(
+            replace(
+                h,
+                disk_bytes=h.disk_bytes - disk,
+                ram_bytes=h.ram_bytes - ram,
+                gpu_bytes=h.gpu_bytes - gpu,
+            )
+        )
+    cloud = replace(
+        instance.cloud, infer_s={m.id: instance.cloud_infer_s(m.id) for m in instance.models}
+    )
+    rest = replace(
+        instance,
+        hosts=hosts,
+        perf={k: p for k, p in instance.perf.items() if k not in kept},
+        pool_miss={k: p for k, p in instance.pool_miss.items() if k not in kept},
+        cloud=cloud,
+        pins={},
+    )
+    return rest, kept, notes
+
+
 def per_request_cost(instance: Instance, model_id: str, option: Option) -> CostBreakdown:
     """What one request of a model costs on an option, queueing aside: delay (inference,
     the pool switch π·L for a pooled level, the round trip on the cloud) and the cloud's
     price. Raises ValueError when the model has no Perf on the option's host."""
     pr = instance.prices
+    w = instance.weight(model_id)
     if option.host is None:
         delay = instance.cloud.wan_rtt_s + instance.cloud_infer_s(model_id)
-        return CostBreakdown(delay=delay * pr.delay_weight, cloud=pr.cloud_per_request)
+        return CostBreakdown(delay=delay * pr.delay_weight * w, cloud=pr.cloud_per_request * w)
     key = (model_id, option.host)
     perf = instance.perf.get(key)
     if perf is None:
@@ -608,7 +704,7 @@ def per_request_cost(instance: Instance, model_id: str, option: Option) -> CostB
         switch = miss * perf.load_disk_s
     else:
         switch = miss * perf.load_ram_s
-    return CostBreakdown(delay=(perf.infer_s + switch) * pr.delay_weight)
+    return CostBreakdown(delay=(perf.infer_s + switch) * pr.delay_weight * w)
 
 
 def holding_cost(instance: Instance, model_id: str, host_id: str, level: str) -> CostBreakdown:

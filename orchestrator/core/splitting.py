@@ -222,17 +222,18 @@ class _Candidates:
         base = pr.disk_per_GB * self.size / GB + np.where(
             absent, pr.fetch_weight * self.size / backhaul, 0.0
         )
+        wd = pr.delay_weight * np.array([instance.weight(m) for m, _ in pairs])
         for col, level in enumerate(Level.ALL):
             if level == Level.RESIDENT:
-                self.delay[:, col] = self.infer * pr.delay_weight
+                self.delay[:, col] = self.infer * wd
                 load = np.where(was_cached, l_ram, l_disk)
                 self.hold[:, col] = base + pr.vram_per_GB * self.vram / GB
                 self.hold[:, col] += np.where(was_resident, 0.0, pr.load_weight * load)
             elif level == Level.CACHED:
-                self.delay[:, col] = (self.infer + miss * l_ram) * pr.delay_weight
+                self.delay[:, col] = (self.infer + miss * l_ram) * wd
                 self.hold[:, col] = base + pr.ram_per_GB * self.size / GB
             else:
-                self.delay[:, col] = (self.infer + miss * l_disk) * pr.delay_weight
+                self.delay[:, col] = (self.infer + miss * l_disk) * wd
                 self.hold[:, col] = base
         self.cap = np.array(
             [
