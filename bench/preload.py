@@ -13,7 +13,7 @@ Llama-3.2-1B-shaped LLM (bf16, ~2.5 GB); `tiny` builds the same architectures sm
 try the script on a CPU.
 
 "lib" is `from_pretrained` then `.to(device)` (the library has no host-RAM tier, so its
-`ram` time is not measured); "ours" is the genedge loader with the pipelined reader
+`ram` time is not measured); "ours" is the direct loader with the pipelined reader
 (`edge_agent.adapters.fastload`); every time ends with the weights on the device and the
 device synchronised, and is the best of `--repeat` runs after one warm-up load of each.
 Limits are this host's, measured at the start: disk read with the page cache dropped

@@ -1,4 +1,4 @@
-"""The torch adapters on tiny real models: the genedge loader against the libraries' own
+"""The torch adapters on tiny real models: the direct loader against the libraries' own
 loaders, the host-RAM tier, text and image generation, corrupt files, closing, dtypes, GPU."""
 
 from __future__ import annotations
