@@ -12,8 +12,9 @@ from edge_agent.adapters import host as hostmod
 from edge_agent.adapters.profile_store import ProfileStore
 from edge_agent.adapters.profiler import Profiler
 from edge_agent.adapters.store import folder_files, inspect_folder
-from edge_agent.adapters.torch_models import TorchModelLoader
-from genedge.contract import ModelProfile
+from edge_agent.adapters.torch_models import ImagePipelineModel, TextModel, TorchModelLoader
+from edge_agent.core.ports import LoadReport
+from genedge.contract import ModelManifest, ModelProfile
 from launcher.cli import main as cli_main
 from tests.conftest import agent_settings, running_agent
 
@@ -51,6 +52,63 @@ def test_profile_fields_are_sane(model_zoo: Path, model: str) -> None:
     assert p.memory_method == "tensor_bytes+rss_growth"
     assert p.evict_s is not None and p.evict_s >= 0
     assert p.file_digest == manifest.file_digest
+
+
+class _RecordingLoader(TorchModelLoader):
+    """The real CPU loader, keeping every model it loads and its report, so a test can see
+    which loads the profile timed and that each model was closed; `broken` makes text
+    generation fail."""
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__("cpu")
+        self.broken = broken
+        self.loads: list[tuple[TextModel | ImagePipelineModel, LoadReport]] = []
+
+    def _keep(
+        self, loaded: tuple[TextModel | ImagePipelineModel, LoadReport]
+    ) -> tuple[TextModel | ImagePipelineModel, LoadReport]:
+        model = loaded[0]
+        if self.broken and isinstance(model, TextModel):
+
+            def broken(*args: object, **kwargs: object) -> None:
+                raise RuntimeError("generation broke")
+
+            model.generate_text = broken  # type: ignore[method-assign,assignment]
+        self.loads.append(loaded)
+        return loaded
+
+    def load(self, manifest: ModelManifest, source: object) -> tuple:  # type: ignore[override]
+        return self._keep(super().load(manifest, source))  # type: ignore[arg-type]
+
+    def load_with_library(self, manifest: ModelManifest) -> tuple:  # type: ignore[override]
+        return self._keep(super().load_with_library(manifest))
+
+
+def _recording_profiler(loader: _RecordingLoader) -> Profiler:
+    return Profiler(loader, fingerprint="h", description="d", versions={}, text_tokens=2)
+
+
+def test_every_timed_load_is_closed(model_zoo: Path) -> None:
+    loader = _RecordingLoader()
+    _recording_profiler(loader).profile(inspect_folder(model_zoo / "tiny-gpt2"))
+    # Warm-up, then ours cold, warm and from host RAM, then the library's cold and warm.
+    assert [(r.loader, r.tier) for _, r in loader.loads] == [
+        ("genedge", "disk"),
+        ("genedge", "disk"),
+        ("genedge", "disk"),
+        ("genedge", "ram"),
+        ("library", "disk"),
+        ("library", "disk"),
+    ]
+    assert all(m.torch_modules() == [] and m.memory_bytes() == 0 for m, _ in loader.loads)
+
+
+def test_a_failed_measurement_still_closes_its_model(model_zoo: Path) -> None:
+    loader = _RecordingLoader(broken=True)
+    with pytest.raises(RuntimeError, match="generation broke"):
+        _recording_profiler(loader).profile(inspect_folder(model_zoo / "tiny-gpt2"))
+    assert len(loader.loads) == 1  # the warm-up load: nothing ran after it failed
+    assert loader.loads[0][0].torch_modules() == []
 
 
 def test_profile_store_roundtrip_and_invalidation(model_zoo: Path, tmp_path: Path) -> None:

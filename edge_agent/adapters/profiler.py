@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar, overload
 
 from edge_agent.adapters import pagecache, store
-from edge_agent.adapters.device import MemoryMeter, synchronize
+from edge_agent.adapters.device import MemoryMeter, is_cuda, synchronize
 from edge_agent.adapters.host import Nvml
 from edge_agent.adapters.torch_models import TextModel, TorchModelLoader, dtype_name, param_count
-from edge_agent.core.ports import ImageParams, LoadedModel, TextParams
+from edge_agent.core.ports import ImageParams, LoadedModel, LoadReport, TextParams
 from edge_agent.errors import BadModelFolder
 from genedge.contract import (
     ChatMessage,
@@ -39,6 +40,9 @@ from genedge.contract import (
 log = logging.getLogger("edge_agent.profiler")
 
 Progress = Callable[[str, float], None]
+# One load the profile times: a loader's `load` or `load_with_library` for one model.
+Load = Callable[[], tuple[LoadedModel, LoadReport]]
+T = TypeVar("T")
 
 # A fixed English prompt so text generation times compare across hosts and models.
 _PROMPT = (
@@ -95,6 +99,20 @@ def _longest_fitting(model: TextModel, chat: bool, budget: int) -> int | None:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What the cold-loaded model is measured for, besides its load time."""
+
+    resident: int  # bytes held after the load
+    peak: int  # bytes at the peak of one default generation
+    rss_delta: int | None  # process RSS growth over the load (CPU)
+    nvml_delta: int | None  # NVML's used-memory growth over the load (GPU)
+    params: int
+    dtype: str
+    generation_s: float
+    what: str  # what the generation ran (`generation_what`)
 
 
 class Profiler:
@@ -191,44 +209,47 @@ class Profiler:
         synchronize(self.device)
         return time.perf_counter() - t0
 
-    def profile(self, manifest: ModelManifest, progress: Progress | None = None) -> ModelProfile:
-        """Measure `manifest` on this host. Blocking; takes a few loads' worth of time."""
+    @overload
+    def _timed_load(self, load: Load) -> tuple[LoadReport, None, float]: ...
 
-        def step(what: str, frac: float) -> None:
-            log.info("profiling %s: %s", manifest.id, what)
-            if progress:
-                progress(what, frac)
+    @overload
+    def _timed_load(
+        self, load: Load, use: Callable[[LoadedModel], T]
+    ) -> tuple[LoadReport, T, float]: ...
 
-        files = store.folder_files(Path(manifest.path))
-        meter = MemoryMeter(self.device)
-        notes: list[str] = []
-        ours = LoaderTiming()
-        lib = LoaderTiming()
+    def _timed_load(
+        self, load: Load, use: Callable[[LoadedModel], T] | None = None
+    ) -> tuple[LoadReport, T | None, float]:
+        """Every load the profile times: `load()` (the loader times it and reports the
+        seconds, weights on the device and the device synchronised), then `use` on the
+        model (the cold load's measurements), then a timed close. Returns the load's report,
+        what `use` returned, and the seconds the close took. The model is closed even when
+        `use` fails, so a failed profile leaves no weights on the device."""
+        model, report = load()
+        try:
+            used = use(model) if use is not None else None
+        finally:
+            evict_s = self._timed_close(model)
+        return report, used, evict_s
 
-        # 0. Warm-up: a first load and generation in this process pays one-time costs
-        # (lazy imports, allocator pools, thread pools) that are not the model's.
-        step("warm-up load and generation", 0.02)
-        model, _ = self.loader.load(manifest, None)
+    def _warm_up(self, model: LoadedModel, manifest: ModelManifest) -> TextProbe | None:
+        """One short generation, paying the process's one-time costs; the text probe."""
         probe = self.text_probe(model) if manifest.kind == ModelKind.TEXT else None
-        if probe is not None:
-            notes.extend(probe.notes)
         self._generate(model, manifest, warmup=True, probe=probe)
-        self._timed_close(model)
-        del model
+        return probe
 
-        # 1. Ours, cold: also the memory and generation measurements.
-        step("cold load (page cache dropped)", 0.05)
-        dropped = pagecache.drop_page_cache(files)
-        if not dropped:
-            notes.append("the OS refused to drop the page cache: 'cold' loads may be warm")
-        nvml_before = self._nvml_used()
-        base = meter.now()
-        model, report = self.loader.load(manifest, None)
-        ours.cold_s = report.seconds
-        notes.extend(report.notes)
-        loader_name = report.loader
-        if loader_name != "library":
-            notes.append(f"{loader_name} loader: {self.loader.describe()}")
+    def _measure(
+        self,
+        model: LoadedModel,
+        manifest: ModelManifest,
+        probe: TextProbe | None,
+        memory: tuple[MemoryMeter, int, int | None],
+        step: Progress,
+    ) -> _Measured:
+        """The cold-loaded model's memory (from `memory`: the meter, its reading and NVML's
+        before the load), size and dtype, and one timed default generation's time and peak
+        memory."""
+        meter, base, nvml_before = memory
         rss_delta = None
         if meter.cuda:
             resident = max(0, meter.now() - base)
@@ -250,19 +271,14 @@ class Profiler:
             peak = max(0, meter.stop_peak() - base)
         else:
             peak = resident + max(0, meter.stop_peak() - gen_base)
-        evict_s = self._timed_close(model)
-        del model
+        nvml_delta = None
+        if nvml_before is not None and nvml_after is not None:
+            nvml_delta = nvml_after - nvml_before
+        return _Measured(resident, peak, rss_delta, nvml_delta, params, dtype, generation_s, what)
 
-        # 2. Ours, warm (files now in the page cache).
-        step("warm load", 0.5)
-        pagecache.read_files(files)
-        model, report = self.loader.load(manifest, None)
-        ours.warm_s = report.seconds
-        self._timed_close(model)
-        del model
-
-        # 3. Ours, from the host-RAM tier.
-        step("load from host RAM", 0.65)
+    def _load_from_host(self, manifest: ModelManifest, notes: list[str]) -> float:
+        """Fill the cached tier with `manifest` (a note says how long that took), then time
+        a load from it; the copy is released afterwards."""
         t0 = time.perf_counter()
         copy = self.loader.read_to_host(manifest)
         fill_s = time.perf_counter() - t0
@@ -271,10 +287,8 @@ class Profiler:
             f"host RAM) took {fill_s:.3f} s"
         )
         try:
-            model, report = self.loader.load(manifest, copy)
-            ours.ram_s = report.seconds
-            self._timed_close(model)
-            del model
+            report, _, _ = self._timed_load(lambda: self.loader.load(manifest, copy))
+            return report.seconds
         finally:
             # A cached copy prepares its next load in the background: let that finish, so
             # it does not compete with the library loader's timings below.
@@ -283,21 +297,92 @@ class Profiler:
                 ready()
             copy.release()
 
+    def profile(self, manifest: ModelManifest, progress: Progress | None = None) -> ModelProfile:
+        """Measure `manifest` on this host. Blocking; takes a few loads' worth of time."""
+
+        def step(what: str, frac: float) -> None:
+            log.info("profiling %s: %s", manifest.id, what)
+            if progress:
+                progress(what, frac)
+
+        files = store.folder_files(Path(manifest.path))
+        meter = MemoryMeter(self.device)
+        notes: list[str] = []
+        ours = LoaderTiming()
+        lib = LoaderTiming()
+
+        def load_ours() -> tuple[LoadedModel, LoadReport]:
+            return self.loader.load(manifest, None)
+
+        # 0. Warm-up: a first load and generation in this process pays one-time costs
+        # (lazy imports, allocator pools, thread pools) that are not the model's.
+        step("warm-up load and generation", 0.02)
+        _, probe, _ = self._timed_load(load_ours, lambda m: self._warm_up(m, manifest))
+        if probe is not None:
+            notes.extend(probe.notes)
+
+        # 1. Ours, cold: also the memory and generation measurements.
+        step("cold load (page cache dropped)", 0.05)
+        dropped = pagecache.drop_page_cache(files)
+        if not dropped:
+            notes.append("the OS refused to drop the page cache: 'cold' loads may be warm")
+        nvml_before = self._nvml_used()
+        memory = (meter, meter.now(), nvml_before)
+        report, measured, evict_s = self._timed_load(
+            load_ours, lambda m: self._measure(m, manifest, probe, memory, step)
+        )
+        ours.cold_s = report.seconds
+        notes.extend(report.notes)
+        loader_name = report.loader
+        if loader_name != "library":
+            notes.append(f"{loader_name} loader: {self.loader.describe()}")
+
+        # 2. Ours, warm (files now in the page cache).
+        step("warm load", 0.5)
+        pagecache.read_files(files)
+        ours.warm_s = self._timed_load(load_ours)[0].seconds
+
+        # 3. Ours, from the host-RAM tier.
+        step("load from host RAM", 0.65)
+        ours.ram_s = self._load_from_host(manifest, notes)
+
         # 4. The library's own loader, cold and warm, for comparison.
         if loader_name != "library":
+
+            def load_lib() -> tuple[LoadedModel, LoadReport]:
+                return self.loader.load_with_library(manifest)
+
             step("library loader, cold", 0.8)
             pagecache.drop_page_cache(files)
-            model, report = self.loader.load_with_library(manifest)
-            lib.cold_s = report.seconds
-            self._timed_close(model)
-            del model
+            lib.cold_s = self._timed_load(load_lib)[0].seconds
             step("library loader, warm", 0.9)
-            model, report = self.loader.load_with_library(manifest)
-            lib.warm_s = report.seconds
-            self._timed_close(model)
-            del model
+            lib.warm_s = self._timed_load(load_lib)[0].seconds
         step("done", 1.0)
 
+        loaders = {loader_name: ours, **({"library": lib} if loader_name != "library" else {})}
+        return self._assemble(
+            manifest,
+            measured,
+            ours=ours,
+            loaders=loaders,
+            dropped=dropped,
+            evict_s=evict_s,
+            notes=notes,
+        )
+
+    def _assemble(
+        self,
+        manifest: ModelManifest,
+        measured: _Measured,
+        *,
+        ours: LoaderTiming,
+        loaders: dict[str, LoaderTiming],
+        dropped: bool,
+        evict_s: float,
+        notes: list[str],
+    ) -> ModelProfile:
+        """The profile from the measurements (`ours`: the loader the agent uses, also in
+        `loaders`)."""
         assert ours.cold_s is not None and ours.warm_s is not None and ours.ram_s is not None
         return ModelProfile(
             model_id=manifest.id,
@@ -307,25 +392,21 @@ class Profiler:
             host_description=self.description,
             file_digest=manifest.file_digest,
             device=self.device,
-            dtype=dtype,
-            params=params,
+            dtype=measured.dtype,
+            params=measured.params,
             storage_bytes=manifest.storage_bytes,
-            resident_bytes=resident,
-            peak_bytes=peak,
-            memory_method="cuda_allocated" if meter.cuda else "tensor_bytes+rss_growth",
-            rss_delta_bytes=rss_delta,
-            nvml_used_delta_bytes=(
-                nvml_after - nvml_before
-                if nvml_before is not None and nvml_after is not None
-                else None
-            ),
+            resident_bytes=measured.resident,
+            peak_bytes=measured.peak,
+            memory_method="cuda_allocated" if is_cuda(self.device) else "tensor_bytes+rss_growth",
+            rss_delta_bytes=measured.rss_delta,
+            nvml_used_delta_bytes=measured.nvml_delta,
             load_cold_s=ours.cold_s,
             load_warm_s=ours.warm_s,
             load_ram_s=ours.ram_s,
             cold_cache_dropped=dropped,
-            loaders={loader_name: ours, **({"library": lib} if loader_name != "library" else {})},
-            generation_s=generation_s,
-            generation_what=what,
+            loaders=loaders,
+            generation_s=measured.generation_s,
+            generation_what=measured.what,
             evict_s=evict_s,
             versions=self.versions,
             notes=notes,
