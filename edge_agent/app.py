@@ -17,6 +17,7 @@ import httpx
 import psutil
 from fastapi import FastAPI
 
+from edge_agent.api.repository import router as repository_router
 from edge_agent.api.routes import router
 from edge_agent.api.wan import AddedDelay
 from edge_agent.core.ports import ModelLoader
@@ -134,9 +135,10 @@ def create_app(
     clock: Callable[[], float] | None = None,
     loader: ModelLoader | None = None,
     profiler: ProfilerLike | None = None,
+    fetch_client: httpx.AsyncClient | None = None,
 ) -> FastAPI:
     """Build the agent's ASGI app. `http_client` talks to the orchestrator (tests inject one
-    wired to an in-process orchestrator)."""
+    wired to an in-process orchestrator); `fetch_client` to the model repository."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,7 +148,7 @@ def create_app(
         app.state.agent = runtime
         client = http_client or httpx.AsyncClient(timeout=10.0)
         app.state.http = client
-        await runtime.start(client)
+        await runtime.start(client, fetch_client=fetch_client)
         try:
             yield
         finally:
@@ -162,6 +164,7 @@ def create_app(
     )
     install_common_handlers(app, logging.getLogger("edge_agent.api"))
     app.include_router(router)
+    app.include_router(repository_router)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
     )

@@ -8,6 +8,7 @@ Hierarchy::
     ├── WrongModelKind              400 wrong_model_kind  (image request to a text model...)
     ├── Overloaded                  429 overloaded        (model queue full; Retry-After)
     ├── ModelUnavailable            503 model_unavailable (model failed to load / is broken)
+    │   └── FetchFailed             503 fetch_failed (repository unreachable, checksum, no disk)
     ├── DoesNotFit                  409 does_not_fit      (not enough device memory or RAM)
     ├── TransitionConflict          409 transition_conflict
     ├── ClientDisconnected          499 client_disconnected (the client left; work stopped)
@@ -51,6 +52,13 @@ class Overloaded(AgentError):
 class ModelUnavailable(AgentError):
     status = 503
     type = "model_unavailable"
+
+
+class FetchFailed(ModelUnavailable):
+    """Fetching a model from a model repository failed; the message names the file or the
+    shortfall. The model stays `absent` (state `failed`); setting its level again resumes."""
+
+    type = "fetch_failed"
 
 
 class DoesNotFit(AgentError):

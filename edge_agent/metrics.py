@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from edge_agent.core.ports import LoadReport
+from genedge.contract import FetchProgress
 
 PRELOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
@@ -64,6 +65,55 @@ class AgentMetrics:
         self.gpu_used = Gauge(
             "genedge_gpu_memory_used_bytes", "GPU memory used, as NVML reports it.", registry=r
         )
+        # Fetching absent models from a model repository, and disk eviction (issue 15)
+        self.fetch_bytes = Counter(
+            "genedge_fetch_bytes_total",
+            "Bytes transferred from the model repository (resumed bytes count once).",
+            registry=r,
+        )
+        self.fetch_seconds = Histogram(
+            "genedge_fetch_seconds",
+            "Seconds of completed fetches, from the first request to the model in place.",
+            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.fetches = Counter(
+            "genedge_fetches_total", "Fetches by outcome.", ["model", "outcome"], registry=r
+        )
+        self.fetch_done = Gauge(
+            "genedge_fetch_bytes_done",
+            "Bytes of a model's fetch on disk (under way or last).",
+            ["model"],
+            registry=r,
+        )
+        self.fetch_total = Gauge(
+            "genedge_fetch_bytes_expected",
+            "Bytes of a model's fetch in all.",
+            ["model"],
+            registry=r,
+        )
+        self.fetch_rate = Gauge(
+            "genedge_fetch_rate_bytes_per_second",
+            "Recent transfer rate of a model's fetch.",
+            ["model"],
+            registry=r,
+        )
+        self.fetch_eta = Gauge(
+            "genedge_fetch_eta_seconds",
+            "Seconds left of a model's fetch at its recent rate (0 when done).",
+            ["model"],
+            registry=r,
+        )
+        self.disk_evictions = Counter(
+            "genedge_disk_evictions_total",
+            "Models whose files were deleted to make room for a fetch.",
+            ["model"],
+            registry=r,
+        )
+        self.disk_evicted_bytes = Counter(
+            "genedge_disk_evicted_bytes_total", "Bytes deleted by disk eviction.", registry=r
+        )
+        self._fetch_seen: dict[str, int] = {}  # bytes_done - resumed already counted, per model
 
     # Observer ------------------------------------------------------------------------
     def loaded(self, model_id: str, report: LoadReport) -> None:
@@ -86,6 +136,30 @@ class AgentMetrics:
 
     def device_used(self, used_bytes: int) -> None:
         self.device_used_gauge.set(used_bytes)
+
+    def fetch_progress(self, model_id: str, progress: FetchProgress) -> None:
+        moved = max(0, progress.bytes_done - progress.resumed_bytes)
+        new = moved - self._fetch_seen.get(model_id, 0)
+        if new > 0:
+            self.fetch_bytes.inc(new)
+        self._fetch_seen[model_id] = moved
+        self.fetch_done.labels(model_id).set(progress.bytes_done)
+        self.fetch_total.labels(model_id).set(progress.bytes_total)
+        self.fetch_rate.labels(model_id).set(progress.rate_Bps)
+        self.fetch_eta.labels(model_id).set(progress.eta_s or 0.0)
+
+    def fetched(self, model_id: str, transferred_bytes: int, seconds: float) -> None:
+        self._fetch_seen.pop(model_id, None)
+        self.fetch_seconds.observe(seconds)
+        self.fetches.labels(model_id, "ok").inc()
+
+    def fetch_failed(self, model_id: str) -> None:
+        self._fetch_seen.pop(model_id, None)
+        self.fetches.labels(model_id, "failed").inc()
+
+    def disk_evicted(self, model_id: str, nbytes: int) -> None:
+        self.disk_evictions.labels(model_id).inc()
+        self.disk_evicted_bytes.inc(nbytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

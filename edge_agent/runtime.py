@@ -18,7 +18,7 @@ import httpx
 from edge_agent.core.limits import Limits
 from edge_agent.core.manager import ModelManager
 from edge_agent.core.ports import ModelLoader
-from edge_agent.errors import Overloaded, UnknownModel
+from edge_agent.errors import ModelUnavailable, Overloaded, UnknownModel
 from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import AgentSettings
 from genedge.contract import (
@@ -72,6 +72,13 @@ class AgentRuntime:
         self.nvml = nvml
         self.link: object | None = None
         self.settings = settings
+        self.fetch_dir = (
+            Path(settings.fetch_dir)
+            if settings.fetch_dir
+            else Path(settings.store_dir) / ".fetched"
+        )
+        manifests, bad_folders = self._with_fetched(manifests, bad_folders)
+        self._fetch_client: httpx.AsyncClient | None = None  # ours to close
         self.bad_folders = bad_folders
         self.host = host
         self.clock = clock
@@ -97,7 +104,12 @@ class AgentRuntime:
             drain_timeout_s=settings.drain_timeout_s,
             clock=clock,
             observer=self.metrics,
+            evict_user_models=settings.evict_user_models,
         )
+        self.manager.set_pins(settings.pins)
+        from edge_agent.adapters.repository import RepositoryIndex
+
+        self.repository = RepositoryIndex()
         self.profiler = profiler
         self.profile_store = profile_store
         self.started_at = clock()
@@ -107,11 +119,34 @@ class AgentRuntime:
         self._profiles_waiting = 0  # profiles queued behind `_profile_lock`
         self._last_profile_s = 0.0  # how long the last profile ran (for Retry-After)
 
+    def _with_fetched(
+        self, manifests: list[ModelManifest], bad: list[BadModelFolder]
+    ) -> tuple[list[ModelManifest], list[BadModelFolder]]:
+        """The store's models plus what earlier runs fetched (the fetch directory is a store
+        root of its own, hidden from the store's scan), each with its origin."""
+        from edge_agent.adapters.fetch import mark_origins, scan_fetched
+
+        manifests = mark_origins(manifests)
+        if self.fetch_dir.resolve() == Path(self.settings.store_dir).resolve():
+            return manifests, bad
+        fetched, fetched_bad = scan_fetched(self.fetch_dir, manifests)
+        for b in fetched_bad:
+            log.warning("skipping fetched model folder %s: %s", b.path, b.reason)
+        return sorted(manifests + fetched, key=lambda m: m.id), bad + fetched_bad
+
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, http_client: httpx.AsyncClient | None = None) -> None:
+    async def start(
+        self,
+        http_client: httpx.AsyncClient | None = None,
+        *,
+        fetch_client: httpx.AsyncClient | None = None,
+    ) -> None:
         """Kick off background work; the agent serves at once (`/readyz` says when the
-        initial levels are reached). With an orchestrator URL, register and heartbeat."""
+        initial levels are reached). With an orchestrator URL, register and heartbeat.
+        With a repository URL, models the host lacks are fetched (over `fetch_client`,
+        else a client of its own)."""
         self._reuse_cached_profiles()
+        self._start_fetcher(fetch_client)
         self._jobs.append(asyncio.create_task(self._startup(), name="agent-startup"))
         s = self.settings
         if s.orchestrator_url and http_client is not None:
@@ -154,6 +189,44 @@ class AgentRuntime:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
         await self.manager.close()
+        if self._fetch_client is not None:
+            await self._fetch_client.aclose()
+
+    # ------------------------------------------------------------------ fetching
+    def _start_fetcher(self, client: httpx.AsyncClient | None) -> None:
+        s = self.settings
+        if not s.repository_url:
+            return
+        from edge_agent.adapters.fetch import Fetcher
+
+        if client is None:
+            # Timeouts per network operation, not per transfer: a 16 GB model takes minutes.
+            client = self._fetch_client = httpx.AsyncClient(
+                timeout=httpx.Timeout(60.0, connect=10.0)
+            )
+        self.manager.fetcher = Fetcher(
+            client,
+            s.repository_url,
+            self.fetch_dir,
+            token=s.agent_token,
+            max_Bps=s.fetch_max_bps,
+            retries=s.fetch_retries,
+            clock=self.clock,
+        )
+        self.manager.after_fetch = self._after_fetch
+
+    async def _after_fetch(self, model_id: str) -> None:
+        """A fetched model gets what a store model gets at start: its cached profile when
+        this host measured these files before, else a measurement (`profile_on_start`)."""
+        manifest = self.manager.manifest(model_id)
+        store = self.profile_store
+        cached = store.get(model_id, manifest.file_digest) if store is not None else None  # type: ignore[attr-defined]
+        if cached is not None:
+            self.manager.set_profile(model_id, cached, ProfileStatus.CACHED)
+        elif self.profiler is not None and self.settings.profile_on_start:
+            await self.profile(model_id, bounded=False)
+        else:
+            self.manager.set_profile(model_id, None, ProfileStatus.SKIPPED)
 
     # ------------------------------------------------------------------ profiles
     def _reuse_cached_profiles(self) -> None:
@@ -175,6 +248,8 @@ class AgentRuntime:
         """
         if self.profiler is None:
             raise UnknownModel("profiling is not available on this agent")
+        if self.manager.status(model_id).level == Level.ABSENT:
+            raise ModelUnavailable(f"model {model_id!r} is not on this host yet", model=model_id)
         manifest = self.manager.manifest(model_id)
         profiler = self.profiler
         loop = asyncio.get_running_loop()
@@ -295,4 +370,6 @@ class AgentRuntime:
             h2d_GBps=self.host.h2d_GBps,
             bandwidth_measured=self.host.bandwidth_measured,
             versions=self.host.versions,
+            repository_url=self.settings.repository_url,
+            fetch_Bps=m.fetcher.measured_Bps if m.fetcher is not None else None,
         )

@@ -106,6 +106,35 @@ class AgentSettings(ServerLimits):
     measure_bandwidth: bool = True
     bandwidth_probe_bytes: int = Field(default=128 * MiB, ge=MiB)
 
+    # Fetching absent models (issue 15; README "Fetching models")
+    repository_url: str | None = Field(
+        default=None,
+        description="A model repository (another agent, typically the cloud agent) that "
+        "models this host lacks are fetched from when a level is set on them. None: the "
+        "agent serves only what its store holds (an unknown model is a 404).",
+    )
+    fetch_dir: Path | None = Field(
+        default=None,
+        description="Where fetched models go (scanned as a store root at start, so they "
+        "survive a restart). None: `<store_dir>/.fetched`.",
+    )
+    fetch_max_bps: float | None = Field(
+        default=None, gt=0, description="Bandwidth cap of a fetch, bytes/s. None: no cap."
+    )
+    fetch_retries: int = Field(
+        default=3, ge=0, description="Resumes of a dropped connection within one fetch."
+    )
+    evict_user_models: bool = Field(
+        default=False,
+        description="Let a fetch short of disk space delete models the agent did not fetch "
+        "(the user's own folders). Off: only fetched models are ever deleted.",
+    )
+    pins: dict[str, Literal["stored", "cached", "resident"]] = Field(
+        default_factory=dict,
+        description="Models pinned on this host (id -> minimum level): never evicted from "
+        'disk. JSON, e.g. `{"sd15": "stored"}`.',
+    )
+
     # Orchestrator link (none: the agent runs alone)
     orchestrator_url: str | None = None
     agent_token: str = Field(

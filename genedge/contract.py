@@ -136,6 +136,7 @@ class ModelState(StrEnum):
     DRAINING = "draining"  # waiting for in-flight requests before going down
     EVICTING = "evicting"  # freeing memory
     FAILED = "failed"  # last transition failed; `failed_reason` says why
+    FETCHING = "fetching"  # level `absent`: its files are coming from a model repository
 
 
 class TextDefaults(Contract):
@@ -286,7 +287,11 @@ class ModelStatusList(Contract):
 class SetLevelRequest(Contract):
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["stored", "cached", "resident"]
+    level: Literal["absent", "stored", "cached", "resident"] = Field(
+        description="`absent`: the decision no longer places the model here: it goes down to "
+        "`stored` and its files may be reclaimed when a fetch needs the disk space (a fetch "
+        "under way is cancelled, its partial files kept for a later resume)."
+    )
     wait: bool = Field(
         default=False, description="Answer only when the transition has finished (or failed)."
     )
@@ -326,6 +331,35 @@ class HostFacts(Contract):
     fetch_Bps: float | None = Field(
         default=None, ge=0, description="Measured fetch bandwidth from the repository, bytes/s."
     )
+
+
+class RepositoryFile(Contract):
+    """One file of a model offered by a model repository (`GET /v1/repository/{id}/manifest`)."""
+
+    path: str = Field(min_length=1, max_length=1024, description="Relative, `/`-separated.")
+    size: NonNegInt
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class RepositoryModel(Contract):
+    """A model a repository offers, as its list shows it (no checksums: they cost a read)."""
+
+    model_id: ModelId
+    kind: ModelKind
+    format: ModelFormat
+    architecture: str
+    total_bytes: NonNegInt
+
+
+class RepositoryList(Contract):
+    object: Literal["list"] = "list"
+    data: list[RepositoryModel]
+
+
+class RepositoryManifest(RepositoryModel):
+    """Every file of one offered model with its size and sha256: what a fetch verifies."""
+
+    files: list[RepositoryFile] = Field(max_length=100_000)
 
 
 class Health(Contract):

@@ -243,8 +243,11 @@ async def model_status(request: Request, model_id: str) -> ModelStatus:
 async def set_level(request: Request, model_id: str, body: SetLevelRequest) -> JSONResponse:
     rt = _rt(request)
     status = await rt.manager.set_level(model_id, Level(body.level), wait=body.wait)
-    # 202 while the move is still under way; 200 when the model is at the level.
-    code = 200 if status.level == Level(body.level) and status.state == "ready" else 202
+    # 202 while the move is still under way; 200 when the model is at the level (`absent`:
+    # stored, or a fetch cancelled).
+    want = Level(body.level)
+    at = status.level == want or (want == Level.ABSENT and status.level == Level.STORED)
+    code = 200 if at and status.state == "ready" else 202
     if status.state == "failed" and body.wait:
         code = 503
     return JSONResponse(status.model_dump(mode="json"), status_code=code)

@@ -15,7 +15,14 @@ Rules it keeps (DESIGN.md, "Model levels"):
 - device memory: sum of resident models + the pooled model <= the device budget; host RAM:
   sum of cached copies <= the cache budget;
 - a failed load marks that model `failed` with the reason; other models keep serving; setting
-  a level again retries.
+  a level again retries;
+- level `absent` (issue 15): setting a level on a model the host lacks, when a model
+  repository is configured (`ModelFetcher`) and offers it, fetches it first (state
+  `fetching`, progress in the status), then carries on to the level; a failed fetch marks the
+  model `failed` and leaves it absent; setting a level again resumes;
+- disk eviction: a fetch short of disk space deletes *evictable* models, least recently used
+  first: fetched by the agent (or any, with `evict_user_models`), not placed by the last
+  command (`placed`: last set to a level, not to `absent`), not pinned, not in use.
 """
 
 from __future__ import annotations
@@ -24,15 +31,16 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edge_agent.core.ports import HostCopy, LoadedModel, LoadReport, ModelLoader
+from edge_agent.core.ports import HostCopy, LoadedModel, LoadReport, ModelFetcher, ModelLoader
 from edge_agent.errors import (
     AgentError,
     DoesNotFit,
+    FetchFailed,
     ModelUnavailable,
     Overloaded,
     TransitionConflict,
@@ -40,16 +48,21 @@ from edge_agent.errors import (
     WrongModelKind,
 )
 from genedge.contract import (
+    FetchProgress,
     Level,
     ModelKind,
     ModelManifest,
+    ModelOrigin,
     ModelProfile,
     ModelState,
     ModelStatus,
     ProfileStatus,
+    TargetLevel,
 )
 
 log = logging.getLogger("edge_agent.manager")
+
+_TARGETS = (Level.STORED, Level.CACHED, Level.RESIDENT)
 
 PROFILER_ID = "__profiler__"
 
@@ -63,6 +76,10 @@ class Observer(Protocol):
     def pool_switched(self, old: str | None, new: str) -> None: ...
     def depth(self, model_id: str, queued: int, in_flight: int) -> None: ...
     def device_used(self, used_bytes: int) -> None: ...
+    def fetch_progress(self, model_id: str, progress: FetchProgress) -> None: ...
+    def fetched(self, model_id: str, transferred_bytes: int, seconds: float) -> None: ...
+    def fetch_failed(self, model_id: str) -> None: ...
+    def disk_evicted(self, model_id: str, nbytes: int) -> None: ...
 
 
 class NullObserver:
@@ -82,6 +99,18 @@ class NullObserver:
         pass
 
     def device_used(self, used_bytes: int) -> None:
+        pass
+
+    def fetch_progress(self, model_id: str, progress: FetchProgress) -> None:
+        pass
+
+    def fetched(self, model_id: str, transferred_bytes: int, seconds: float) -> None:
+        pass
+
+    def fetch_failed(self, model_id: str) -> None:
+        pass
+
+    def disk_evicted(self, model_id: str, nbytes: int) -> None:
         pass
 
 
@@ -120,7 +149,11 @@ class _Entry:
     profile_status: ProfileStatus = ProfileStatus.PENDING
     profile_progress: float = 0.0
     profile_detail: str = ""
+    placed: bool = False  # the last level command set a level (not `absent`)
+    pinned_level: TargetLevel | None = None
+    fetch: FetchProgress | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def id(self) -> str:
@@ -154,8 +187,16 @@ class ModelManager:
         drain_timeout_s: float = 600.0,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
+        fetcher: ModelFetcher | None = None,
+        evict_user_models: bool = False,
     ) -> None:
         self.loader = loader
+        self.fetcher = fetcher
+        self.evict_user_models = evict_user_models
+        # Awaited once a fetched model is in place, before it moves on to its level (the
+        # runtime profiles it there, as it does the store's models at start).
+        self.after_fetch: Callable[[str], Awaitable[None]] | None = None
+        self._pins: dict[str, TargetLevel] = {}
         self.device_budget_bytes = device_budget_bytes
         self.cache_budget_bytes = cache_budget_bytes
         self.max_concurrency = max_concurrency
@@ -205,6 +246,11 @@ class ModelManager:
 
     def model_ids(self) -> list[str]:
         return list(self._entries)
+
+    def held_manifests(self) -> list[ModelManifest]:
+        """Manifests of the models whose files are on this host (not absent, not being
+        fetched): what the agent offers as a model repository."""
+        return [e.manifest for e in self._entries.values() if e.level != Level.ABSENT]
 
     def manifest(self, model_id: str) -> ModelManifest:
         return self._entry(model_id).manifest
@@ -273,6 +319,10 @@ class ModelManager:
             profile_progress=e.profile_progress,
             profile_detail=e.profile_detail,
             profile=e.profile,
+            origin=e.manifest.origin,
+            evictable=self._evictable(e),
+            pinned_level=e.pinned_level,
+            fetch=e.fetch,
         )
 
     def statuses(self) -> list[ModelStatus]:
@@ -336,6 +386,9 @@ class ModelManager:
             while True:
                 if e.state == ModelState.FAILED and not e.transitioning:
                     raise ModelUnavailable(f"model {e.id!r} failed: {e.failed_reason}", model=e.id)
+                if e.level == Level.ABSENT:  # a fetch takes minutes: refuse, do not queue
+                    what = "being fetched" if e.transitioning else "not on this host"
+                    raise ModelUnavailable(f"model {e.id!r} is {what}", model=e.id)
                 if not e.transitioning:
                     if e.level == Level.RESIDENT and e.loaded is not None:
                         e.in_flight += 1
@@ -475,10 +528,65 @@ class ModelManager:
 
     async def set_level(self, model_id: str, level: Level, *, wait: bool = False) -> ModelStatus:
         """Move a model towards `level` (stored, cached or resident). Idempotent: asking
-        for the level it has, or is already moving to, changes nothing."""
-        if level not in (Level.STORED, Level.CACHED, Level.RESIDENT):
+        for the level it has, or is already moving to, changes nothing.
+
+        A model the host lacks is fetched first when the repository offers it (404 when
+        there is none or it does not). `absent` marks the model not placed here: it goes
+        down to stored and becomes evictable (a fetch under way is cancelled)."""
+        if level == Level.ABSENT:
+            return await self._unplace(model_id, wait=wait)
+        if level not in _TARGETS:
             raise TransitionConflict(f"{level.value} is not a level one can set")
+        e = self._entries.get(model_id) or await self._absent_entry(model_id)
+        e.placed = True
+        return await self._move(e, level, wait=wait)
+
+    async def _absent_entry(self, model_id: str) -> _Entry:
+        """An entry (level `absent`) for a model the repository offers, or UnknownModel."""
+        if self.fetcher is None:
+            raise UnknownModel(f"model {model_id!r} is not on this host", model=model_id)
+        remote = await self.fetcher.describe(model_id)
+        if remote is None:
+            raise UnknownModel(
+                f"model {model_id!r} is not on this host, and the model repository "
+                f"{self.fetcher.source} does not offer it",
+                model=model_id,
+            )
+        e = self._entries.get(model_id)  # another command may have made it meanwhile
+        if e is None:
+            e = _Entry(
+                manifest=remote,
+                sem=asyncio.Semaphore(self.max_concurrency),
+                level=Level.ABSENT,
+                target=Level.ABSENT,
+                progress=0.0,
+                detail="absent",
+                profile_status=ProfileStatus.SKIPPED,
+                pinned_level=self._pins.get(model_id),
+            )
+            self._entries[model_id] = e
+            self._changed()
+        return e
+
+    async def _unplace(self, model_id: str, *, wait: bool) -> ModelStatus:
         e = self._entry(model_id)
+        e.placed = False
+        if e.level != Level.ABSENT:
+            return await self._move(e, Level.STORED, wait=wait)
+        # Never held: cancel the fetch (its partial files stay for a later resume).
+        for t in list(e.tasks):
+            t.cancel()
+        await asyncio.gather(*list(e.tasks), return_exceptions=True)
+        status = self.status(model_id)
+        if self._entries.get(model_id) is e:
+            del self._entries[model_id]
+            self._changed()
+        return status.model_copy(
+            update={"target_level": Level.ABSENT, "state": ModelState.READY, "evictable": False}
+        )
+
+    async def _move(self, e: _Entry, level: Level, *, wait: bool) -> ModelStatus:
+        model_id = e.id
         if (
             e.state != ModelState.FAILED
             and e.target == level
@@ -492,6 +600,8 @@ class ModelManager:
         task = asyncio.create_task(self._transition(e), name=f"level:{model_id}:{level.value}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        e.tasks.add(task)
+        task.add_done_callback(e.tasks.discard)
         if wait:
             await asyncio.shield(task)
         else:
@@ -512,6 +622,8 @@ class ModelManager:
                 f"moving to {target.value}",
             )
             try:
+                if e.level == Level.ABSENT:
+                    await self._fetch(e)
                 if target == Level.RESIDENT:
                     await self._to_resident(e)
                 elif target == Level.CACHED:
@@ -528,6 +640,106 @@ class ModelManager:
             finally:
                 e.transitioning = False
                 self._changed()
+
+    async def _fetch(self, e: _Entry) -> None:
+        """absent -> stored: fetch the files, take the real manifest, let the runtime
+        profile the model (`after_fetch`)."""
+        fetcher = self.fetcher
+        if fetcher is None:
+            raise UnknownModel(f"model {e.id!r} is not on this host", model=e.id)
+        self._set_state(e, ModelState.FETCHING, 0.0, f"fetching from {fetcher.source}")
+
+        def progress(p: FetchProgress) -> None:
+            e.fetch = p
+            e.progress = min(1.0, p.bytes_done / p.bytes_total) if p.bytes_total else 1.0
+            eta = f", ETA {p.eta_s:.0f} s" if p.eta_s is not None and not p.finished_at else ""
+            e.detail = (
+                f"fetching from {p.source}: {p.bytes_done / 1e6:.1f} of "
+                f"{p.bytes_total / 1e6:.1f} MB at {p.rate_Bps / 1e6:.1f} MB/s{eta}"
+            )
+            self.observer.fetch_progress(e.id, p)
+
+        t0 = time.perf_counter()
+        try:
+            manifest = await fetcher.fetch(e.id, progress, self._make_room)
+        except asyncio.CancelledError:
+            raise
+        except AgentError:
+            self.observer.fetch_failed(e.id)
+            raise
+        except Exception as exc:  # a bug or an OS error: still a clear reason in the status
+            self.observer.fetch_failed(e.id)
+            log.exception("fetch of %s failed", e.id)
+            raise FetchFailed(f"fetch failed: {type(exc).__name__}: {exc}", model=e.id) from exc
+        done = e.fetch
+        moved = done.bytes_done - done.resumed_bytes if done is not None else 0
+        self.observer.fetched(e.id, moved, time.perf_counter() - t0)
+        e.manifest = manifest
+        e.level = Level.STORED
+        e.profile_status = ProfileStatus.PENDING
+        self._set_state(e, ModelState.LOADING, 0.0, "fetched")
+        if self.after_fetch is not None:
+            await self.after_fetch(e.id)
+
+    # ------------------------------------------------------------------ disk
+
+    def set_pins(self, pins: Mapping[str, TargetLevel]) -> None:
+        """The operator's pins on this host (model -> minimum level), complete: a pinned
+        model is never evicted from disk. Fed from settings at start and by whoever
+        receives the orchestrator's pins."""
+        self._pins = dict(pins)
+        for e in self._entries.values():
+            e.pinned_level = self._pins.get(e.id)
+        self._changed()
+
+    def _evictable(self, e: _Entry) -> bool:
+        """Whether a fetch may delete this model's files now."""
+        return (
+            (e.manifest.origin == ModelOrigin.FETCHED or self.evict_user_models)
+            and not e.placed
+            and e.pinned_level is None
+            and e.level == Level.STORED
+            and self._pool.holder is not e
+            and e.loaded is None
+            and e.host_copy is None
+            and not e.transitioning
+            and not e.tasks
+            and e.in_flight == 0
+            and e.queued == 0
+        )
+
+    def evictable_bytes(self) -> int:
+        return sum(e.manifest.storage_bytes for e in self._entries.values() if self._evictable(e))
+
+    async def _make_room(self, shortfall_bytes: int, model_id: str) -> int:
+        """Delete evictable models, least recently used first, until `shortfall_bytes`
+        are freed; none when all of them would not be enough (a refusal costs nothing)."""
+        fetcher = self.fetcher
+        cands = sorted(
+            (e for e in self._entries.values() if e.id != model_id and self._evictable(e)),
+            key=lambda e: (e.last_used or 0.0, e.id),
+        )
+        if fetcher is None or sum(e.manifest.storage_bytes for e in cands) < shortfall_bytes:
+            return 0
+        freed = 0
+        for e in cands:
+            if freed >= shortfall_bytes:
+                break
+            if not self._evictable(e) or self._entries.get(e.id) is not e:
+                continue  # used or commanded while an earlier one was deleted
+            del self._entries[e.id]  # no request or command can reach it from here on
+            self._changed()
+            try:
+                await fetcher.remove(e.manifest)
+            except Exception as exc:
+                log.warning("disk eviction of %s failed: %s", e.id, exc)
+                self._entries[e.id] = e
+                self._fail(e, f"disk eviction failed: {exc}")
+                continue
+            freed += e.manifest.storage_bytes
+            self.observer.disk_evicted(e.id, e.manifest.storage_bytes)
+            log.info("disk: evicted %s (%d bytes) for %s", e.id, e.manifest.storage_bytes, model_id)
+        return freed
 
     async def _drain(self, e: _Entry) -> None:
         if e.in_flight:

@@ -3,16 +3,17 @@
 The core (levels, swap pool, admission) is pure Python: it never imports torch. The torch
 adapters (`edge_agent.adapters.torch_models`) implement these protocols for real models;
 the tests implement them with hand-written fakes to exercise the state machine quickly.
-All methods here are *blocking* and may take seconds: the core calls them in worker threads.
+The loader's methods are *blocking* and may take seconds: the core calls them in worker
+threads. The fetcher's (`ModelFetcher`) are coroutines: a fetch is network I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from genedge.contract import ChatMessage, ModelManifest
+from genedge.contract import ChatMessage, FetchProgress, ModelManifest
 
 
 @dataclass(frozen=True)
@@ -128,4 +129,42 @@ class ModelLoader(Protocol):
         self, manifest: ModelManifest, source: HostCopy | None
     ) -> tuple[LoadedModel, LoadReport]:
         """stored/cached -> device: from `source` when given, else from disk."""
+        ...
+
+
+FetchProgressSink = Callable[[FetchProgress], None]
+"""Receives a fetch's progress (a fresh copy each time), on the event loop."""
+
+MakeRoom = Callable[[int, str], Awaitable[int]]
+"""`make_room(shortfall_bytes, model_id)`: delete evictable models (never `model_id`) until
+`shortfall_bytes` are freed; returns the bytes freed (0, deleting nothing, when even every
+evictable model would not be enough)."""
+
+
+class ModelFetcher(Protocol):
+    """Brings a model the host lacks from a model repository (`edge_agent.adapters.fetch`).
+
+    Unlike the loader, its methods are coroutines (the transfer is network I/O); the
+    adapter moves any blocking disk work (hashing, deleting) to threads itself.
+    """
+
+    source: str  # the repository's base URL, for statuses and host facts
+    measured_Bps: float | None  # bytes/s of the last completed fetch
+
+    async def describe(self, model_id: str) -> ModelManifest | None:
+        """What the repository says of `model_id` (kind, format, architecture, total
+        bytes; `path` empty), or None when it does not offer it. Raises `FetchFailed`
+        when the repository cannot be asked."""
+        ...
+
+    async def fetch(
+        self, model_id: str, progress: FetchProgressSink, make_room: MakeRoom
+    ) -> ModelManifest:
+        """Fetch, verify and move the model's folder into place; returns its manifest
+        (origin `fetched`). Raises `FetchFailed` with the reason; partial files are kept
+        (out of sight of the store scan) so the next call resumes."""
+        ...
+
+    async def remove(self, manifest: ModelManifest) -> None:
+        """Delete a held model's folder (disk eviction)."""
         ...
