@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
@@ -25,6 +26,9 @@ from edge_agent.runtime import AgentRuntime, HostInfo, ProfilerLike
 from edge_agent.settings import AgentSettings
 from genedge.auth import OPEN_PATHS, BearerAuth, Credentials, Role, Roles, warn_if_open
 from genedge.http_errors import BodySizeLimit, install_common_handlers
+
+if TYPE_CHECKING:
+    from edge_agent.adapters.store_roots import StoreRoot
 
 log = logging.getLogger("edge_agent")
 
@@ -55,6 +59,16 @@ def _budgets(settings: AgentSettings, device: str) -> tuple[int, int]:
     return device_budget, cache_budget
 
 
+def store_roots(settings: AgentSettings) -> list[StoreRoot]:
+    """The roots the agent serves, in the order that decides a duplicate id (first wins):
+    the store folder, the extra folders, then the Hugging Face caches."""
+    from edge_agent.adapters.store_roots import StoreRoot
+
+    roots = [StoreRoot(Path(p)) for p in (settings.store_dir, *settings.extra_store_dirs)]
+    roots += [StoreRoot(Path(p), "hf_cache", settings.hf_revisions) for p in settings.hf_cache]
+    return roots
+
+
 def build_runtime(
     settings: AgentSettings,
     *,
@@ -65,11 +79,10 @@ def build_runtime(
     """Scan the store and wire the real adapters (torch, NVML) unless a loader is given."""
     from edge_agent.adapters import host as hostmod
     from edge_agent.adapters.profile_store import ProfileStore
-    from edge_agent.adapters.store import scan_store
+    from edge_agent.adapters.store_roots import scan_roots
 
-    store_dir = Path(settings.store_dir)
-    store_dir.mkdir(parents=True, exist_ok=True)
-    manifests, bad = scan_store(store_dir)
+    Path(settings.store_dir).mkdir(parents=True, exist_ok=True)
+    manifests, bad = scan_roots(store_roots(settings))
     for b in bad:
         log.warning("skipping model folder %s: %s", b.path, b.reason)
     nvml = hostmod.Nvml()

@@ -6,12 +6,14 @@ Every field can be set as `EDGE_<NAME>` (e.g. `EDGE_STORE_DIR=/models`); tests b
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from genedge.auth import check_token_setting, read_credential
 from genedge.limits import ServerLimits
@@ -35,6 +37,22 @@ class AgentSettings(ServerLimits):
         "agent as far away as a real one.",
     )
     store_dir: Path = Path("models")
+    extra_store_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="More folders of model folders, read after `store_dir`; in the "
+        "environment `:`-separated (like PATH) or a JSON list.",
+    )
+    hf_cache: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Hugging Face hub caches (e.g. ~/.cache/huggingface/hub) served as store "
+        "roots after the folders: one model per cached repo, id `org/name`. `:`-separated or "
+        "a JSON list.",
+    )
+    hf_revisions: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Pinned revisions of hub cache repos (a ref or a commit hash); unpinned "
+        "repos serve `refs/main`'s snapshot. `org/a=v1.0,org/b=4f2c1e9` or a JSON object.",
+    )
     profiles_dir: Path = Field(
         default=Path("state/profiles"),
         description="Measured profiles, as <host fingerprint>/<model id>.json.",
@@ -156,6 +174,34 @@ class AgentSettings(ServerLimits):
     host: str = "127.0.0.1"
     port: int = 8100
     log_level: str = "info"
+
+    @field_validator("extra_store_dirs", "hf_cache", mode="before")
+    @classmethod
+    def _path_list(cls, v: object) -> object:
+        """`a:b` or `["a", "b"]` from the environment; `~` expands (a hub cache is under home)."""
+        if isinstance(v, str):
+            text = v.strip()
+            v = json.loads(text) if text.startswith("[") else text.split(os.pathsep)
+        if isinstance(v, list | tuple):
+            return [os.path.expanduser(str(p).strip()) for p in v if str(p).strip()]
+        return v
+
+    @field_validator("hf_revisions", mode="before")
+    @classmethod
+    def _revision_map(cls, v: object) -> object:
+        """`org/a=v1.0,org/b=4f2c1e9` or a JSON object from the environment."""
+        if not isinstance(v, str):
+            return v
+        text = v.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        pins: dict[str, str] = {}
+        for item in filter(None, (i.strip() for i in text.split(","))):
+            repo, sep, rev = item.partition("=")
+            if not sep or not repo.strip() or not rev.strip():
+                raise ValueError(f"{item!r} is not REPO=REVISION (e.g. org/name=main)")
+            pins[repo.strip()] = rev.strip()
+        return pins
 
     @field_validator("agent_token")
     @classmethod

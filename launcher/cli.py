@@ -5,6 +5,7 @@
     genedge gateway       run the cloud gateway (the user-facing OpenAI-style API)
     genedge profile  measure model folders on this host and print/write their profiles
     genedge models   build the demo model store (random-weight real architectures)
+    genedge store    list what an agent would serve from its store roots, and why not
     genedge credentials  create the fleet's tokens in a folder (for docker compose)
     genedge up       the main job: the whole system on the demo models, with real requests
 
@@ -55,6 +56,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         port=args.port,
         device=args.device,
         host_id=args.host_id,
+        hf_cache=args.hf_cache,
     )
     if args.no_profile:
         overrides["profile_on_start"] = False
@@ -129,11 +131,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from edge_agent.adapters.device import resolve_device
     from edge_agent.adapters.profile_store import ProfileStore
     from edge_agent.adapters.profiler import Profiler
-    from edge_agent.adapters.store import inspect_folder, scan_store
+    from edge_agent.adapters.store import inspect_folder
+    from edge_agent.adapters.store_roots import scan_root
     from edge_agent.adapters.torch_models import TorchModelLoader
     from edge_agent.errors import ModelFolderError
 
-    path = Path(args.path)
+    path = Path(args.path).expanduser()
     if not path.is_dir():
         print(f"genedge profile: {path} is not a directory", file=sys.stderr)
         return 2
@@ -144,7 +147,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             print(f"genedge profile: {path}: {exc.message}", file=sys.stderr)
             return 2
     else:
-        manifests, bad = scan_store(path)
+        manifests, bad = scan_root(_root_at(path))
         for b in bad:
             print(f"skipping {b.path}: {b.reason}", file=sys.stderr)
         if not manifests:
@@ -205,6 +208,74 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _root_at(path: Path, revisions: dict[str, str] | None = None) -> Any:
+    """A store root at `path`: a Hugging Face cache when it holds `models--*` folders, else a
+    folder of model folders."""
+    from edge_agent.adapters.hub_cache import is_hub_cache
+    from edge_agent.adapters.store_roots import StoreRoot
+
+    if is_hub_cache(path):
+        return StoreRoot(path, "hf_cache", revisions or {})
+    return StoreRoot(path)
+
+
+def _revisions(items: list[str] | None) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for item in items or []:
+        repo, sep, rev = item.partition("=")
+        if not sep or not repo or not rev:
+            raise ValueError(f"--revision {item!r} is not REPO=REVISION (e.g. org/name=main)")
+        pins[repo] = rev
+    return pins
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """What an agent would serve, read exactly as the agent reads it (no model is loaded):
+    a check before pointing an agent at a Hugging Face cache."""
+    from edge_agent.adapters.store_roots import StoreRoot, scan_roots
+
+    given = [Path(p).expanduser() for p in args.paths]
+    caches = [Path(p).expanduser() for p in args.hf_cache or []]
+    if given or caches:
+        pins = _revisions(args.revision)
+        roots = [_root_at(p, pins) for p in given]
+        roots += [StoreRoot(p, "hf_cache", pins) for p in caches]
+    else:  # the agent's own settings (EDGE_STORE_DIR, EDGE_EXTRA_STORE_DIRS, EDGE_HF_CACHE...)
+        from edge_agent.app import store_roots
+        from edge_agent.settings import AgentSettings
+
+        settings = AgentSettings()
+        if args.revision:
+            settings.hf_revisions = _revisions(args.revision)
+        roots = store_roots(settings)
+    manifests, bad = scan_roots(roots)
+    if args.json:
+        doc = {
+            "roots": [{"path": str(r.path), "layout": r.layout} for r in roots],
+            "models": [m.model_dump(mode="json") for m in manifests],
+            "bad_folders": [b.model_dump(mode="json") for b in bad],
+        }
+        print(json.dumps(doc, indent=1))
+    else:
+        for r in roots:
+            layout = "Hugging Face cache" if r.layout == "hf_cache" else "folders"
+            print(f"root {r.path} ({layout})")
+        print(f"{'model':<36}{'kind':<7}{'architecture':<32}{'disk':>13}  path")
+        for m in manifests:
+            print(
+                f"{m.id:<36}{m.kind.value:<7}{m.architecture:<32}"
+                f"{_fmt_bytes(m.storage_bytes):>13}  {m.path}"
+            )
+        if bad:
+            print(f"not served ({len(bad)}):")
+            for b in bad:
+                print(f"  {b.path}: {b.reason}")
+    if not manifests:
+        print("genedge store: no servable model in these roots", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_credentials(args: argparse.Namespace) -> int:
     """Make a folder hold every credential (docker compose runs this once into a volume)."""
     import os
@@ -241,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, help="port (EDGE_PORT)")
     a.add_argument("--device", help="auto, cpu or cuda:N (EDGE_DEVICE)")
     a.add_argument("--host-id", help="this host's name in the fleet (EDGE_HOST_ID)")
+    a.add_argument(
+        "--hf-cache",
+        action="append",
+        metavar="DIR",
+        help="also serve a Hugging Face hub cache, e.g. ~/.cache/huggingface/hub "
+        "(repeatable; EDGE_HF_CACHE)",
+    )
     a.add_argument("--no-profile", action="store_true", help="do not profile models at start")
     a.set_defaults(func=cmd_agent)
 
@@ -268,6 +346,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--profiles-dir", help="also store profiles here, by host fingerprint")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_profile)
+
+    st = sub.add_parser(
+        "store",
+        help="list what an agent would serve from its store roots and why a folder is not "
+        "served (no model is loaded)",
+    )
+    st.add_argument(
+        "paths",
+        nargs="*",
+        help="folders of model folders or Hugging Face caches (told apart by their "
+        "models--* folders); none: the agent's settings (EDGE_STORE_DIR, "
+        "EDGE_EXTRA_STORE_DIRS, EDGE_HF_CACHE, EDGE_HF_REVISIONS)",
+    )
+    st.add_argument(
+        "--hf-cache", action="append", metavar="DIR", help="a Hugging Face cache (repeatable)"
+    )
+    st.add_argument(
+        "--revision",
+        action="append",
+        metavar="REPO=REV",
+        help="serve this revision (ref or commit hash) of a cached repo (repeatable)",
+    )
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(func=cmd_store)
 
     m = sub.add_parser("models", help="build the demo model store")
     m.add_argument("dest")

@@ -483,7 +483,10 @@ def test_scan_store_survives_odd_files(built: dict[str, Path], tmp_path: Path) -
     reasons = {Path(b.path).name: b.reason for b in bad}
     assert set(reasons) == {"loop", "manifest-dir", "dangling"}
     assert reasons["manifest-dir"].startswith("genedge.json: unreadable")
-    assert "no safetensors weights" in reasons["dangling"]
+    # A broken link is named, not mistaken for a missing file.
+    assert reasons["dangling"].startswith("model.safetensors: broken symbolic link to ")
+    assert "gone.safetensors (its target is missing)" in reasons["dangling"]
+    assert reasons["loop"].startswith("config.json: broken symbolic link")
 
 
 def test_symlinked_weights_count_like_files(built: dict[str, Path], tmp_path: Path) -> None:

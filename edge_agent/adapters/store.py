@@ -8,10 +8,12 @@ Every immediate subdirectory of the store is a candidate model folder in Hugging
 - `config.json` whose `architectures` name a `*ForCausalLM` / `*LMHeadModel` -> a
   transformers language model (kind `text`) with tokenizer files and safetensors weights.
 
-An optional `genedge.json` overrides the id (default: the folder name) and the generation
-defaults. Every safetensors file is validated from its header alone (no tensor is read), so a
-truncated download or a garbage file is reported before anything tries to load it. A folder
-that cannot be served never stops the scan: `scan_store` reports it with a one-line reason.
+An optional `genedge.json` overrides the id (default: the folder name, or the repo id
+`org/name` for a Hugging Face cache snapshot: see `hub_cache.py`) and the generation
+defaults. Every safetensors file is validated from its header alone (no tensor is read), so
+a truncated download or a garbage file is reported before anything tries to load it; a
+broken symbolic link (a deleted cache blob) is named. A folder that cannot be served never
+stops the scan: `scan_store` reports it with a one-line reason.
 
 Nothing here imports torch: the store runs in the agent's start-up path and in the CLI.
 """
@@ -74,8 +76,11 @@ SAFETENSORS_DTYPE_BITS: dict[str, int] = {
 # would otherwise make us read gigabytes looking for JSON).
 MAX_HEADER_BYTES = 100_000_000
 
-# Model ids appear in URL paths (`/v1/models/{id}/level`) and in OpenAI `model` fields.
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:@-]{0,255}$")
+# Model ids appear in URL paths (`/v1/models/{id}/level`) and in OpenAI `model` fields. A
+# Hugging Face repo id (`org/name`) has slashes; every segment starts with a letter or digit,
+# so no segment is empty, `.` or `..` (an id also names a profile file).
+_ID_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._+:@-]*"
+_ID_RE = re.compile(rf"^(?=.{{1,256}}$){_ID_SEGMENT}(/{_ID_SEGMENT})*$")
 
 _CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -213,9 +218,22 @@ def folder_files(path: Path) -> list[Path]:
 
     Symbolic links to files count (Hugging Face cache snapshots are made of them); hidden
     files and directories (`.git`, `.cache`, `.gitattributes`) are not part of the model: a
-    git clone keeps a second copy of every weight under `.git/lfs`.
+    git clone keeps a second copy of every weight under `.git/lfs`. Broken links are left
+    out (`broken_links` names them).
     """
+    return _walk(path)[0]
+
+
+def broken_links(path: Path) -> list[str]:
+    """Relative paths of the symbolic links in a model folder whose target is missing (or
+    that loop), sorted: a Hugging Face snapshot whose blob was deleted, a copied folder whose
+    links pointed outside it. Hidden entries are skipped as in `folder_files`."""
+    return _walk(path)[1]
+
+
+def _walk(path: Path) -> tuple[list[Path], list[str]]:
     out: list[tuple[str, Path]] = []
+    broken: list[str] = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         base = Path(dirpath)
@@ -223,14 +241,18 @@ def folder_files(path: Path) -> list[Path]:
             if fn.startswith("."):
                 continue
             p = base / fn
+            rel = p.relative_to(path).as_posix()
             try:
                 if not stat.S_ISREG(p.stat().st_mode):
                     continue
-            except OSError:  # dangling link
+            except OSError:  # dangling link or a loop
+                if p.is_symlink():
+                    broken.append(rel)
                 continue
-            out.append((p.relative_to(path).as_posix(), p))
+            out.append((rel, p))
     out.sort()
-    return [p for _, p in out]
+    broken.sort()
+    return [p for _, p in out], broken
 
 
 def weight_paths(manifest: ModelManifest) -> list[Path]:
@@ -486,8 +508,11 @@ def _merge(base: BaseModel | None, override: BaseModel | None) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-def inspect_folder(path: Path) -> ModelManifest:
+def inspect_folder(path: Path, *, default_id: str | None = None) -> ModelManifest:
     """Describe the model folder at `path`, or raise why it cannot be served.
+
+    The model id is `genedge.json`'s `id`, else `default_id` (a Hugging Face snapshot passes
+    its repo id), else the folder name.
 
     Raises `edge_agent.errors.BadModelFolder` (layout, config or genedge.json problems) or
     `CorruptWeights` (a safetensors file that is truncated or has a broken header).
@@ -503,12 +528,24 @@ def inspect_folder(path: Path) -> ModelManifest:
     if not root.is_dir():
         raise BadModelFolder(f"{root} is not a directory")
     override = _read_folder_manifest(root)
-    model_id = override.id if override and override.id else root.name
+    if override and override.id:
+        model_id, where = override.id, "genedge.json id"
+    elif default_id is not None:
+        model_id, where = default_id, "repo id"
+    else:
+        model_id, where = root.name, "folder name"
     if not _ID_RE.match(model_id):
-        where = "genedge.json id" if override and override.id else "folder name"
         raise BadModelFolder(
-            f"{where} {model_id!r} is not a valid model id (letters, digits and ._+:@- only, "
-            'starting with a letter or digit); rename it or set "id" in genedge.json'
+            f"{where} {model_id!r} is not a valid model id (letters, digits and ._+:@- in "
+            "/-separated parts, each starting with a letter or digit); rename it or set "
+            '"id" in genedge.json'
+        )
+    files, broken = _walk(root)
+    if broken:
+        target = os.readlink(root / broken[0])
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise BadModelFolder(
+            f"{broken[0]}: broken symbolic link to {target} (its target is missing){more}"
         )
     layout = _infer_layout(root)
     if override and override.kind is not None and override.kind != layout.kind:
@@ -517,7 +554,6 @@ def inspect_folder(path: Path) -> ModelManifest:
             f"{layout.format.value} {layout.kind.value} model"
         )
 
-    files = folder_files(root)
     rels = [f.relative_to(root).as_posix() for f in files]
     headers: dict[str, SafetensorsHeader] = {}
     for f, rel in zip(files, rels, strict=True):
@@ -599,10 +635,22 @@ def scan_store(root: Path) -> tuple[list[ModelManifest], list[BadModelFolderInfo
             reason = _one_line(f"unexpected {type(exc).__name__}: {exc}")
             bad.append(BadModelFolderInfo(path=str(entry), reason=reason))
 
+    good, dups = without_duplicate_ids(found)
+    bad.extend(dups)
+    bad.sort(key=lambda b: b.path)
+    return good, bad
+
+
+def without_duplicate_ids(
+    found: list[ModelManifest],
+) -> tuple[list[ModelManifest], list[BadModelFolderInfo]]:
+    """Within one store root, models whose id another folder also claims are all bad:
+    serving either would be a silent guess. Returns the rest sorted by id, and the bad ones."""
     by_id: dict[str, list[ModelManifest]] = {}
     for m in found:
         by_id.setdefault(m.id, []).append(m)
     good: list[ModelManifest] = []
+    bad: list[BadModelFolderInfo] = []
     for model_id, ms in by_id.items():
         if len(ms) == 1:
             good.extend(ms)
@@ -612,5 +660,4 @@ def scan_store(root: Path) -> tuple[list[ModelManifest], list[BadModelFolderInfo
             reason = f"duplicate model id {model_id!r} (folders {folders})"
             bad.append(BadModelFolderInfo(path=m.path, reason=reason))
     good.sort(key=lambda m: m.id)
-    bad.sort(key=lambda b: b.path)
     return good, bad
