@@ -176,6 +176,29 @@ class TextModel(LoadedTorchModel):
                 return v
         return None
 
+    def _max_new_tokens(self, model: Any, n_prompt: int, params: TextParams, chat: bool) -> int:
+        """`params.max_tokens`, checked against (or, with `fit_to_context`, cut to) what the
+        model's context leaves after a prompt of `n_prompt` tokens."""
+        max_new = params.max_tokens
+        ctx = self._context_length(model)
+        if ctx is None:
+            return max_new
+        if n_prompt >= ctx:
+            raise InvalidRequest(
+                f"the prompt is {n_prompt} tokens; {self.model_id} has a context of {ctx}",
+                field="messages" if chat else "prompt",
+                model=self.model_id,
+            )
+        if n_prompt + max_new > ctx and not params.fit_to_context:
+            raise InvalidRequest(
+                f"the prompt is {n_prompt} tokens and max_tokens is {max_new}: "
+                f"{n_prompt + max_new} tokens, above the context of {ctx} of "
+                f"{self.model_id}; ask for at most {ctx - n_prompt} tokens",
+                field="max_tokens",
+                model=self.model_id,
+            )
+        return min(max_new, ctx - n_prompt)
+
     def generate_text(
         self,
         messages: list[ChatMessage] | None,
@@ -206,35 +229,8 @@ class TextModel(LoadedTorchModel):
             start = tok.bos_token_id if tok.bos_token_id is not None else next(iter(eos_ids), 0)
             input_ids = torch.tensor([[start]])
         n_prompt = int(input_ids.shape[1])
-        max_new = params.max_tokens
-        ctx = self._context_length(model)
-        if ctx is not None:
-            if n_prompt >= ctx:
-                raise InvalidRequest(
-                    f"the prompt is {n_prompt} tokens; {self.model_id} has a context of {ctx}",
-                    field="messages" if messages is not None else "prompt",
-                    model=self.model_id,
-                )
-            if n_prompt + max_new > ctx and not params.fit_to_context:
-                raise InvalidRequest(
-                    f"the prompt is {n_prompt} tokens and max_tokens is {max_new}: "
-                    f"{n_prompt + max_new} tokens, above the context of {ctx} of "
-                    f"{self.model_id}; ask for at most {ctx - n_prompt} tokens",
-                    field="max_tokens",
-                    model=self.model_id,
-                )
-            max_new = min(max_new, ctx - n_prompt)
-        gen_cfg.max_new_tokens = max_new
-        gen_cfg.max_length = None
-        gen_cfg.min_new_tokens = None
-        gen_cfg.min_length = 0
-        gen_cfg.do_sample = False
-        gen_cfg.num_beams = 1
-        gen_cfg.num_return_sequences = 1
-        gen_cfg.temperature = None
-        gen_cfg.top_p = None
-        gen_cfg.top_k = None
-        gen_cfg.pad_token_id = pad
+        max_new = self._max_new_tokens(model, n_prompt, params, chat=messages is not None)
+        _one_greedy_sequence(gen_cfg, max_new, pad)
         processors = []
         if params.temperature > 0:
             generator = torch.Generator(device=self.device)
@@ -274,3 +270,20 @@ class TextModel(LoadedTorchModel):
         raise WrongModelKind(
             f"{self.model_id} is a text model; it cannot generate images", model=self.model_id
         )
+
+
+def _one_greedy_sequence(gen_cfg: Any, max_new: int, pad: int) -> None:
+    """Make a copy of the model's generation config produce exactly one sequence of at
+    most `max_new` tokens, greedily: sampling, when asked, is done by `SeededSampler`, and
+    the model's own defaults (sampling, beams, lengths) must not override the request."""
+    gen_cfg.max_new_tokens = max_new
+    gen_cfg.max_length = None
+    gen_cfg.min_new_tokens = None
+    gen_cfg.min_length = 0
+    gen_cfg.do_sample = False
+    gen_cfg.num_beams = 1
+    gen_cfg.num_return_sequences = 1
+    gen_cfg.temperature = None
+    gen_cfg.top_p = None
+    gen_cfg.top_k = None
+    gen_cfg.pad_token_id = pad
