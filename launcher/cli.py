@@ -247,7 +247,8 @@ def cmd_store(args: argparse.Namespace) -> int:
         settings = AgentSettings()
         if args.revision:
             settings.hf_revisions = _revisions(args.revision)
-        roots = store_roots(settings)
+        # The agent creates a missing store folder: nothing to report about it here.
+        roots = [r for r in store_roots(settings) if r.path.exists() or r.layout != "folders"]
     manifests, bad = scan_roots(roots)
     if args.json:
         doc = {

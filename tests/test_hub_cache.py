@@ -372,7 +372,8 @@ async def test_agent_serves_a_hub_cache_end_to_end(
 ) -> None:
     """One agent over a flat store (tiny-llama) and a hub cache (the same weights as
     tiny-org/tiny-llama): both listed, loaded and generating the same text through the same
-    loader; the slashed id's profile is saved, then reused by the next agent."""
+    loader, and the cached pipeline draws; the slashed id's profile is saved, then reused by
+    the next agent."""
     settings = agent_settings(store, tmp_path, hf_cache=[cache], profile_text_tokens=2)
     chat = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}
     chat["temperature"] = 0  # type: ignore[assignment]
@@ -401,6 +402,11 @@ async def test_agent_serves_a_hub_cache_end_to_end(
             texts.append(r.json()["choices"][0]["message"]["content"])
         assert texts[0] == texts[1] and texts[0]
 
+        image = {"prompt": "a red cube", "size": "32x32", "steps": 2, "seed": 1}
+        r = await c.post("/v1/images/generations", json={**image, "model": "tiny-org/tiny-sd"})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["data"]) == 1 and r.json()["data"][0]["b64_json"]
+
         r = await c.post("/v1/models/tiny-org/tiny-llama/profile")
         assert r.status_code == 200, r.text
         assert r.json()["profile_status"] == "done"
@@ -423,7 +429,7 @@ async def test_agent_serves_a_hub_cache_end_to_end(
 
 
 def test_cli_store_lists_a_hub_cache(
-    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (cache / "models--org--broken" / "refs").mkdir(parents=True)  # a download cut short
     (cache / "models--org--broken" / "refs" / "main").write_text("ab" * 20)
@@ -441,6 +447,15 @@ def test_cli_store_lists_a_hub_cache(
         "tiny-org/tiny-llama",
         "tiny-org/tiny-sd",
     ]
+
+    # No paths: the agent's own settings.
+    monkeypatch.setenv("EDGE_STORE_DIR", str(tmp_path / "not-yet"))
+    monkeypatch.setenv("EDGE_HF_CACHE", str(cache))
+    monkeypatch.setenv("EDGE_HF_REVISIONS", "tiny-gpt2=v9")
+    assert cli_main(["store"]) == 0
+    out = capsys.readouterr().out
+    assert "not-yet" not in out and "tiny-org/tiny-sd" in out
+    assert "pinned revision 'v9' is not in the cache" in out
 
     (tmp_path / "empty").mkdir()
     assert cli_main(["store", str(tmp_path / "empty")]) == 2
