@@ -21,7 +21,7 @@ from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 from huggingface_hub.file_download import repo_folder_name
 from pydantic import ValidationError
 
-from edge_agent.adapters.hub_cache import is_hub_cache, scan_hub_cache
+from edge_agent.adapters.hub_cache import is_hub_cache, is_hub_snapshot, scan_hub_cache
 from edge_agent.adapters.profile_store import ProfileStore, profile_file_stem
 from edge_agent.adapters.store import inspect_folder
 from edge_agent.adapters.store_roots import StoreRoot, scan_roots
@@ -124,6 +124,12 @@ def test_scan_lists_repo_ids_with_the_same_manifests_as_flat_folders(
         assert m.file_digest == flat.file_digest
     # Stable across scans.
     assert [m.file_digest for m in scan_hub_cache(cache)[0]] == [m.file_digest for m in models]
+
+
+def test_snapshots_are_told_apart_from_store_folders(cache: Path, model_zoo: Path) -> None:
+    models, _ = scan_hub_cache(cache)
+    assert all(is_hub_snapshot(Path(m.path)) for m in models)
+    assert not is_hub_snapshot(model_zoo / "tiny-gpt2")
 
 
 def test_genedge_json_overrides_the_repo_id(model_zoo: Path, tmp_path: Path) -> None:

@@ -143,6 +143,15 @@ def is_hub_cache(path: Path) -> bool:
         return False
 
 
+def is_hub_snapshot(path: Path) -> bool:
+    """Whether a model folder is a snapshot inside a hub cache. Its files are links to blobs
+    that other revisions may share, and `refs/` name it: deleting it frees almost nothing and
+    leaves the cache broken, so disk eviction must never pick it (the cache is the user's;
+    `hf cache delete` is the tool to shrink it)."""
+    p = Path(path)
+    return p.parent.name == "snapshots" and p.parent.parent.name.startswith(MODEL_REPO_PREFIX)
+
+
 # --------------------------------------------------------------------------------------
 # Reasons
 # --------------------------------------------------------------------------------------
