@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from genedge.contract import HostFacts, ModelProfile, ModelStatus, Placement
 from orchestrator.adapters.registry import (
     KEEP_DECISIONS,
     AgentRecord,
@@ -19,11 +20,74 @@ from orchestrator.adapters.registry import (
 )
 from orchestrator.core.rates import PoolStats, RateEstimator
 
-FACTS = {"host_id": "e1", "hostname": "box", "device": "cuda:0", "gpu_total_bytes": 80 << 30}
+
+def facts(host_id: str, **kw: object) -> HostFacts:
+    doc = {
+        "host_id": host_id,
+        "hostname": "box",
+        "fingerprint": "fp",
+        "description": "a test host",
+        "device": "cuda:0",
+        "gpu_total_bytes": 80 << 30,
+        "device_budget_bytes": 70 << 30,
+        "device_used_bytes": 0,
+        "ram_total_bytes": 64 << 30,
+        "ram_available_bytes": 32 << 30,
+        "cache_budget_bytes": 16 << 30,
+        "cache_used_bytes": 0,
+        "disk_total_bytes": 1 << 40,
+        "disk_free_bytes": 1 << 39,
+    }
+    return HostFacts.model_validate({**doc, **kw})
 
 
-def model_doc(model_id: str, level: str = "stored", **kw: object) -> dict:
-    return {"id": model_id, "kind": "text", "level": level, "pool_hits": 0, **kw}
+FACTS = facts("e1")
+
+
+def model_doc(model_id: str, level: str = "stored", **kw: object) -> ModelStatus:
+    doc = {
+        "id": model_id,
+        "kind": "text",
+        "format": "transformers",
+        "architecture": "GPT2LMHeadModel",
+        "level": level,
+        "state": "ready",
+        "target_level": "stored" if level in ("absent", "pooled") else level,
+        "progress": 1.0,
+        "pool_hits": 0,
+    }
+    return ModelStatus.model_validate({**doc, **kw})
+
+
+def profile(model_id: str, **kw: object) -> ModelProfile:
+    doc = {
+        "model_id": model_id,
+        "kind": "text",
+        "architecture": "GPT2LMHeadModel",
+        "host_fingerprint": "fp",
+        "file_digest": "d",
+        "device": "cuda:0",
+        "dtype": "float16",
+        "params": 1000,
+        "storage_bytes": 2000,
+        "resident_bytes": 2000,
+        "peak_bytes": 3000,
+        "memory_method": "cuda_allocated",
+        "load_cold_s": 2.0,
+        "load_warm_s": 1.0,
+        "load_ram_s": 0.5,
+        "generation_s": 0.25,
+        "generation_what": "one reply",
+        "measured_at": 1.0,
+    }
+    return ModelProfile.model_validate({**doc, **kw})
+
+
+def decision(n: int, **kw: object) -> Placement:
+    """A stored decision told apart by `n` (its computed_at)."""
+    return Placement.model_validate(
+        {"algorithm": "greedy", "computed_at": float(n), "cost": None, "trigger": "slot", **kw}
+    )
 
 
 @pytest.fixture
@@ -37,7 +101,7 @@ def test_agents_round_trip(reg: Registry) -> None:
     assert reg.agents() == []
     assert reg.agent("e1") is None
     reg.upsert_agent("e1", "http://e1:9000", "edge", FACTS, now=10.0)
-    reg.upsert_agent("cloud", "http://cloud:9000", "cloud", {"host_id": "cloud"}, now=11.0)
+    reg.upsert_agent("cloud", "http://cloud:9000", "cloud", facts("cloud"), now=11.0)
     assert reg.agent("e1") == AgentRecord(
         id="e1",
         url="http://e1:9000",
@@ -59,7 +123,7 @@ def test_agents_round_trip(reg: Registry) -> None:
     # A heartbeat replaces the model list whole and, when given, the facts.
     reg.set_agent_status("e1", "down")
     assert reg.agent("e1").status == "down"  # type: ignore[union-attr]
-    new_facts = {**FACTS, "gpu_free_bytes": 5}
+    new_facts = FACTS.model_copy(update={"gpu_free_bytes": 5})
     assert reg.heartbeat("e1", new_facts, [model_doc("llm", "cached")], now=20.0)
     rec = reg.agent("e1")
     assert rec is not None
@@ -70,14 +134,14 @@ def test_agents_round_trip(reg: Registry) -> None:
 
     # Re-registration: new url and facts, up again, registered_at moves.
     reg.set_agent_status("e1", "down")
-    reg.upsert_agent("e1", "http://e1:9001", "edge", {"host_id": "e1"}, now=30.0)
+    reg.upsert_agent("e1", "http://e1:9001", "edge", facts("e1", hostname="new"), now=30.0)
     rec = reg.agent("e1")
     assert rec is not None
     assert (rec.url, rec.status, rec.registered_at, rec.facts) == (
         "http://e1:9001",
         "up",
         30.0,
-        {"host_id": "e1"},
+        facts("e1", hostname="new"),
     )
 
 
@@ -87,33 +151,39 @@ def test_unknown_agent_and_bad_input(reg: Registry) -> None:
     assert reg.agent_models("ghost") == []
     with pytest.raises(KeyError):
         reg.set_agent_status("ghost", "down")
-    reg.upsert_agent("e1", "http://e1", "edge", {}, now=1.0)
+    reg.upsert_agent("e1", "http://e1", "edge", facts("e1"), now=1.0)
     with pytest.raises(ValueError):
         reg.set_agent_status("e1", "sideways")
     with pytest.raises(ValueError):
-        reg.upsert_agent("e2", "http://e2", "fog", {}, now=1.0)
-    with pytest.raises(ValueError):
-        reg.heartbeat("e1", None, [{"level": "stored"}], now=2.0)  # no id
-    with pytest.raises(TypeError):
-        reg.upsert_agent("e1", "http://e1", "edge", {"x": object()}, now=2.0)
+        reg.upsert_agent("e2", "http://e2", "fog", facts("e2"), now=1.0)
+    # Untyped documents are refused: only the contract's models go in.
+    with pytest.raises(TypeError, match="ModelStatus"):
+        reg.heartbeat("e1", None, [{"id": "sd", "level": "stored"}], now=2.0)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="HostFacts"):
+        reg.upsert_agent("e1", "http://e1", "edge", {"host_id": "e1"}, now=2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ModelProfile"):
+        reg.put_profile("e1", "sd", {"model_id": "sd"}, now=2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Placement"):
+        reg.save_decision({"algorithm": "greedy"}, now=2.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         reg.save_state("k", [1, 2])  # type: ignore[arg-type]
     # The refused writes left nothing behind.
     rec = reg.agent("e1")
-    assert rec is not None and rec.last_heartbeat == 1.0 and rec.facts == {}
+    assert rec is not None and rec.last_heartbeat == 1.0 and rec.facts == facts("e1")
+    assert reg.profiles() == [] and reg.last_decision() is None
     assert reg.load_state("k") is None
 
 
 def test_profiles_round_trip(reg: Registry) -> None:
     assert reg.profiles() == []
     assert reg.profile("e1", "sd") is None
-    p1 = {"model_id": "sd", "load_cold_s": 1.5, "peak_bytes": 7 << 30, "notes": ["a"]}
+    p1 = profile("sd", load_cold_s=1.5, peak_bytes=7 << 30, notes=["a"])
     reg.put_profile("e1", "sd", p1, now=1.0)
-    reg.put_profile("e1", "llm", {"model_id": "llm"}, now=1.0)
-    reg.put_profile("e0", "sd", {"model_id": "sd", "host": "e0"}, now=1.0)
+    reg.put_profile("e1", "llm", profile("llm"), now=1.0)
+    reg.put_profile("e0", "sd", profile("sd", host_fingerprint="e0"), now=1.0)
     assert reg.profile("e1", "sd") == p1
     assert [(a, m) for a, m, _ in reg.profiles()] == [("e0", "sd"), ("e1", "llm"), ("e1", "sd")]
-    p2 = {**p1, "load_cold_s": 1.2}
+    p2 = p1.model_copy(update={"load_cold_s": 1.2})
     reg.put_profile("e1", "sd", p2, now=2.0)
     assert reg.profile("e1", "sd") == p2
     assert len(reg.profiles()) == 3
@@ -137,16 +207,13 @@ def test_state_round_trip(reg: Registry) -> None:
 
 def test_decisions_keep_only_the_last_100(reg: Registry) -> None:
     assert reg.last_decision() is None
-    ids = [
-        reg.save_decision({"n": n, "placement": {"sd": ["e1", "resident"]}}, now=n)
-        for n in range(250)
-    ]
+    ids = [reg.save_decision(decision(n, hosts=["e1"]), now=n) for n in range(250)]
     assert ids == sorted(ids) and len(set(ids)) == 250
     last = reg.last_decision()
-    assert last == (ids[-1], 249.0, {"n": 249, "placement": {"sd": ["e1", "resident"]}})
+    assert last == (ids[-1], 249.0, decision(249, hosts=["e1"]))
     kept = reg.decisions(limit=1000)
     assert len(kept) == KEEP_DECISIONS == 100
-    assert [d[2]["n"] for d in kept] == list(range(249, 149, -1))
+    assert [d.placement.computed_at for d in kept] == list(range(249, 149, -1))
     assert reg.decisions(limit=3)[0] == last
 
 
@@ -156,10 +223,10 @@ def test_reopen_restores_everything(tmp_path: Path) -> None:
         reg.upsert_agent("e1", "http://e1", "edge", FACTS, now=1.0)
         reg.heartbeat("e1", None, [model_doc("sd", "resident")], now=2.0)
         reg.set_agent_status("e1", "down")
-        reg.put_profile("e1", "sd", {"model_id": "sd", "generation_s": 0.5}, now=3.0)
+        reg.put_profile("e1", "sd", profile("sd", generation_s=0.5), now=3.0)
         reg.save_state("rates", {"rates": {"sd": 1.5}})
         for n in range(3):
-            did = reg.save_decision({"n": n}, now=10.0 + n)
+            did = reg.save_decision(decision(n), now=10.0 + n)
         assert reg.schema_version() == 1
     assert path.exists()
 
@@ -168,10 +235,10 @@ def test_reopen_restores_everything(tmp_path: Path) -> None:
         rec = reg.agent("e1")
         assert rec == AgentRecord("e1", "http://e1", "edge", FACTS, "down", 1.0, 2.0)
         assert reg.agent_models("e1") == [model_doc("sd", "resident")]
-        assert reg.profiles() == [("e1", "sd", {"model_id": "sd", "generation_s": 0.5})]
+        assert reg.profiles() == [("e1", "sd", profile("sd", generation_s=0.5))]
         assert reg.load_state("rates") == {"rates": {"sd": 1.5}}
-        assert reg.last_decision() == (did, 12.0, {"n": 2})
-        assert reg.save_decision({"n": 3}, now=13.0) == did + 1
+        assert reg.last_decision() == (did, 12.0, decision(2))
+        assert reg.save_decision(decision(3), now=13.0) == did + 1
         mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
         assert mode.lower() == "wal"
     finally:
@@ -245,7 +312,7 @@ def test_an_empty_or_missing_file_is_a_new_registry_said_so(
 
 
 def test_a_failed_write_is_rolled_back_whole(reg: Registry) -> None:
-    reg.upsert_agent("e1", "http://e1", "edge", {}, now=1.0)
+    reg.upsert_agent("e1", "http://e1", "edge", FACTS, now=1.0)
     reg.heartbeat("e1", None, [model_doc("sd")], now=2.0)
 
     class Boom(Exception):
@@ -272,13 +339,13 @@ def test_concurrent_writes_do_not_corrupt(tmp_path: Path) -> None:
         try:
             start.wait()
             agent = f"e{t}"
-            reg.upsert_agent(agent, f"http://{agent}", "edge", {"t": t}, now=0.0)
+            reg.upsert_agent(agent, f"http://{agent}", "edge", facts(agent), now=0.0)
             for i in range(n_ops):
-                models = [model_doc(f"m{j}", progress=i) for j in range(5)]
-                assert reg.heartbeat(agent, {"t": t, "i": i}, models, now=float(i))
-                reg.put_profile(agent, f"m{i % 5}", {"i": i}, now=float(i))
+                models = [model_doc(f"m{j}", in_flight=i) for j in range(5)]
+                assert reg.heartbeat(agent, facts(agent, gpu_free_bytes=i), models, now=float(i))
+                reg.put_profile(agent, f"m{i % 5}", profile(f"m{i % 5}", params=i), now=float(i))
                 reg.save_state(f"k{t}", {"i": i})
-                reg.save_decision({"t": t, "i": i}, now=float(i))
+                reg.save_decision(decision(i, trigger=f"t{t}"), now=float(i))
                 reg.agents()
                 reg.last_decision()
         except BaseException as exc:  # surfaced in the main thread
@@ -294,10 +361,10 @@ def test_concurrent_writes_do_not_corrupt(tmp_path: Path) -> None:
         assert len(reg.agents()) == n_threads
         for t in range(n_threads):
             rec = reg.agent(f"e{t}")
-            assert rec is not None and rec.facts == {"t": t, "i": n_ops - 1}
+            assert rec is not None and rec.facts == facts(f"e{t}", gpu_free_bytes=n_ops - 1)
             docs = reg.agent_models(f"e{t}")
-            assert [d["id"] for d in docs] == [f"m{j}" for j in range(5)]
-            assert all(d["progress"] == n_ops - 1 for d in docs)
+            assert [d.id for d in docs] == [f"m{j}" for j in range(5)]
+            assert all(d.in_flight == n_ops - 1 for d in docs)
             assert reg.load_state(f"k{t}") == {"i": n_ops - 1}
         assert len(reg.profiles()) == n_threads * 5
         decisions = reg.decisions(limit=1000)
@@ -325,7 +392,7 @@ async def test_a_restarted_orchestrator_gives_known_agents_a_liveness_window(
 
     now = [1000.0]
     reg = Registry(tmp_path / "o.sqlite")
-    reg.upsert_agent("edge-1", "http://e", "edge", {}, now=10.0)  # last seen long ago
+    reg.upsert_agent("edge-1", "http://e", "edge", facts("edge-1"), now=10.0)  # seen long ago
     settings = OrchestratorSettings(
         db_path=tmp_path / "o.sqlite", heartbeat_interval_s=0.05, missed_heartbeats=3
     )

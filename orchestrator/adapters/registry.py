@@ -8,7 +8,14 @@ One SQLite file (or ``":memory:"``) through the standard library's `sqlite3`:
 - One connection shared by all threads (``check_same_thread=False``), guarded by one
   `threading.Lock`; every write runs in its own ``BEGIN IMMEDIATE`` ... ``COMMIT``
   transaction, rolled back on any error, so nothing is ever half-written.
-- JSON documents (facts, model status, profiles, state, decisions) are stored as TEXT.
+- Typed in, typed out: facts, model statuses, profiles and decisions go in and come out as
+  the contract's own pydantic models (`HostFacts`, `ModelStatus`, `ModelProfile`,
+  `Placement`), stored as their JSON (TEXT); only the orchestrator's saved state (the rate
+  and pool snapshots, its own formats) stays a plain JSON object. A stored document this
+  version of the contract cannot read (written by an older or newer one) is skipped with a
+  warning, never an error: an agent whose facts do not read is unknown until it registers
+  again (its next heartbeat tells it to), a model status or profile until the agent's next
+  heartbeat sends it again, a decision is left out of the history.
 - The schema is created on open and its version recorded in ``schema_version``; a file
   written by a newer schema is refused rather than misread.
 - Damage is loud: on open ``PRAGMA quick_check`` runs, and a file that is not a database,
@@ -22,11 +29,15 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from genedge.contract import HostFacts, ModelProfile, ModelStatus, Placement
 
 __all__ = [
     "AGENT_ROLES",
@@ -35,6 +46,7 @@ __all__ = [
     "AgentRecord",
     "Registry",
     "RegistryDamaged",
+    "StoredDecision",
 ]
 
 log = logging.getLogger("orchestrator.registry")
@@ -89,18 +101,29 @@ CREATE TABLE IF NOT EXISTS decisions (
 class AgentRecord:
     """A registered agent as the registry last heard of it.
 
-    ``facts`` is the agent's `genedge.contract.HostFacts` as a JSON document; ``status`` is
-    ``"up"`` or ``"down"``; times are the orchestrator's clock (seconds). Registering counts
-    as a heartbeat, so ``last_heartbeat`` is set from the first registration on.
+    ``facts`` is the agent's latest `HostFacts`; ``status`` is ``"up"`` or ``"down"``; times
+    are the orchestrator's clock (seconds). Registering counts as a heartbeat, so
+    ``last_heartbeat`` is set from the first registration on.
     """
 
     id: str
     url: str
     role: str
-    facts: dict[str, Any]
+    facts: HostFacts
     status: str
     registered_at: float
     last_heartbeat: float | None
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class StoredDecision(NamedTuple):
+    """A decision as saved: its id (ids only grow), when it was made, the placement view."""
+
+    id: int
+    at: float
+    placement: Placement
 
 
 def _dumps(doc: Any, what: str) -> str:
@@ -114,6 +137,29 @@ def _loads(text: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError("stored document is not a JSON object")
     return doc
+
+
+def _dump_model(value: object, cls: type[BaseModel], what: str) -> str:
+    """A contract model as the JSON stored for it; anything else (a plain dict above all)
+    is refused, so no untyped document reaches the file."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{what} must be a {cls.__name__}, got {type(value).__name__}")
+    return value.model_dump_json()
+
+
+def _load_model(text: str, cls: type[_M], what: str) -> _M | None:
+    """A stored document as its contract model, or None (logged) where this version of the
+    contract cannot read it: the caller skips it, and fresh data from the agent replaces it."""
+    try:
+        return cls.model_validate_json(text)
+    except ValidationError as exc:
+        log.warning(
+            "skipping a stored %s this orchestrator cannot read (%d problem(s), first: %s)",
+            what,
+            exc.error_count(),
+            exc.errors()[0]["msg"] if exc.error_count() else "?",
+        )
+        return None
 
 
 class Registry:
@@ -224,7 +270,9 @@ class Registry:
 
     # ---------------------------------------------------------------- agents
 
-    def upsert_agent(self, agent_id: str, url: str, role: str, facts: dict, now: float) -> None:
+    def upsert_agent(
+        self, agent_id: str, url: str, role: str, facts: HostFacts, now: float
+    ) -> None:
         """Register ``agent_id``, or re-register it (after a restart of either side).
 
         Sets url, role, facts, ``registered_at = last_heartbeat = now`` and status ``"up"``.
@@ -234,7 +282,7 @@ class Registry:
             raise ValueError("agent_id must be non-empty")
         if role not in AGENT_ROLES:
             raise ValueError(f"role must be one of {AGENT_ROLES}, got {role!r}")
-        facts_text = _dumps(facts, "facts")
+        facts_text = _dump_model(facts, HostFacts, "facts")
         with self._write() as cur:
             cur.execute(
                 "INSERT INTO agents (id, url, role, facts, status, registered_at, last_heartbeat)"
@@ -246,20 +294,23 @@ class Registry:
                 (agent_id, url, role, facts_text, float(now), float(now)),
             )
 
-    def heartbeat(self, agent_id: str, facts: dict | None, models: list[dict], now: float) -> bool:
+    def heartbeat(
+        self,
+        agent_id: str,
+        facts: HostFacts | None,
+        models: Sequence[ModelStatus],
+        now: float,
+    ) -> bool:
         """Record a heartbeat: ``last_heartbeat = now``, status ``"up"``, the agent's models.
 
-        ``models`` (status documents, `genedge.contract.ModelStatus` as JSON, each with an
-        ``"id"``) replaces the stored list whole; ``facts`` replaces the stored facts unless
+        ``models`` replaces the stored list whole; ``facts`` replaces the stored facts unless
         it is None. Returns False, writing nothing, if the agent is not registered.
         """
-        facts_text = None if facts is None else _dumps(facts, "facts")
-        rows = []
-        for position, doc in enumerate(models):
-            model_id = doc.get("id") if isinstance(doc, dict) else None
-            if not isinstance(model_id, str) or not model_id:
-                raise ValueError(f"model status #{position} has no string 'id'")
-            rows.append((agent_id, position, model_id, _dumps(doc, "model status")))
+        facts_text = None if facts is None else _dump_model(facts, HostFacts, "facts")
+        docs = [_dump_model(m, ModelStatus, "model status") for m in models]
+        rows = [
+            (agent_id, i, m.id, doc) for i, (m, doc) in enumerate(zip(models, docs, strict=True))
+        ]
         with self._write() as cur:
             found = cur.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone()
             if found is None:
@@ -288,16 +339,16 @@ class Registry:
                 raise KeyError(agent_id)
 
     def agents(self) -> list[AgentRecord]:
-        """Every registered agent, by id."""
+        """Every registered agent whose facts read, by id."""
         rows = self._read_all(
             "SELECT id, url, role, facts, status, registered_at, last_heartbeat"
             " FROM agents ORDER BY id",
             (),
         )
-        return [self._agent(row) for row in rows]
+        return [rec for row in rows if (rec := self._agent(row)) is not None]
 
     def agent(self, agent_id: str) -> AgentRecord | None:
-        """One agent, or None if it never registered."""
+        """One agent, or None if it never registered (or its stored facts do not read)."""
         row = self._read_one(
             "SELECT id, url, role, facts, status, registered_at, last_heartbeat"
             " FROM agents WHERE id = ?",
@@ -305,21 +356,25 @@ class Registry:
         )
         return None if row is None else self._agent(row)
 
-    def agent_models(self, agent_id: str) -> list[dict]:
-        """The model status documents of the agent's last heartbeat, in its order
-        (empty for an unknown agent or before the first heartbeat)."""
+    def agent_models(self, agent_id: str) -> list[ModelStatus]:
+        """The model statuses of the agent's last heartbeat, in its order (empty for an
+        unknown agent or before the first heartbeat)."""
         rows = self._read_all(
             "SELECT doc FROM agent_models WHERE agent_id = ? ORDER BY position", (agent_id,)
         )
-        return [_loads(row[0]) for row in rows]
+        loaded = (_load_model(row[0], ModelStatus, "model status") for row in rows)
+        return [m for m in loaded if m is not None]
 
     @staticmethod
-    def _agent(row: tuple[Any, ...]) -> AgentRecord:
+    def _agent(row: tuple[Any, ...]) -> AgentRecord | None:
+        facts = _load_model(row[3], HostFacts, f"facts of agent {row[0]}")
+        if facts is None:
+            return None
         return AgentRecord(
             id=row[0],
             url=row[1],
             role=row[2],
-            facts=_loads(row[3]),
+            facts=facts,
             status=row[4],
             registered_at=float(row[5]),
             last_heartbeat=None if row[6] is None else float(row[6]),
@@ -327,18 +382,22 @@ class Registry:
 
     # ---------------------------------------------------------------- profiles
 
-    def put_profile(self, agent_id: str, model_id: str, profile: dict, now: float) -> None:
+    def put_profile(self, agent_id: str, model_id: str, profile: ModelProfile, now: float) -> None:
         """Store (or replace) the profile of ``model_id`` measured on ``agent_id``.
 
         The agent need not be registered (profiles may come from the profiles directory).
         """
         self.put_profiles(agent_id, [(model_id, profile)], now)
 
-    def put_profiles(self, agent_id: str, profiles: list[tuple[str, dict]], now: float) -> None:
+    def put_profiles(
+        self, agent_id: str, profiles: Sequence[tuple[str, ModelProfile]], now: float
+    ) -> None:
         """`put_profile` for several models of one agent, in one transaction."""
         if not agent_id or any(not model_id for model_id, _ in profiles):
             raise ValueError("agent_id and model_id must be non-empty")
-        rows = [(agent_id, m, _dumps(doc, "profile"), float(now)) for m, doc in profiles]
+        rows = [
+            (agent_id, m, _dump_model(p, ModelProfile, "profile"), float(now)) for m, p in profiles
+        ]
         if not rows:
             return
         with self._write() as cur:
@@ -349,19 +408,24 @@ class Registry:
                 rows,
             )
 
-    def profiles(self) -> list[tuple[str, str, dict]]:
-        """Every profile as (agent id, model id, profile document), by agent then model."""
+    def profiles(self) -> list[tuple[str, str, ModelProfile]]:
+        """Every profile that reads as (agent id, model id, profile), by agent then model."""
         rows = self._read_all(
             "SELECT agent_id, model_id, doc FROM profiles ORDER BY agent_id, model_id", ()
         )
-        return [(row[0], row[1], _loads(row[2])) for row in rows]
+        out = []
+        for agent_id, model_id, text in rows:
+            p = _load_model(text, ModelProfile, "profile")
+            if p is not None:
+                out.append((agent_id, model_id, p))
+        return out
 
-    def profile(self, agent_id: str, model_id: str) -> dict | None:
-        """One profile document, or None."""
+    def profile(self, agent_id: str, model_id: str) -> ModelProfile | None:
+        """One profile, or None (none stored, or it does not read)."""
         row = self._read_one(
             "SELECT doc FROM profiles WHERE agent_id = ? AND model_id = ?", (agent_id, model_id)
         )
-        return None if row is None else _loads(row[0])
+        return None if row is None else _load_model(row[0], ModelProfile, "profile")
 
     # ---------------------------------------------------------------- state
 
@@ -384,12 +448,12 @@ class Registry:
 
     # ---------------------------------------------------------------- decisions
 
-    def save_decision(self, doc: dict, now: float) -> int:
+    def save_decision(self, placement: Placement, now: float) -> int:
         """Append a placement decision made at ``now``; returns its id (ids only grow).
 
         Only the last `KEEP_DECISIONS` (100) decisions are kept.
         """
-        text = _dumps(doc, "decision")
+        text = _dump_model(placement, Placement, "decision")
         with self._write() as cur:
             cur.execute("INSERT INTO decisions (at, doc) VALUES (?, ?)", (float(now), text))
             new_id = cur.lastrowid
@@ -398,14 +462,19 @@ class Registry:
             cur.execute("DELETE FROM decisions WHERE id <= ?", (new_id - KEEP_DECISIONS,))
         return int(new_id)
 
-    def last_decision(self) -> tuple[int, float, dict] | None:
-        """The latest decision as (id, time, document), or None."""
+    def last_decision(self) -> StoredDecision | None:
+        """The latest decision, or None (none yet, or it does not read)."""
         row = self._read_one("SELECT id, at, doc FROM decisions ORDER BY id DESC LIMIT 1", ())
-        return None if row is None else (int(row[0]), float(row[1]), _loads(row[2]))
+        return None if row is None else self._decision(row)
 
-    def decisions(self, limit: int = KEEP_DECISIONS) -> list[tuple[int, float, dict]]:
-        """The latest ``limit`` decisions as (id, time, document), newest first."""
+    def decisions(self, limit: int = KEEP_DECISIONS) -> list[StoredDecision]:
+        """The latest ``limit`` decisions that read, newest first."""
         rows = self._read_all(
             "SELECT id, at, doc FROM decisions ORDER BY id DESC LIMIT ?", (int(limit),)
         )
-        return [(int(r[0]), float(r[1]), _loads(r[2])) for r in rows]
+        return [d for row in rows if (d := self._decision(row)) is not None]
+
+    @staticmethod
+    def _decision(row: tuple[Any, ...]) -> StoredDecision | None:
+        placement = _load_model(row[2], Placement, f"decision #{row[0]}")
+        return None if placement is None else StoredDecision(int(row[0]), float(row[1]), placement)

@@ -4,7 +4,7 @@ frees memory first, then what takes it, smaller steps before larger ones)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 RANK = {"stored": 0, "cached": 1, "resident": 2}
 
@@ -29,9 +29,26 @@ def settled_level(level: str, host_ram_bytes: int = 0) -> str:
     return level
 
 
+@dataclass(frozen=True)
+class CommandPlan:
+    """The commands of one decision in the order they run: every command that frees memory
+    (on every host) before any that takes it; within each phase, a host runs its commands
+    in the order listed."""
+
+    frees: list[Command] = field(default_factory=list)  # by model, then host
+    takes: list[Command] = field(default_factory=list)  # smaller steps first
+
+    @property
+    def phases(self) -> tuple[list[Command], list[Command]]:
+        return self.frees, self.takes
+
+    def all(self) -> list[Command]:
+        return [*self.frees, *self.takes]
+
+
 def plan_commands(
     target: dict[tuple[str, str], str], actual: dict[tuple[str, str], str]
-) -> list[Command]:
+) -> CommandPlan:
     """Commands that move `actual` ((model, host) -> level, for models on live hosts) to
     `target` ((model, host) -> level; pairs not in it should be `stored`)."""
     cmds = [
@@ -41,4 +58,4 @@ def plan_commands(
     ]
     frees = [c for c in cmds if c.frees]
     takes = sorted((c for c in cmds if not c.frees), key=lambda c: (RANK[c.level], c.host, c.model))
-    return frees + takes
+    return CommandPlan(frees, takes)

@@ -1,0 +1,187 @@
+"""The planner: the decision problem of the next slot, from the live fleet, and when to solve it.
+
+`build_instance` turns the live edge hosts' facts and model statuses (measured profiles, or
+estimates from a model's size and the host's bandwidths until it is measured) and the
+estimated rates into an `Instance`; `solve` runs the configured algorithm on it. `Planner`
+decides when: every slot, and at once on an event (a host joins or goes down, a rate surges).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from orchestrator.core import algorithms
+from orchestrator.core.placement import (
+    CloudSpec,
+    Decision,
+    HostSpec,
+    Instance,
+    ModelSpec,
+    Perf,
+    Prices,
+)
+from orchestrator.core.rates import PoolStats
+from orchestrator.errors import InvalidRequest, NoHosts
+from orchestrator.fleet import PLACEABLE, Fleet, settled
+from orchestrator.settings import OrchestratorSettings
+
+log = logging.getLogger("orchestrator")
+
+_DEFAULT_INFER_S = 1.0
+_DEFAULT_DISK_GBPS = 1.0
+_DEFAULT_H2D_GBPS = 5.0
+_PRICE_FIELDS = (
+    "delay_weight",
+    "disk_per_GB",
+    "ram_per_GB",
+    "vram_per_GB",
+    "cloud_per_request",
+    "fetch_weight",
+    "load_weight",
+)
+
+
+@dataclass
+class Plan:
+    """A decision with the problem it solved: when, why, and each model's kind."""
+
+    decision: Decision
+    instance: Instance
+    computed_at: float
+    trigger: str
+    kinds: dict[str, str] = field(default_factory=dict)
+
+
+def prices(settings: OrchestratorSettings) -> Prices:
+    """The settings' prices; those not set keep the decision core's defaults."""
+    given = {f: getattr(settings, f) for f in _PRICE_FIELDS if getattr(settings, f) is not None}
+    return Prices(**given)
+
+
+def build_instance(
+    settings: OrchestratorSettings,
+    fleet: Fleet,
+    rates: Mapping[str, float],
+    pool: PoolStats,
+) -> tuple[Instance, dict[str, str]]:
+    """The decision problem for the next slot, from live hosts and measured profiles, and
+    each model's kind. Raises `NoHosts` when no edge agent is up."""
+    hosts: list[HostSpec] = []
+    models: dict[str, ModelSpec] = {}
+    kinds: dict[str, str] = {}
+    perf: dict[tuple[str, str], Perf] = {}
+    current: dict[tuple[str, str], str] = {}
+    for a in fleet.live("edge"):
+        f = a.facts
+        statuses = fleet.models_of(a.id)
+        on_disk = sum(m.storage_bytes for m in statuses)
+        hosts.append(
+            HostSpec(
+                id=a.id,
+                disk_bytes=f.disk_free_bytes + on_disk,
+                ram_bytes=f.cache_budget_bytes,
+                gpu_bytes=f.device_budget_bytes,
+                rho_max=settings.rho_max,
+                backhaul_Bps=settings.backhaul_Bps,
+            )
+        )
+        disk_bw = (f.disk_read_GBps or _DEFAULT_DISK_GBPS) * 1e9
+        h2d_bw = (f.h2d_GBps or _DEFAULT_H2D_GBPS) * 1e9
+        for m in statuses:
+            kind = m.kind.value
+            models.setdefault(m.id, ModelSpec(id=m.id, kind=kind, storage_bytes=m.storage_bytes))
+            kinds[m.id] = kind
+            p = fleet.profile_of(a.id, m)
+            if p is not None:
+                perf[(m.id, a.id)] = Perf(
+                    vram_bytes=max(p.peak_bytes, p.resident_bytes),
+                    load_disk_s=p.load_cold_s,
+                    load_ram_s=p.load_ram_s,
+                    infer_s=p.generation_s,
+                )
+            else:  # not measured yet: estimate from size and the host's bandwidths
+                perf[(m.id, a.id)] = Perf(
+                    vram_bytes=m.storage_bytes,
+                    load_disk_s=m.storage_bytes / disk_bw,
+                    load_ram_s=m.storage_bytes / h2d_bw,
+                    infer_s=_DEFAULT_INFER_S,
+                )
+            level = settled(m)
+            if level in PLACEABLE:
+                current[(m.id, a.id)] = level
+    if not hosts:
+        raise NoHosts("no live edge agents to plan on")
+    cloud_infer: dict[str, float] = {}
+    for a in fleet.live("cloud"):
+        for m in fleet.models_of(a.id):
+            if m.profile is not None:
+                cloud_infer[m.id] = m.profile.generation_s
+    instance = Instance(
+        hosts=hosts,
+        models=sorted(models.values(), key=lambda m: m.id),
+        perf=perf,
+        rates={m: float(rates.get(m, 0.0)) for m in models},
+        slot_s=settings.slot_s,
+        cloud=CloudSpec(wan_rtt_s=settings.wan_rtt_s, infer_s=cloud_infer),
+        prices=prices(settings),
+        # Only pairs of this instance: evidence about hosts now down (or the cloud
+        # agent, whose pool is not planned) stays in the statistics but out of the plan.
+        pool_miss={k: v for k, v in pool.all().items() if k in perf},
+        current=current,
+    )
+    return instance, kinds
+
+
+def solve(settings: OrchestratorSettings, instance: Instance, algorithm: str | None) -> Decision:
+    """Solve with `algorithm` (default: the configured one); an unknown name is a 422."""
+    name = algorithm or settings.algorithm
+    if name not in algorithms.ALGORITHMS:
+        raise InvalidRequest(
+            f"unknown algorithm {name!r}; known: {sorted(algorithms.ALGORITHMS)}",
+            field="algorithm",
+        )
+    return algorithms.solve(name, instance, time_limit_s=settings.exact_time_limit_s)
+
+
+def summary(d: Decision) -> str:
+    """`model->host/level, ...` for the log."""
+    return ", ".join(
+        f"{m}->{o.host or 'cloud'}{'/' + o.level if o.level else ''}"
+        for m, o in sorted(d.assignment.items())
+    )
+
+
+class Planner:
+    """When to plan: every slot, or at once when `request` names a trigger."""
+
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self._settings = settings
+        self._replan = asyncio.Event()
+        self._trigger = "start"
+
+    def request(self, trigger: str) -> None:
+        """Plan as soon as the loop wakes (the last trigger named wins)."""
+        self._trigger = trigger
+        self._replan.set()
+
+    async def run(self, plan_now: Callable[[str], Awaitable[object]]) -> None:
+        """Call `plan_now(trigger)` every slot and on each request, until cancelled; a
+        failed plan is logged and the loop goes on (no hosts is not a failure)."""
+        while True:
+            try:
+                await asyncio.wait_for(self._replan.wait(), self._settings.slot_s)
+                trigger = self._trigger
+            except TimeoutError:
+                trigger = "slot"
+            self._replan.clear()
+            try:
+                await plan_now(trigger)
+            except NoHosts:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("planning failed")

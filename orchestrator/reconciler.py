@@ -1,0 +1,55 @@
+"""The reconciler: moves the fleet to a decision's levels with `PUT level` commands.
+
+Each new decision replaces the commands of the last one still under way (a host's current
+command finishes; the rest are dropped). The commands come ordered from
+`core.reconcile.plan_commands`: everything that frees memory, on every host, before
+anything that takes it, so that no host exceeds a capacity mid-way; hosts run in parallel,
+each its own commands one after another. What is not done yet is `pending` (shown in
+`GET /v1/placement` and as a metric).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from orchestrator.adapters.agent_commands import AgentCommands
+from orchestrator.core.reconcile import Command, plan_commands
+from orchestrator.fleet import Fleet
+
+
+class Reconciler:
+    def __init__(self, fleet: Fleet, commands: AgentCommands) -> None:
+        self._fleet = fleet
+        self._commands = commands
+        self._task: asyncio.Task[None] | None = None
+        self.pending: list[Command] = []
+
+    def start(self, target: dict[tuple[str, str], str], actual: dict[tuple[str, str], str]) -> None:
+        """Start moving `actual` to `target` ((model, host) -> level), replacing the run of
+        the previous decision."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        plan = plan_commands(target, actual)
+        self.pending = plan.all()  # visible at once in GET /v1/placement
+        self._task = asyncio.create_task(self._run(plan.phases), name="reconcile")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self, phases: tuple[list[Command], ...]) -> None:
+        for phase in phases:
+            by_host: dict[str, list[Command]] = {}
+            for c in phase:
+                by_host.setdefault(c.host, []).append(c)
+            await asyncio.gather(*(self._run_host(h, cs) for h, cs in sorted(by_host.items())))
+
+    async def _run_host(self, host: str, cmds: list[Command]) -> None:
+        rec = self._fleet.agent(host)
+        if rec is None:
+            return
+        for c in cmds:
+            await self._commands.send(rec.url, c)
+            if c in self.pending:
+                self.pending.remove(c)
