@@ -106,7 +106,7 @@ class AgentRuntime:
             observer=self.metrics,
             evict_user_models=settings.evict_user_models,
         )
-        self.manager.set_pins(settings.pins)
+        self.manager.set_pins(settings.pins, source="settings")
         from edge_agent.adapters.repository import RepositoryIndex
 
         self.repository = RepositoryIndex()

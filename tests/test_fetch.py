@@ -412,6 +412,18 @@ async def test_user_models_evicted_only_with_the_setting() -> None:
     assert fake.removed == ["never", "user", "older", "old"]
 
 
+async def test_pins_from_several_sources_merge() -> None:
+    mgr = manager_with(FakeFetcher(need=0))
+    mgr.set_pins({"old": "stored", "never": "cached"}, source="settings")
+    mgr.set_pins({"old": "resident"})  # the orchestrator's, complete for its source
+    assert mgr.status("old").pinned_level == "resident"
+    assert mgr.status("never").pinned_level == "cached"
+    assert mgr.status("pinned").pinned_level is None  # no source pins it any more
+    assert not mgr.status("old").evictable and mgr.status("pinned").evictable
+    mgr.set_pins({})
+    assert mgr.status("old").pinned_level == "stored"
+
+
 async def test_unknown_model_without_repository_is_404() -> None:
     mgr = ModelManager([], fake_loader(), device_budget_bytes=10**9, cache_budget_bytes=10**9)
     with pytest.raises(UnknownModel, match="not on this host"):

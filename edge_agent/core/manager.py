@@ -197,6 +197,7 @@ class ModelManager:
         # runtime profiles it there, as it does the store's models at start).
         self.after_fetch: Callable[[str], Awaitable[None]] | None = None
         self._pins: dict[str, TargetLevel] = {}
+        self._pin_sources: dict[str, dict[str, TargetLevel]] = {}
         self.device_budget_bytes = device_budget_bytes
         self.cache_budget_bytes = cache_budget_bytes
         self.max_concurrency = max_concurrency
@@ -683,11 +684,19 @@ class ModelManager:
 
     # ------------------------------------------------------------------ disk
 
-    def set_pins(self, pins: Mapping[str, TargetLevel]) -> None:
-        """The operator's pins on this host (model -> minimum level), complete: a pinned
-        model is never evicted from disk. Fed from settings at start and by whoever
-        receives the orchestrator's pins."""
-        self._pins = dict(pins)
+    def set_pins(self, pins: Mapping[str, TargetLevel], source: str = "orchestrator") -> None:
+        """The operator's pins on this host (model -> minimum level) from one `source`
+        (`settings` at start, `orchestrator` from its acks), complete for that source: a
+        model is pinned at the highest level any source gives it, and a pinned model is
+        never evicted from disk."""
+        self._pin_sources[source] = dict(pins)
+        rank = {lvl.value: i for i, lvl in enumerate(_TARGETS)}
+        merged: dict[str, TargetLevel] = {}
+        for given in self._pin_sources.values():
+            for model_id, level in given.items():
+                if model_id not in merged or rank[level] > rank[merged[model_id]]:
+                    merged[model_id] = level
+        self._pins = merged
         for e in self._entries.values():
             e.pinned_level = self._pins.get(e.id)
         self._changed()
