@@ -11,14 +11,21 @@ each its own commands one after another. What is not done yet is `pending` (show
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
-from orchestrator.adapters.agent_commands import AgentCommands
 from orchestrator.core.reconcile import Command, plan_commands
 from orchestrator.fleet import Fleet
 
 
+class CommandSender(Protocol):
+    """What sends one command to an agent (`adapters.agent_commands.AgentCommands`, or a
+    test's fake): True when the agent carried it out."""
+
+    async def send(self, url: str, c: Command) -> bool: ...
+
+
 class Reconciler:
-    def __init__(self, fleet: Fleet, commands: AgentCommands) -> None:
+    def __init__(self, fleet: Fleet, commands: CommandSender) -> None:
         self._fleet = fleet
         self._commands = commands
         self._task: asyncio.Task[None] | None = None

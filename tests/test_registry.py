@@ -248,6 +248,93 @@ def test_reopen_restores_everything(tmp_path: Path) -> None:
         reg.agents()
 
 
+def _insert_raw(
+    path: Path,
+    agents: list[tuple[str, dict]],
+    statuses: list[dict],
+    profiles: list[dict],
+    decisions: list[dict],
+) -> None:
+    """Rows as the registry stored them before it was typed: `json.dumps` of documents."""
+    conn = sqlite3.connect(path)
+    for agent_id, doc in agents:
+        conn.execute(
+            "INSERT INTO agents VALUES (?, ?, 'edge', ?, 'up', 1.0, 2.0)",
+            (agent_id, f"http://{agent_id}", json.dumps(doc)),
+        )
+    for i, doc in enumerate(statuses):
+        conn.execute(
+            "INSERT INTO agent_models VALUES ('e1', ?, ?, ?)", (i, doc["id"], json.dumps(doc))
+        )
+    for doc in profiles:
+        conn.execute(
+            "INSERT INTO profiles VALUES ('e1', ?, ?, 3.0)", (doc["model_id"], json.dumps(doc))
+        )
+    for n, doc in enumerate(decisions):
+        conn.execute("INSERT INTO decisions (at, doc) VALUES (?, ?)", (10.0 + n, json.dumps(doc)))
+    conn.commit()
+    conn.close()
+
+
+def test_rows_an_older_orchestrator_wrote_still_read(tmp_path: Path) -> None:
+    """Documents without the fields the contract gained since (they take their defaults)
+    and with one it no longer has (ignored) read as the contract's models."""
+    path = tmp_path / "orch.sqlite"
+    Registry(path).close()
+    facts_doc = FACTS.model_dump(mode="json")
+    del facts_doc["repository_url"], facts_doc["fetch_Bps"]
+    status = model_doc("sd", "resident", in_flight=2)
+    status_doc = status.model_dump(mode="json")
+    for gained in ("origin", "evictable", "pinned_level", "priority", "fetch"):
+        del status_doc[gained]
+    old = decision(7, hosts=["e1"])
+    _insert_raw(
+        path,
+        agents=[("e1", {**facts_doc, "a_field_since_removed": 1})],
+        statuses=[status_doc],
+        profiles=[profile("sd").model_dump(mode="json")],
+        decisions=[old.model_dump(mode="json")],
+    )
+    with Registry(path) as reg:
+        assert reg.agent("e1") == AgentRecord("e1", "http://e1", "edge", FACTS, "up", 1.0, 2.0)
+        assert reg.agent_models("e1") == [status]
+        assert reg.profile("e1", "sd") == profile("sd")
+        last = reg.last_decision()
+        assert last is not None and last.placement == old and last.at == 10.0
+
+
+def test_a_stored_document_that_does_not_read_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "orch.sqlite"
+    Registry(path).close()
+    good = model_doc("llm")
+    _insert_raw(
+        path,
+        agents=[("e1", FACTS.model_dump(mode="json")), ("e2", {"host_id": "e2"})],
+        statuses=[
+            {**model_doc("sd").model_dump(mode="json"), "level": "floating"},
+            good.model_dump(mode="json"),
+        ],
+        profiles=[{"model_id": "sd", "load_cold_s": 1.0}],
+        decisions=[decision(1).model_dump(mode="json"), {"n": 2}],
+    )
+    with caplog.at_level("WARNING", logger="orchestrator.registry"), Registry(path) as reg:
+        assert [a.id for a in reg.agents()] == ["e1"]
+        assert reg.agent("e2") is None  # unknown: its next heartbeat is told to register
+        assert reg.agent_models("e1") == [good]
+        assert reg.profile("e1", "sd") is None and reg.profiles() == []
+        assert reg.last_decision() is None  # the latest does not read: no decision to restore
+        assert [d.placement for d in reg.decisions()] == [decision(1)]
+        reg.upsert_agent("e2", "http://e2", "edge", facts("e2"), now=5.0)  # re-registered
+        assert reg.agent("e2") is not None
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 4 and all("cannot read" in w for w in warned)
+    # once per document, though e2's facts were read twice and the profile twice
+    assert sum("facts of agent e2" in w and "registers again" in w for w in warned) == 1
+    assert sum("profile of sd on e1" in w for w in warned) == 1
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "orch.sqlite"
     Registry(path).close()

@@ -116,6 +116,8 @@ class AgentRecord:
 
 
 _M = TypeVar("_M", bound=BaseModel)
+_UNTIL_HEARTBEAT = "the model is left out until the agent's next heartbeat"
+_UNTIL_SENT = "the model counts as not measured until the agent sends its profile again"
 
 
 class StoredDecision(NamedTuple):
@@ -147,21 +149,6 @@ def _dump_model(value: object, cls: type[BaseModel], what: str) -> str:
     return value.model_dump_json()
 
 
-def _load_model(text: str, cls: type[_M], what: str) -> _M | None:
-    """A stored document as its contract model, or None (logged) where this version of the
-    contract cannot read it: the caller skips it, and fresh data from the agent replaces it."""
-    try:
-        return cls.model_validate_json(text)
-    except ValidationError as exc:
-        log.warning(
-            "skipping a stored %s this orchestrator cannot read (%d problem(s), first: %s)",
-            what,
-            exc.error_count(),
-            exc.errors()[0]["msg"] if exc.error_count() else "?",
-        )
-        return None
-
-
 class Registry:
     """The SQLite registry (see the module docstring). Thread-safe; use as a context manager
     or call `close`."""
@@ -180,6 +167,7 @@ class Registry:
                     file,
                 )
         self._lock = threading.Lock()
+        self._unreadable: set[str] = set()  # documents skipped, and said so, already
         # isolation_level=None: no implicit transactions; `_write` opens them explicitly.
         try:
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -193,6 +181,29 @@ class Registry:
         except BaseException:
             self._conn.close()
             raise
+
+    def _load(self, text: str, cls: type[_M], what: str, meanwhile: str) -> _M | None:
+        """A stored document as its contract model, or None where this version of the
+        contract cannot read it: the caller skips it, and says what happens `meanwhile`.
+        Logged once per document, not on every read (the agents are read many times a
+        second)."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            if what not in self._unreadable:
+                self._unreadable.add(what)
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "document"
+                log.warning(
+                    "skipping the stored %s, which this orchestrator cannot read (%d "
+                    "problem(s); first: %s: %s); %s",
+                    what,
+                    exc.error_count(),
+                    where,
+                    first["msg"],
+                    meanwhile,
+                )
+            return None
 
     def _damaged(self, reason: str) -> RegistryDamaged:
         return RegistryDamaged(
@@ -360,14 +371,27 @@ class Registry:
         """The model statuses of the agent's last heartbeat, in its order (empty for an
         unknown agent or before the first heartbeat)."""
         rows = self._read_all(
-            "SELECT doc FROM agent_models WHERE agent_id = ? ORDER BY position", (agent_id,)
+            "SELECT model_id, doc FROM agent_models WHERE agent_id = ? ORDER BY position",
+            (agent_id,),
         )
-        loaded = (_load_model(row[0], ModelStatus, "model status") for row in rows)
-        return [m for m in loaded if m is not None]
+        return [
+            m
+            for model_id, text in rows
+            if (
+                m := self._load(
+                    text, ModelStatus, f"status of {model_id} on {agent_id}", _UNTIL_HEARTBEAT
+                )
+            )
+            is not None
+        ]
 
-    @staticmethod
-    def _agent(row: tuple[Any, ...]) -> AgentRecord | None:
-        facts = _load_model(row[3], HostFacts, f"facts of agent {row[0]}")
+    def _agent(self, row: tuple[Any, ...]) -> AgentRecord | None:
+        facts = self._load(
+            row[3],
+            HostFacts,
+            f"facts of agent {row[0]}",
+            "the agent is unknown until it registers again (its next heartbeat is told to)",
+        )
         if facts is None:
             return None
         return AgentRecord(
@@ -415,7 +439,7 @@ class Registry:
         )
         out = []
         for agent_id, model_id, text in rows:
-            p = _load_model(text, ModelProfile, "profile")
+            p = self._load(text, ModelProfile, f"profile of {model_id} on {agent_id}", _UNTIL_SENT)
             if p is not None:
                 out.append((agent_id, model_id, p))
         return out
@@ -425,7 +449,9 @@ class Registry:
         row = self._read_one(
             "SELECT doc FROM profiles WHERE agent_id = ? AND model_id = ?", (agent_id, model_id)
         )
-        return None if row is None else _load_model(row[0], ModelProfile, "profile")
+        if row is None:
+            return None
+        return self._load(row[0], ModelProfile, f"profile of {model_id} on {agent_id}", _UNTIL_SENT)
 
     # ---------------------------------------------------------------- state
 
@@ -474,7 +500,8 @@ class Registry:
         )
         return [d for row in rows if (d := self._decision(row)) is not None]
 
-    @staticmethod
-    def _decision(row: tuple[Any, ...]) -> StoredDecision | None:
-        placement = _load_model(row[2], Placement, f"decision #{row[0]}")
+    def _decision(self, row: tuple[Any, ...]) -> StoredDecision | None:
+        placement = self._load(
+            row[2], Placement, f"decision #{row[0]}", "it is left out (history, restart)"
+        )
         return None if placement is None else StoredDecision(int(row[0]), float(row[1]), placement)
