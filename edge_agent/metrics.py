@@ -39,6 +39,13 @@ class AgentMetrics:
         self.pool_switches = Counter(
             "genedge_pool_switches_total", "Swap-pool switches to a model.", ["model"], registry=r
         )
+        self.pool_wait = Histogram(
+            "genedge_pool_wait_seconds",
+            "Seconds a request waited for the swap pool (its turn and any switch).",
+            ["model"],
+            buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
         self.requests = Counter(
             "genedge_requests_total",
             "Generation requests by model, endpoint and HTTP status.",
@@ -129,6 +136,9 @@ class AgentMetrics:
 
     def pool_switched(self, old: str | None, new: str) -> None:
         self.pool_switches.labels(new).inc()
+
+    def pool_waited(self, model_id: str, seconds: float) -> None:
+        self.pool_wait.labels(model_id).observe(seconds)
 
     def depth(self, model_id: str, queued: int, in_flight: int) -> None:
         self.queue_depth.labels(model_id).set(queued)

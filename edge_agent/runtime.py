@@ -23,11 +23,13 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import AgentSettings
 from genedge.contract import (
     BadModelFolder,
+    HeartbeatAck,
     HostFacts,
     Level,
     ModelManifest,
     ModelProfile,
     ProfileStatus,
+    RegistrationAck,
 )
 
 log = logging.getLogger("edge_agent")
@@ -105,6 +107,7 @@ class AgentRuntime:
             clock=clock,
             observer=self.metrics,
             evict_user_models=settings.evict_user_models,
+            pool_max_wait_s=settings.pool_max_wait_s,
         )
         self.manager.set_pins(settings.pins, source="settings")
         from edge_agent.adapters.repository import RepositoryIndex
@@ -161,8 +164,15 @@ class AgentRuntime:
                 s.role,
                 self.host_facts,
                 self.manager.statuses,
+                on_controls=self._apply_controls,
             )
             self._jobs.append(asyncio.create_task(self.link.run(), name="orchestrator-link"))
+
+    def _apply_controls(self, ack: RegistrationAck | HeartbeatAck) -> None:
+        """The operator's pins on this host and priority classes, as the orchestrator sent
+        them (complete lists: what is not listed is unpinned, `normal`)."""
+        self.manager.set_pins(ack.pins, source="orchestrator")
+        self.manager.set_priorities(ack.priorities)
 
     async def _startup(self) -> None:
         try:

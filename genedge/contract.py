@@ -259,6 +259,10 @@ class ModelStatus(Contract):
     storage_bytes: NonNegInt = 0
     pool_hits: NonNegInt = 0
     pool_misses: NonNegInt = 0
+    pool_wait_s: float = Field(
+        0.0, ge=0, description="Seconds this model's requests waited for the swap pool, in all."
+    )
+    pool_max_wait_s: float = Field(0.0, ge=0, description="The longest of those waits.")
     requests_total: NonNegInt = 0
     last_used: float | None = None
     profile_status: ProfileStatus = ProfileStatus.PENDING

@@ -9,11 +9,26 @@ import pytest
 
 from edge_agent.core.manager import ModelManager
 from edge_agent.core.ports import TextParams
-from edge_agent.errors import DoesNotFit, ModelUnavailable, Overloaded, UnknownModel, WrongModelKind
-from genedge.contract import Level, ModelKind, ModelState
+from edge_agent.errors import (
+    DoesNotFit,
+    ModelUnavailable,
+    Overloaded,
+    TransitionConflict,
+    UnknownModel,
+    WrongModelKind,
+)
+from genedge.contract import Level, ModelKind, ModelState, Priority
 from tests.fakes import FakeDevice, FakeLoader, manifest, msgs
 
 P = TextParams(max_tokens=3, temperature=0.0, top_p=1.0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 def make(sizes=None, capacity=1000, budget=1000, cache=1000, **kw):
@@ -169,9 +184,10 @@ async def test_queue_overflow_gives_overloaded():
     assert mgr.status("a").queued == 0 and mgr.status("a").in_flight == 0
 
 
-async def test_pool_is_fair_between_models():
-    """An earlier request for b is served before later requests for the pooled model a."""
-    mgr, loader, _ = make(max_concurrency=2)  # a second request for a could join at once
+async def test_pool_with_a_zero_bound_is_first_in_first_out():
+    """pool_max_wait_s = 0: an earlier request for b is served before a later request for
+    the pooled model a, even though a could join the pool at once."""
+    mgr, loader, _ = make(max_concurrency=2, pool_max_wait_s=0.0)
     gate = threading.Event()
     loader.gates["a"] = gate
     first = asyncio.create_task(generate(mgr, "a"))
@@ -189,6 +205,94 @@ async def test_pool_is_fair_between_models():
     gate.set()
     await asyncio.gather(first, b, a2)
     assert order == ["b", "a"]
+    assert mgr.status("b").pool_max_wait_s > 0
+
+
+async def test_pool_serves_the_pooled_models_waiting_requests_before_a_switch():
+    """Within the starvation bound, a later request for the pooled model a joins it before
+    an earlier request for b switches the pool; then b, after one switch in all."""
+    mgr, loader, _ = make(max_concurrency=1, pool_max_wait_s=60.0)
+    gate = threading.Event()
+    loader.gates["a"] = gate
+    first = asyncio.create_task(generate(mgr, "a"))
+    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
+    order: list[str] = []
+
+    async def tracked(model):
+        _lease, _ = await generate(mgr, model)
+        order.append(model)
+
+    b = asyncio.create_task(tracked("b"))
+    await until(lambda: len(mgr._waiters) == 1)
+    a2 = asyncio.create_task(tracked("a"))  # waits for a's one concurrency slot
+    await until(lambda: mgr.status("a").queued == 1)
+    gate.set()
+    await asyncio.gather(first, b, a2)
+    assert order == ["a", "b"]
+    assert mgr.status("a").pool_misses == 1 and mgr.status("b").pool_misses == 1
+
+
+async def test_pool_starvation_bound_beats_the_pooled_model():
+    """Past the bound, the earlier request for b goes before the pooled model's next one."""
+    clock = FakeClock()
+    mgr, loader, _ = make(max_concurrency=1, pool_max_wait_s=5.0, clock=clock)
+    gate = threading.Event()
+    loader.gates["a"] = gate
+    first = asyncio.create_task(generate(mgr, "a"))
+    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
+    order: list[str] = []
+
+    async def tracked(model):
+        _lease, _ = await generate(mgr, model)
+        order.append(model)
+
+    b = asyncio.create_task(tracked("b"))
+    await until(lambda: len(mgr._waiters) == 1)
+    a2 = asyncio.create_task(tracked("a"))
+    await until(lambda: mgr.status("a").queued == 1)
+    clock.t += 6.0  # b has now waited past the bound
+    gate.set()
+    await asyncio.gather(first, b, a2)
+    assert order == ["b", "a"]
+    assert mgr.status("b").pool_max_wait_s >= 6.0
+
+
+async def test_pool_serves_a_higher_priority_class_first():
+    mgr, loader, _ = make(max_concurrency=1, pool_max_wait_s=60.0)
+    mgr.set_priorities({"c": Priority.HIGH})
+    gate = threading.Event()
+    loader.gates["a"] = gate
+    first = asyncio.create_task(generate(mgr, "a"))
+    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
+    order: list[str] = []
+
+    async def tracked(model):
+        _lease, _ = await generate(mgr, model)
+        order.append(model)
+
+    b = asyncio.create_task(tracked("b"))
+    await until(lambda: len(mgr._waiters) == 1)
+    c = asyncio.create_task(tracked("c"))
+    await until(lambda: len(mgr._waiters) == 2)
+    gate.set()
+    await asyncio.gather(first, b, c)
+    assert order == ["c", "b"]
+    assert mgr.status("c").priority == "high" and mgr.status("b").priority == "normal"
+
+
+async def test_a_level_below_the_operators_pin_is_refused():
+    mgr, _, _ = make()
+    mgr.set_pins({"a": "cached"}, source="orchestrator")
+    await mgr.set_level("a", Level.RESIDENT, wait=True)
+    with pytest.raises(TransitionConflict, match="pinned at cached"):
+        await mgr.set_level("a", Level.STORED)
+    with pytest.raises(TransitionConflict, match="pinned"):
+        await mgr.set_level("a", Level.ABSENT)
+    await mgr.set_level("a", Level.CACHED, wait=True)  # down to the pin is fine
+    assert mgr.status("a").level == Level.CACHED and mgr.status("a").pinned_level == "cached"
+    mgr.set_pins({}, source="orchestrator")
+    await mgr.set_level("a", Level.STORED, wait=True)
+    assert mgr.status("a").level == Level.STORED
 
 
 async def test_unknown_and_wrong_kind():

@@ -21,6 +21,14 @@ def test_the_holders_waiting_requests_go_before_a_switch() -> None:
     assert next_model(waiting, None, now=1.0, max_wait_s=10.0) == "b"
 
 
+def test_the_holders_requests_waiting_for_a_slot_keep_the_pool() -> None:
+    waiting = [_w(1, "b")]
+    assert next_model(waiting, "a", now=1.0, max_wait_s=10.0, holder_queued=1) == "a"
+    assert next_model(waiting, "a", now=1.0, max_wait_s=10.0, holder_queued=0) == "b"
+    assert next_model([], "a", now=1.0, max_wait_s=10.0, holder_queued=2) == "a"
+    assert next_model(waiting, "a", now=11.0, max_wait_s=10.0, holder_queued=1) == "b"
+
+
 def test_the_starvation_bound_beats_the_holder() -> None:
     waiting = [_w(1, "b", since=0.0), _w(2, "a", since=9.0)]
     assert next_model(waiting, "a", now=9.9, max_wait_s=10.0) == "a"

@@ -36,6 +36,7 @@ class OrchestratorLink:
         facts: Callable[[], HostFacts],
         models: Callable[[], list[ModelStatus]],
         interval_s: float = 5.0,
+        on_controls: Callable[[RegistrationAck | HeartbeatAck], None] | None = None,
     ) -> None:
         self.client = client
         self.base = base_url.rstrip("/")
@@ -46,6 +47,7 @@ class OrchestratorLink:
         self.facts = facts
         self.models = models
         self.interval_s = interval_s
+        self.on_controls = on_controls  # the operator's pins and priorities, from every ack
         self.registered = False
         self._last: dict[str, tuple[int, int, int]] = {}  # model -> (requests, hits, misses)
 
@@ -80,6 +82,8 @@ class OrchestratorLink:
         r.raise_for_status()
         ack = RegistrationAck.model_validate(r.json())
         self.interval_s = ack.heartbeat_interval_s
+        if self.on_controls is not None:
+            self.on_controls(ack)
         self.registered = True
         self._commit(models)
         log.info("registered with the orchestrator at %s as %s", self.base, self.agent_id)
@@ -97,9 +101,12 @@ class OrchestratorLink:
             self.registered = False
             return
         r.raise_for_status()
-        if not HeartbeatAck.model_validate(r.json()).known:
+        ack = HeartbeatAck.model_validate(r.json())
+        if not ack.known:
             self.registered = False
             return
+        if self.on_controls is not None:
+            self.on_controls(ack)
         self._commit(models)
 
     async def run(self) -> None:

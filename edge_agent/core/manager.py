@@ -10,8 +10,10 @@ Rules it keeps (DESIGN.md, "Model levels"):
   model's in-flight requests have drained;
 - a transition never interrupts a request in flight: going down waits for in-flight requests
   to finish (new requests for that model wait for the transition), then frees the memory;
-- the pool is fair: requests wait in arrival order, and consecutive requests for the model in
-  the pool join it, but never ahead of an earlier request for another model (no starvation);
+- the pool is scheduled by `pool_schedule.next_model`: the waiting requests of the model the
+  pool holds go before a switch, then the highest priority class, oldest first, and any
+  request that has waited `pool_max_wait_s` goes first whatever the pool holds (the
+  starvation bound; 0 is first-in-first-out);
 - device memory: sum of resident models + the pooled model <= the device budget; host RAM:
   sum of cached copies <= the cache budget;
 - a failed load marks that model `failed` with the reason; other models keep serving; setting
@@ -36,6 +38,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edge_agent.core.pool_schedule import Waiter, next_model
 from edge_agent.core.ports import HostCopy, LoadedModel, LoadReport, ModelFetcher, ModelLoader
 from edge_agent.errors import (
     AgentError,
@@ -56,6 +59,7 @@ from genedge.contract import (
     ModelProfile,
     ModelState,
     ModelStatus,
+    Priority,
     ProfileStatus,
     TargetLevel,
 )
@@ -74,6 +78,7 @@ class Observer(Protocol):
     def load_failed(self, model_id: str, tier: str) -> None: ...
     def evicted(self, model_id: str, seconds: float) -> None: ...
     def pool_switched(self, old: str | None, new: str) -> None: ...
+    def pool_waited(self, model_id: str, seconds: float) -> None: ...
     def depth(self, model_id: str, queued: int, in_flight: int) -> None: ...
     def device_used(self, used_bytes: int) -> None: ...
     def fetch_progress(self, model_id: str, progress: FetchProgress) -> None: ...
@@ -93,6 +98,9 @@ class NullObserver:
         pass
 
     def pool_switched(self, old: str | None, new: str) -> None:
+        pass
+
+    def pool_waited(self, model_id: str, seconds: float) -> None:
         pass
 
     def depth(self, model_id: str, queued: int, in_flight: int) -> None:
@@ -143,6 +151,9 @@ class _Entry:
     queued: int = 0
     pool_hits: int = 0
     pool_misses: int = 0
+    pool_wait_s: float = 0.0  # seconds its requests waited for the swap pool, in all
+    pool_max_wait_s: float = 0.0  # the longest of those waits
+    priority: Priority = Priority.NORMAL
     requests_total: int = 0
     last_used: float | None = None
     profile: ModelProfile | None = None
@@ -189,6 +200,7 @@ class ModelManager:
         observer: Observer | None = None,
         fetcher: ModelFetcher | None = None,
         evict_user_models: bool = False,
+        pool_max_wait_s: float = 30.0,
     ) -> None:
         self.loader = loader
         self.fetcher = fetcher
@@ -197,6 +209,7 @@ class ModelManager:
         # runtime profiles it there, as it does the store's models at start).
         self.after_fetch: Callable[[str], Awaitable[None]] | None = None
         self._pins: dict[str, TargetLevel] = {}
+        self._priorities: dict[str, Priority] = {}
         self._pin_sources: dict[str, dict[str, TargetLevel]] = {}
         self.device_budget_bytes = device_budget_bytes
         self.cache_budget_bytes = cache_budget_bytes
@@ -210,15 +223,19 @@ class ModelManager:
             m.id: _Entry(manifest=m, sem=asyncio.Semaphore(max_concurrency)) for m in manifests
         }
         self._pool = _Pool()
+        self.pool_max_wait_s = pool_max_wait_s
         self._tickets = itertools.count()
-        self._waiters: dict[int, str] = {}  # pool queue: ticket -> model id, in arrival order
+        self._waiters: dict[int, Waiter] = {}  # the pool's queue, by ticket (arrival order)
+        self._now = clock()  # when the waiters last re-checked their turn (see `_changed`)
         self._changed_event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ bookkeeping
 
     def _changed(self) -> None:
-        """Wake every waiter; each re-checks its own condition."""
+        """Wake every waiter; each re-checks its own condition. The pool's turn is judged
+        at one instant per wake-up (`_now`), so all waiters agree whose turn it is."""
+        self._now = self.clock()
         self._changed_event.set()
         self._changed_event = asyncio.Event()
         self.observer.device_used(self.device_used_bytes())
@@ -314,6 +331,9 @@ class ModelManager:
             storage_bytes=e.manifest.storage_bytes,
             pool_hits=e.pool_hits,
             pool_misses=e.pool_misses,
+            pool_wait_s=e.pool_wait_s,
+            pool_max_wait_s=e.pool_max_wait_s,
+            priority=e.priority,
             requests_total=e.requests_total,
             last_used=e.last_used,
             profile_status=e.profile_status,
@@ -377,8 +397,32 @@ class ModelManager:
             self.observer.depth(e.id, e.queued, e.in_flight)
             self._changed()
 
-    def _earlier_other(self, ticket: int, model_id: str) -> bool:
-        return any(t < ticket and m != model_id for t, m in self._waiters.items())
+    def _queue_for_pool(self, model_id: str, priority: str) -> int:
+        ticket = next(self._tickets)
+        self._waiters[ticket] = Waiter(ticket, model_id, priority, self.clock())
+        self._changed()
+        return ticket
+
+    def _pool_turn(self, model_id: str) -> bool:
+        """Whether `model_id`'s waiting requests are the ones to get the pool next."""
+        holder = self._pool.holder
+        chosen = next_model(
+            self._waiters.values(),
+            holder.id if holder is not None else None,
+            self._now,
+            self.pool_max_wait_s,
+            holder_queued=holder.queued if holder is not None else 0,
+        )
+        return chosen == model_id
+
+    def _left_pool_queue(self, e: _Entry, ticket: int) -> None:
+        waiter = self._waiters.pop(ticket, None)
+        if waiter is not None:
+            waited = max(0.0, self.clock() - waiter.since)
+            e.pool_wait_s += waited
+            e.pool_max_wait_s = max(e.pool_max_wait_s, waited)
+            self.observer.pool_waited(e.id, waited)
+        self._changed()
 
     async def _make_ready(self, e: _Entry) -> Lease:
         ticket: int | None = None
@@ -395,10 +439,9 @@ class ModelManager:
                         e.in_flight += 1
                         return Lease(e.loaded, e.id, Level.RESIDENT)
                     if ticket is None:
-                        ticket = next(self._tickets)
-                        self._waiters[ticket] = e.id
+                        ticket = self._queue_for_pool(e.id, e.priority)
                     pool = self._pool
-                    if not pool.busy and not self._earlier_other(ticket, e.id):
+                    if not pool.busy and self._pool_turn(e.id):
                         if pool.holder is e and e.loaded is not None:
                             e.in_flight += 1
                             if paid_tier is None:
@@ -412,8 +455,7 @@ class ModelManager:
                 await self._changed_event.wait()
         finally:
             if ticket is not None:
-                self._waiters.pop(ticket, None)
-                self._changed()
+                self._left_pool_queue(e, ticket)
 
     async def _evict_pool(self) -> None:
         """Free the pool (caller owns it: `pool.busy`, and the holder has no requests)."""
@@ -483,15 +525,14 @@ class ModelManager:
     @asynccontextmanager
     async def device_exclusive(self, reason: str = PROFILER_ID) -> AsyncIterator[None]:
         """Own the swap pool region (e.g. to profile a model), in turn with requests."""
-        ticket = next(self._tickets)
-        self._waiters[ticket] = reason
+        ticket = self._queue_for_pool(reason, "normal")
         pool = self._pool
         owned = False
         try:
             await self._wait_until(
                 lambda: (
                     not pool.busy
-                    and not self._earlier_other(ticket, reason)
+                    and self._pool_turn(reason)
                     and (pool.holder is None or pool.holder.in_flight == 0)
                 )
             )
@@ -533,7 +574,9 @@ class ModelManager:
 
         A model the host lacks is fetched first when the repository offers it (404 when
         there is none or it does not). `absent` marks the model not placed here: it goes
-        down to stored and becomes evictable (a fetch under way is cancelled)."""
+        down to stored and becomes evictable (a fetch under way is cancelled). A level below
+        the operator's pin on the model is refused (409)."""
+        self._check_pin(model_id, level)
         if level == Level.ABSENT:
             return await self._unplace(model_id, wait=wait)
         if level not in _TARGETS:
@@ -541,6 +584,26 @@ class ModelManager:
         e = self._entries.get(model_id) or await self._absent_entry(model_id)
         e.placed = True
         return await self._move(e, level, wait=wait)
+
+    def _check_pin(self, model_id: str, level: Level) -> None:
+        pinned = self._pins.get(model_id)
+        if pinned is None:
+            return
+        rank = {lvl.value: i for i, lvl in enumerate(_TARGETS)}
+        if level == Level.ABSENT or rank.get(level.value, -1) < rank[pinned]:
+            raise TransitionConflict(
+                f"model {model_id!r} is pinned at {pinned} on this host by the operator; "
+                f"unpin it before setting {level.value}",
+                model=model_id,
+            )
+
+    def set_priorities(self, priorities: Mapping[str, Priority]) -> None:
+        """The operator's priority classes (model -> low/normal/high), complete: a model not
+        listed is `normal`. The swap pool serves a higher class first (`pool_schedule`)."""
+        self._priorities = {m: Priority(p) for m, p in priorities.items()}
+        for e in self._entries.values():
+            e.priority = self._priorities.get(e.id, Priority.NORMAL)
+        self._changed()
 
     async def _absent_entry(self, model_id: str) -> _Entry:
         """An entry (level `absent`) for a model the repository offers, or UnknownModel."""
@@ -564,6 +627,7 @@ class ModelManager:
                 detail="absent",
                 profile_status=ProfileStatus.SKIPPED,
                 pinned_level=self._pins.get(model_id),
+                priority=self._priorities.get(model_id, Priority.NORMAL),
             )
             self._entries[model_id] = e
             self._changed()

@@ -8,7 +8,10 @@ pool is free:
 1. **Starvation bound first**: if any request has waited longer than `max_wait_s`, its model
    goes next (the longest-waiting such request first), whatever is in the pool.
 2. **Stay**: otherwise, if requests wait for the model the pool holds, they go next, with no
-   switch (all its waiting requests go before a switch).
+   switch (all its waiting requests go before a switch). Those include requests still
+   waiting for one of the model's own concurrency slots (`holder_queued`), which are not in
+   the pool's queue yet: without them a model served one request at a time would lose the
+   pool between every two of its requests.
 3. **Priority, then age**: otherwise the model of the waiting request with the highest
    priority class goes next, the oldest request first within a class.
 
@@ -37,16 +40,20 @@ class Waiter:
 
 
 def next_model(
-    waiters: Iterable[Waiter], holder: str | None, now: float, max_wait_s: float
+    waiters: Iterable[Waiter],
+    holder: str | None,
+    now: float,
+    max_wait_s: float,
+    holder_queued: int = 0,
 ) -> str | None:
     """The model whose requests get the pool next (None: nobody waits)."""
     waiting = sorted(waiters, key=lambda w: w.ticket)
-    if not waiting:
-        return None
     overdue = [w for w in waiting if now - w.since >= max_wait_s]
     if overdue:
         return overdue[0].model_id
-    if holder is not None and any(w.model_id == holder for w in waiting):
+    if holder is not None and (holder_queued > 0 or any(w.model_id == holder for w in waiting)):
         return holder
+    if not waiting:
+        return None
     best = max(waiting, key=lambda w: (PRIORITY_RANK.get(w.priority, 1), -w.ticket))
     return best.model_id
