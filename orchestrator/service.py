@@ -40,7 +40,7 @@ from orchestrator import views
 from orchestrator.adapters.agent_commands import AgentCommands
 from orchestrator.adapters.registry import Registry
 from orchestrator.core.placement import Instance, Option
-from orchestrator.core.rates import PoolStats, RateEstimator
+from orchestrator.core.rates import RateEstimator
 from orchestrator.core.reconcile import Command
 from orchestrator.demand import ArrivalResult, Demand
 from orchestrator.errors import NotFound
@@ -56,6 +56,10 @@ log = logging.getLogger("orchestrator")
 
 
 class Orchestrator:
+    """The parts wired together (see the module docstring); the routes, the metrics and
+    the app factory use only this. Planning, storing the decision and starting its
+    commands happen here, one plan at a time."""
+
     def __init__(
         self,
         settings: OrchestratorSettings,
@@ -85,10 +89,6 @@ class Orchestrator:
         return self.demand.rates
 
     @property
-    def pool(self) -> PoolStats:
-        return self.demand.pool
-
-    @property
     def arrivals_counted(self) -> Counter[str]:
         return self.demand.arrivals_counted
 
@@ -106,6 +106,7 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        """Start planning and watching liveness; known agents' windows start now."""
         self.liveness.start_window()
         self._tasks = [
             asyncio.create_task(self.planner.run(self.plan_now), name="planner"),
