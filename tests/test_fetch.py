@@ -79,12 +79,18 @@ async def cloud_and_edge(
     store: Path,
     tmp: Path,
     transport: httpx.AsyncBaseTransport | None = None,
+    cloud_kw: dict[str, object] | None = None,
     **edge_kw: object,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """A cloud agent serving `store` and an edge agent with an empty store whose repository
     is the cloud agent, both real uvicorn servers on loopback, behind the agent token."""
     cloud_settings = agent_settings(
-        store, tmp / "cloud", host_id="cloud", role="cloud", agent_token=AGENT_TOKEN
+        store,
+        tmp / "cloud",
+        host_id="cloud",
+        role="cloud",
+        agent_token=AGENT_TOKEN,
+        **(cloud_kw or {}),
     )
     async with running_agent(cloud_settings, loader=fake_loader()) as cloud:
         kw: dict[str, object] = dict(
@@ -352,6 +358,9 @@ class FakeFetcher:
             raise FetchFailed(f"needs {self.need}, freed {freed}")
         return await self.describe(model_id)
 
+    def removable(self, m: ModelManifest) -> bool:
+        return True
+
     async def remove(self, m: ModelManifest) -> None:
         self.removed.append(m.id)
 
@@ -428,3 +437,38 @@ async def test_unknown_model_without_repository_is_404() -> None:
     mgr = ModelManager([], fake_loader(), device_budget_bytes=10**9, cache_budget_bytes=10**9)
     with pytest.raises(UnknownModel, match="not on this host"):
         await mgr.set_level("x", Level.STORED)
+
+
+async def test_a_slashed_id_is_fetched_into_an_encoded_folder_and_found_again(
+    store: Path, tmp_path: Path
+) -> None:
+    """A hub repo id `org/name` (here from the cloud agent's Hugging Face cache) cannot be a
+    folder name: the fetch directory holds `org%2Fname` with a `genedge.json` naming the id,
+    and a restart serves it as `org/name` again."""
+    from tests.test_hub_cache import put_in_hub_cache
+
+    hub = tmp_path / "hub"
+    put_in_hub_cache(hub, "org/tiny-gpt2", store / "tiny-gpt2")
+    empty = tmp_path / "cloud-store"
+    empty.mkdir()
+    async with cloud_and_edge(empty, tmp_path, cloud_kw={"hf_cache": [hub]}) as (_, edge):
+        r = await put_level(edge, "org/tiny-gpt2")
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "org/tiny-gpt2" and r.json()["origin"] == "fetched"
+    fetched_dir = tmp_path / "edge-store" / ".fetched"
+    names = [p.name for p in fetched_dir.iterdir() if not p.name.startswith(".")]
+    assert names == ["org%2Ftiny-gpt2"]
+    folder = fetched_dir / "org%2Ftiny-gpt2"
+    assert json.loads((folder / "genedge.json").read_text()) == {"id": "org/tiny-gpt2"}
+    settings = agent_settings(tmp_path / "edge-store", tmp_path / "edge2")
+    async with running_agent(settings, loader=fake_loader()) as again:
+        st = (await again.get("/v1/models/org/tiny-gpt2/status")).json()
+        assert st["id"] == "org/tiny-gpt2" and st["origin"] == "fetched"
+
+
+def test_eviction_never_picks_a_hub_cache_snapshot(tmp_path: Path) -> None:
+    fetcher = Fetcher(httpx.AsyncClient(), "http://repo.test", tmp_path)
+    snap = tmp_path / "hub" / "models--org--name" / "snapshots" / "abc123"
+    assert not fetcher.removable(manifest("org/name", 100).model_copy(update={"path": str(snap)}))
+    plain = tmp_path / ".fetched" / "org%2Fname"
+    assert fetcher.removable(manifest("org/name", 100).model_copy(update={"path": str(plain)}))

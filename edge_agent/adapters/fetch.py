@@ -43,6 +43,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from edge_agent.adapters.store import MANIFEST_FILE
 from edge_agent.core.ports import FetchProgressSink, MakeRoom
 from edge_agent.errors import FetchFailed, ModelFolderError
 from genedge.contract import (
@@ -62,7 +63,29 @@ file list and digest ignore it; its presence is what makes the model `fetched` a
 restart (and so evictable)."""
 STAGING_DIR = ".staging"
 TRASH_PREFIX = ".trash-"
-_FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:@-]{0,255}$")
+_FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:@%-]{0,255}$")
+
+
+def folder_name(model_id: str) -> str:
+    """The fetch directory's folder of a model: its id with `/` (a hub repo id `org/name`)
+    and other reserved characters percent-encoded (`org%2Fname`), as the profile store
+    names files; the marker keeps the real id, which the scan restores (`_with_marked_id`)."""
+    return quote(model_id, safe="._+-")
+
+
+def _with_marked_id(manifest: ModelManifest) -> ModelManifest:
+    """The manifest with origin `fetched` and the id the marker recorded (a folder name
+    cannot hold `/`), or as it is for a folder the agent did not fetch."""
+    marker = Path(manifest.path) / MARKER_FILE
+    if not marker.is_file():
+        return manifest
+    try:
+        model_id = json.loads(marker.read_text()).get("model_id") or manifest.id
+    except (OSError, ValueError, AttributeError):
+        model_id = manifest.id
+    return manifest.model_copy(update={"id": str(model_id), "origin": ModelOrigin.FETCHED})
+
+
 FLUSH_BYTES = 4 * 1024**2  # bytes received before one write+hash in a worker thread
 RATE_WINDOW_S = 2.0
 GB = 1e9
@@ -87,11 +110,6 @@ def sha256_of(path: Path, upto: int | None = None) -> hashlib._Hash:
     return h
 
 
-def read_origin(folder: Path) -> ModelOrigin:
-    """`fetched` when the agent's marker is in the folder, else `user`."""
-    return ModelOrigin.FETCHED if (folder / MARKER_FILE).is_file() else ModelOrigin.USER
-
-
 def scan_fetched(
     fetch_dir: Path, held: list[ModelManifest]
 ) -> tuple[list[ModelManifest], list[BadModelFolder]]:
@@ -107,19 +125,19 @@ def scan_fetched(
     manifests, bad = scan_store(fetch_dir)
     ids = {m.id for m in held}
     good: list[ModelManifest] = []
-    for m in manifests:
+    for m in map(_with_marked_id, manifests):
         if m.id in ids:
             reason = f"model id {m.id!r} is also in the store, which is served"
             bad.append(BadModelFolder(path=m.path, reason=reason))
             continue
-        good.append(m.model_copy(update={"origin": read_origin(Path(m.path))}))
+        good.append(m)
     return good, bad
 
 
 def mark_origins(manifests: list[ModelManifest]) -> list[ModelManifest]:
     """Set each manifest's origin from its folder's marker (a store root that is also the
-    fetch directory)."""
-    return [m.model_copy(update={"origin": read_origin(Path(m.path))}) for m in manifests]
+    fetch directory), with the id the marker recorded."""
+    return [_with_marked_id(m) for m in manifests]
 
 
 def _safe_rel(rel: str) -> PurePosixPath:
@@ -257,17 +275,18 @@ class Fetcher:
         rm = await self.repository_manifest(model_id)
         if rm is None:
             raise FetchFailed(f"model repository {self.source} no longer offers {model_id!r}")
-        if not _FOLDER_RE.match(model_id) or rm.model_id != model_id:
+        folder = folder_name(model_id)
+        if not _FOLDER_RE.match(folder) or rm.model_id != model_id:
             raise FetchFailed(f"{model_id!r} cannot be a folder name in the fetch directory")
         rels = [_safe_rel(f.path) for f in rm.files]
         if len(set(rels)) != len(rels):
             raise FetchFailed("the repository's manifest lists a file twice")
-        dest = self.fetch_dir / model_id
+        dest = self.fetch_dir / folder
         if dest.exists():
             raise FetchFailed(
                 f"{dest} already exists but is not served (see bad_folders); remove it to fetch"
             )
-        stage = self.fetch_dir / STAGING_DIR / model_id
+        stage = self.fetch_dir / STAGING_DIR / folder
         await asyncio.to_thread(stage.mkdir, parents=True, exist_ok=True)
         kept = await asyncio.to_thread(self._tidy_stage, stage, rm.files)
         total = sum(f.size for f in rm.files)
@@ -288,6 +307,10 @@ class Fetcher:
         for f, rel in zip(rm.files, rels, strict=True):
             await self._fetch_file(model_id, f, stage / rel, tally)
         await asyncio.to_thread(self._write_marker, stage, model_id, rm)
+        if folder != model_id and not any(f.path == MANIFEST_FILE for f in rm.files):
+            # the folder's name cannot carry the id (`org/name`): say it in genedge.json
+            text = json.dumps({"id": model_id})
+            await asyncio.to_thread((stage / MANIFEST_FILE).write_text, text)
         manifest = await asyncio.to_thread(self._move_into_place, stage, dest)
         tally.progress.finished_at = self.clock()
         tally.progress.eta_s = 0.0
@@ -473,9 +496,14 @@ class Fetcher:
         except ModelFolderError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             raise FetchFailed(f"the fetched folder cannot be served: {exc.message}") from exc
-        return manifest.model_copy(update={"origin": ModelOrigin.FETCHED})
+        return _with_marked_id(manifest)
 
     # ------------------------------------------------------------------ eviction
+    def removable(self, manifest: ModelManifest) -> bool:
+        from edge_agent.adapters.hub_cache import is_hub_snapshot
+
+        return not is_hub_snapshot(Path(manifest.path))
+
     async def remove(self, manifest: ModelManifest) -> None:
         """Delete a model's folder: renamed to hidden trash first (one atomic step, so the
         store never sees a half-deleted model), then removed."""

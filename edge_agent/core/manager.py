@@ -769,6 +769,7 @@ class ModelManager:
         """Whether a fetch may delete this model's files now."""
         return (
             (e.manifest.origin == ModelOrigin.FETCHED or self.evict_user_models)
+            and (self.fetcher is None or self.fetcher.removable(e.manifest))
             and not e.placed
             and e.pinned_level is None
             and e.level == Level.STORED

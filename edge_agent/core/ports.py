@@ -165,6 +165,11 @@ class ModelFetcher(Protocol):
         (out of sight of the store scan) so the next call resumes."""
         ...
 
+    def removable(self, manifest: ModelManifest) -> bool:
+        """Whether disk eviction may delete this folder at all (never a snapshot of the
+        user's Hugging Face cache, whatever the settings)."""
+        ...
+
     async def remove(self, manifest: ModelManifest) -> None:
         """Delete a held model's folder (disk eviction)."""
         ...
