@@ -84,7 +84,36 @@ class AgentSettings(ServerLimits):
     )
 
     # Admission
-    max_concurrency_per_model: int = Field(default=1, ge=1)
+    max_concurrency_per_model: int = Field(
+        default=16,
+        ge=1,
+        description="Requests one model serves at once; with batching they share one running "
+        "batch (text: `batch_max_requests` decoded together; images: `image_max_batch` "
+        "images per pipeline call), otherwise each runs alone in a thread of its own.",
+    )
+    text_batching: bool = Field(
+        default=True,
+        description="Continuous batching of a text model's concurrent requests (transformers' "
+        "engine with a paged KV cache). False: each request runs `generate` alone.",
+    )
+    batch_max_requests: int = Field(
+        default=16, ge=1, description="Text requests decoded together in one model's batch."
+    )
+    batch_max_tokens: int = Field(
+        default=8192,
+        ge=64,
+        description="KV-cache tokens (prompts plus outputs) one model's batch may hold; "
+        "requests past it wait. Its memory is on top of the model's weights.",
+    )
+    batch_step_tokens: int = Field(
+        default=2048,
+        ge=16,
+        description="Tokens per forward pass of a batch (prompts of joining requests plus "
+        "one per decoding request): higher admits a burst in fewer steps.",
+    )
+    image_max_batch: int = Field(
+        default=4, ge=1, description="Images of compatible requests per pipeline call."
+    )
     pool_max_wait_s: float = Field(
         default=30.0,
         ge=0,

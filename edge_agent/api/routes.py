@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from edge_agent.core import limits as lim
+from edge_agent.core.batching import BatchLimits
 from edge_agent.core.manager import Lease
 from edge_agent.core.serving import TextStream, generate_images, generate_text
 from edge_agent.errors import AgentError
@@ -66,6 +67,18 @@ def _served_headers(rt: AgentRuntime, lease: Lease) -> dict[str, str]:
     return h
 
 
+def _batching(rt: AgentRuntime) -> BatchLimits:
+    """The batching bounds the settings give (per request: settings may be replaced)."""
+    s = rt.settings
+    return BatchLimits(
+        text=s.text_batching,
+        max_requests=s.batch_max_requests,
+        max_tokens_in_flight=s.batch_max_tokens,
+        step_tokens=s.batch_step_tokens,
+        max_images=s.image_max_batch,
+    )
+
+
 def _count(rt: AgentRuntime, model: str, endpoint: str, status: int, t0: float) -> None:
     rt.metrics.requests.labels(model, endpoint, str(status)).inc()
     rt.metrics.request_seconds.labels(model, endpoint).observe(time.perf_counter() - t0)
@@ -106,7 +119,7 @@ async def _text(
         messages = req.messages if isinstance(req, ChatCompletionRequest) else None
         prompt = req.prompt if isinstance(req, CompletionRequest) else None
         if req.stream:
-            stream = TextStream(rt.manager, req.model, messages, prompt, params)
+            stream = TextStream(rt.manager, req.model, messages, prompt, params, _batching(rt))
             lease = await stream.start()  # admission and load errors happen before any byte
             headers = _served_headers(rt, lease)
             _count(rt, label, endpoint, 200, t0)
@@ -114,7 +127,7 @@ async def _text(
                 _sse(stream, req.model, chat), media_type="text/event-stream", headers=headers
             )
         outcome = await generate_text(
-            rt.manager, req.model, messages, prompt, params, _client_gone(request)
+            rt.manager, req.model, messages, prompt, params, _client_gone(request), _batching(rt)
         )
     except AgentError as exc:
         _count(rt, label, endpoint, exc.status, t0)
@@ -217,7 +230,7 @@ async def images(request: Request, body: ImageGenerationRequest) -> Response:
         params = lim.image_params(body, defaults, rt.limits)
         lim.check_image_cost(params, rt.manager.profile(body.model), defaults, rt.limits)
         lease, pngs = await generate_images(
-            rt.manager, body.model, body.prompt, params, _client_gone(request)
+            rt.manager, body.model, body.prompt, params, _client_gone(request), _batching(rt)
         )
     except AgentError as exc:
         _count(rt, label, "images", exc.status, t0)

@@ -8,6 +8,14 @@ generation nobody waits for must not hold its model, or the swap pool with every
 model queued behind it. Streams learn of it from the response (Starlette cancels the body);
 non-streamed requests from `client_gone`, which the routes build from the ASGI
 `http.disconnect` message.
+
+Batching: a model that offers `start_text` / `start_images` (the torch adapters) gets its
+concurrent requests as jobs of one running batch, each request holding its own lease (so
+the manager's `max_concurrency` bounds the batch from above) but no thread: the event loop
+waits on the job, and a stop cancels the job (text: the engine drops it before its next
+step; images: a batch stops after its current step once all its requests are cancelled,
+and a request waits for its batch to end before its lease goes). A model without them, or
+with batching off, runs each request in a worker thread as before.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from edge_agent.core.batching import BatchLimits
 from edge_agent.core.manager import Lease, ModelManager
-from edge_agent.core.ports import ImageParams, LoadedModel, TextParams, TextResult
+from edge_agent.core.ports import ImageParams, LoadedModel, TextParams, TextResult, TokenSink
 from edge_agent.errors import ClientDisconnected
 from genedge.contract import ChatMessage, ModelKind
 
@@ -94,25 +103,126 @@ def _gone(model_id: str) -> ClientDisconnected:
     return ClientDisconnected("the client went away: generation stopped", model=model_id)
 
 
+Work = Callable[[LoadedModel, threading.Event], Awaitable[T]]
+"""Runs one request on a leased model until done; stops soon after the event is set."""
+
+
 async def _run_leased(
     manager: ModelManager,
     model_id: str,
     kind: ModelKind,
     client_gone: ClientGone | None,
-    work: Callable[[LoadedModel, Callable[[], bool]], T],
+    work: Work[T],
 ) -> tuple[Lease, T]:
-    """Hold a lease and run `work(model, should_stop)` in a worker thread. When the client
-    goes away the stop flag is set (the work stops within a token or a denoising step) and
-    `ClientDisconnected` is raised; the lease is released only after the thread is done."""
+    """Hold a lease and run `work(model, stop)`. When the client goes away the stop flag is
+    set (the work stops within a token or a denoising step) and `ClientDisconnected` is
+    raised; the lease is released only once the work has let go of the model."""
     async with _watching(client_gone) as stop, manager.lease(model_id, kind) as lease:
         if stop.is_set():  # gone while the request waited: do not start the work at all
             raise _gone(model_id)
-        model = lease.model
-        worker = asyncio.ensure_future(asyncio.to_thread(work, model, stop.is_set))
-        result = await _until_done(worker, stop)
+        result = await work(lease.model, stop)
         if stop.is_set():
             raise _gone(model_id)
         return lease, result
+
+
+def _in_thread(call: Callable[[LoadedModel, Callable[[], bool]], T]) -> Work[T]:
+    """A blocking call as `Work`: run in a worker thread, awaited until the thread ends."""
+
+    async def work(model: LoadedModel, stop: threading.Event) -> T:
+        worker = asyncio.ensure_future(asyncio.to_thread(call, model, stop.is_set))
+        return await _until_done(worker, stop)
+
+    return work
+
+
+class _Job:
+    """What `start_text` / `start_images` return: `cancel()`, and for images `finished`."""
+
+    def cancel(self) -> None: ...
+
+
+async def _await_job(
+    job: _Job, done: asyncio.Future[T], stop: threading.Event, model_id: str, linger: bool
+) -> T:
+    """Wait for a batched job's outcome; once `stop` is set (or the awaiting task is
+    cancelled) cancel the job and raise. With `linger`, wait for the job's `finished` event
+    first (an image batch still running with this request in it)."""
+    try:
+        while not done.done():
+            if stop.is_set():
+                raise _gone(model_id)
+            await asyncio.wait([done], timeout=0.05)
+    except BaseException:  # stopped, or the awaiting task was cancelled
+        stop.set()
+        job.cancel()
+        if linger:
+            finished: threading.Event = job.finished  # type: ignore[attr-defined]
+            while not finished.is_set():
+                await asyncio.sleep(0.02)
+        raise
+    return done.result()
+
+
+def _settler(loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any]) -> Callable[..., None]:
+    """`(result, error)` from any thread -> `done` on the loop (once)."""
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        def on_loop() -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)
+
+        loop.call_soon_threadsafe(on_loop)
+
+    return settle
+
+
+def _text_work(
+    messages: list[ChatMessage] | None,
+    prompt: str | None,
+    params: TextParams,
+    on_token: TokenSink | None,
+    batching: BatchLimits | None,
+) -> Work[TextResult]:
+    """Join the model's running batch when it can; otherwise a thread of its own.
+    `on_token` may be called from any thread."""
+
+    async def work(model: LoadedModel, stop: threading.Event) -> TextResult:
+        start = getattr(model, "start_text", None)
+        if batching is not None and batching.text and start is not None:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[TextResult] = loop.create_future()
+            job = await asyncio.to_thread(  # tokenising a long prompt takes milliseconds
+                start, messages, prompt, params, on_token, _settler(loop, done), batching
+            )
+            if job is not None:
+                return await _await_job(job, done, stop, model.model_id, linger=False)
+        run = _in_thread(
+            lambda m, should_stop: m.generate_text(messages, prompt, params, on_token, should_stop)
+        )
+        return await run(model, stop)
+
+    return work
+
+
+def _image_work(
+    prompt: str, params: ImageParams, batching: BatchLimits | None
+) -> Work[list[bytes]]:
+    async def work(model: LoadedModel, stop: threading.Event) -> list[bytes]:
+        start = getattr(model, "start_images", None)
+        if batching is not None and start is not None:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[list[bytes]] = loop.create_future()
+            job = start(prompt, params, _settler(loop, done), batching.max_images)
+            return await _await_job(job, done, stop, model.model_id, linger=True)
+        run = _in_thread(lambda m, should_stop: m.generate_image(prompt, params, should_stop))
+        return await run(model, stop)
+
+    return work
 
 
 async def generate_text(
@@ -122,14 +232,16 @@ async def generate_text(
     prompt: str | None,
     params: TextParams,
     client_gone: ClientGone | None = None,
+    batching: BatchLimits | None = None,
 ) -> TextOutcome:
-    """One non-streamed text generation; stops between tokens once `client_gone` returns."""
+    """One non-streamed text generation; stops between tokens once `client_gone` returns.
+    With `batching`, it joins the model's running batch."""
     lease, result = await _run_leased(
         manager,
         model_id,
         ModelKind.TEXT,
         client_gone,
-        lambda model, should_stop: model.generate_text(messages, prompt, params, None, should_stop),
+        _text_work(messages, prompt, params, None, batching),
     )
     return TextOutcome(lease, result)
 
@@ -140,15 +252,12 @@ async def generate_images(
     prompt: str,
     params: ImageParams,
     client_gone: ClientGone | None = None,
+    batching: BatchLimits | None = None,
 ) -> tuple[Lease, list[bytes]]:
     """One image request; stops after the current denoising step once `client_gone`
-    returns."""
+    returns. With `batching`, it shares a pipeline call with compatible requests."""
     return await _run_leased(
-        manager,
-        model_id,
-        ModelKind.IMAGE,
-        client_gone,
-        lambda model, should_stop: model.generate_image(prompt, params, should_stop),
+        manager, model_id, ModelKind.IMAGE, client_gone, _image_work(prompt, params, batching)
     )
 
 
@@ -163,8 +272,10 @@ class TextStream:
         messages: list[ChatMessage] | None,
         prompt: str | None,
         params: TextParams,
+        batching: BatchLimits | None = None,
     ) -> None:
         self.manager = manager
+        self.batching = batching
         self.model_id = model_id
         self.messages = messages
         self.prompt = prompt
@@ -189,15 +300,16 @@ class TextStream:
         def on_token(delta: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        def run() -> TextResult:
+        work = _text_work(self.messages, self.prompt, self.params, on_token, self.batching)
+
+        async def run() -> TextResult:
             try:
-                return model.generate_text(
-                    self.messages, self.prompt, self.params, on_token, self._stop.is_set
-                )
+                return await work(model, self._stop)
             finally:
+                # after every delta: call_soon_threadsafe keeps the order of its callbacks
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
-        worker = asyncio.ensure_future(asyncio.to_thread(run))
+        worker = asyncio.ensure_future(run())
         try:
             while True:
                 item = await queue.get()
@@ -209,9 +321,11 @@ class TextStream:
         finally:
             self._stop.set()
             try:
-                # When the client went away: let the thread notice, and keep the lease until
-                # it has finished touching the model.
+                # When the client went away: let the work notice, and keep the lease until
+                # it has let go of the model.
                 await _thread_finished(worker, self._stop)
+                if not worker.cancelled():
+                    worker.exception()  # retrieved: a stop's ClientDisconnected is expected
             finally:
                 await self._stack.aclose()
 

@@ -1,5 +1,10 @@
 """A diffusers pipeline on the device (`ImagePipelineModel`): images as PNG bytes, one
-call at a time per pipeline, stopping between denoising steps when the client goes away."""
+call at a time per pipeline, stopping between denoising steps when the client goes away.
+
+`start_images` queues a request for the pipeline's batcher (`image_batching`), which runs
+compatible requests as one call; `generate_image` runs one request alone, blocking its
+thread (the profiler's baseline). Both seed each image with its own generator (image `i`
+of seed `s` uses `s + i`), so a seed gives the same image either way."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edge_agent.adapters.torch_models.image_batching import ImageBatcher, ImageJob, ImagesDone
 from edge_agent.adapters.torch_models.loaded import LoadedTorchModel
 from edge_agent.core.ports import ImageParams, TextParams, TextResult, TokenSink
 from edge_agent.errors import ClientDisconnected, InvalidRequest, ModelUnavailable, WrongModelKind
@@ -30,6 +36,8 @@ class ImagePipelineModel(LoadedTorchModel):
         # A pipeline's scheduler keeps per-call state (its timesteps): one call at a time per
         # pipeline. Other models are never blocked by this lock.
         self._lock = threading.Lock()
+        self._batcher: ImageBatcher | None = None
+        self._batcher_lock = threading.Lock()
         with contextlib.suppress(AttributeError):
             pipeline.set_progress_bar_config(disable=True)
 
@@ -40,6 +48,10 @@ class ImagePipelineModel(LoadedTorchModel):
         return [c for c in pipe.components.values() if isinstance(c, nn.Module)]
 
     def _drop(self) -> None:
+        with self._batcher_lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:  # waits for a running batch before the modules go
+            batcher.close()
         pipe = self.pipeline
         self.pipeline = None
         if pipe is not None:
@@ -67,7 +79,7 @@ class ImagePipelineModel(LoadedTorchModel):
         params: ImageParams,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[bytes]:
-        """Generate `params.n` images of `params.width` x `params.height`; PNG bytes.
+        """Generate `params.n` images of `params.width` x `params.height` alone; PNG bytes.
 
         `should_stop` is polled after every denoising step (diffusers' `callback_on_step_end`)
         and before each pipeline call; once it says so, `ClientDisconnected` is raised from
@@ -76,6 +88,30 @@ class ImagePipelineModel(LoadedTorchModel):
         image's decode alone takes longer than a step). Pipelines without that callback
         stop only between images.
         """
+        self._check(params)
+        job = ImageJob(prompt, params, lambda pngs, error: None)
+        stop = should_stop or (lambda: False)
+        if stop():
+            raise _stopped(self.model_id)
+        return self._run_batch([job], stop)[0]
+
+    def start_images(
+        self, prompt: str, params: ImageParams, on_done: ImagesDone, max_images: int
+    ) -> ImageJob:
+        """Queue a request for the pipeline's batch (up to `max_images` images per call) and
+        return at once; `on_done` is called from the worker thread."""
+        self._check(params)
+        with self._batcher_lock:
+            if self._batcher is None:
+                if self.pipeline is None:
+                    raise ModelUnavailable(
+                        f"model {self.model_id} has been closed", model=self.model_id
+                    )
+                self._batcher = ImageBatcher(self._run_batch, max_images, self.model_id)
+            self._batcher.max_images = max(1, max_images)
+            return self._batcher.submit(ImageJob(prompt, params, on_done))
+
+    def _check(self, params: ImageParams) -> None:
         pipe = self.pipeline
         if pipe is None:
             raise ModelUnavailable(f"model {self.model_id} has been closed", model=self.model_id)
@@ -86,31 +122,70 @@ class ImagePipelineModel(LoadedTorchModel):
                 field="size",
                 model=self.model_id,
             )
+
+    def _generators(self, params: ImageParams) -> list[torch.Generator]:
+        """One generator per image: image `i` of seed `s` is seeded `s + i`."""
+        gens = []
+        for i in range(params.n):
+            g = torch.Generator(device=self.device)
+            if params.seed is not None:
+                g.manual_seed(params.seed + i)
+            else:
+                g.seed()
+            gens.append(g)
+        return gens
+
+    def _run_batch(
+        self, jobs: list[ImageJob], should_stop: Callable[[], bool]
+    ) -> list[list[bytes]]:
+        """Run compatible requests as one pipeline call (one prompt and generator per
+        image); each job's PNGs, in order. Raises `ClientDisconnected` once `should_stop`."""
+        pipe = self.pipeline
+        if pipe is None:
+            raise ModelUnavailable(f"model {self.model_id} has been closed", model=self.model_id)
+        first = jobs[0].params
         accepted = inspect.signature(pipe.__call__).parameters
+        prompts: list[str] = []
+        negatives: list[str] = []
+        generators: list[torch.Generator] = []
+        for job in jobs:
+            prompts += [job.prompt] * job.params.n
+            negatives += [job.params.negative_prompt or ""] * job.params.n
+            generators += self._generators(job.params)
         kwargs: dict[str, Any] = {
-            "prompt": prompt,
-            "width": params.width,
-            "height": params.height,
-            "num_inference_steps": params.steps,
-            "guidance_scale": params.guidance_scale,
+            "width": first.width,
+            "height": first.height,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance_scale,
             "output_type": "pil",
         }
-        if "num_images_per_prompt" in accepted:
-            kwargs["num_images_per_prompt"] = params.n
-        if params.negative_prompt is not None and "negative_prompt" in accepted:
-            kwargs["negative_prompt"] = params.negative_prompt
-        if params.seed is not None:
-            kwargs["generator"] = torch.Generator(device=self.device).manual_seed(params.seed)
-        if should_stop is not None and "callback_on_step_end" in accepted:
+        if "callback_on_step_end" in accepted:
             kwargs["callback_on_step_end"] = _stop_on_step_end(should_stop, self.model_id)
-        calls = 1 if "num_images_per_prompt" in accepted else params.n
+        calls: list[tuple[list[str], list[str], list[torch.Generator]]]
+        if "num_images_per_prompt" in accepted:  # one call for the whole batch
+            calls = [(prompts, negatives, generators)]
+        else:  # a pipeline that makes one image per call
+            calls = [
+                ([p], [n], [g]) for p, n, g in zip(prompts, negatives, generators, strict=True)
+            ]
+        use_negative = "negative_prompt" in accepted and any(negatives)
         images: list[Any] = []
         with self._lock, torch.inference_mode():
-            for _ in range(calls):
-                if should_stop is not None and should_stop():
+            for call_prompts, call_negatives, call_generators in calls:
+                if should_stop():
                     raise _stopped(self.model_id)
-                images.extend(pipe(**kwargs).images)
-        return [_png(im) for im in images]
+                extra: dict[str, Any] = {}
+                if use_negative:
+                    extra["negative_prompt"] = call_negatives
+                images.extend(
+                    pipe(prompt=call_prompts, generator=call_generators, **kwargs, **extra).images
+                )
+        pngs = [_png(im) for im in images]
+        out: list[list[bytes]] = []
+        for job in jobs:
+            out.append(pngs[: job.params.n])
+            pngs = pngs[job.params.n :]
+        return out
 
 
 def _stopped(model_id: str) -> ClientDisconnected:

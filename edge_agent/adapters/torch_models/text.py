@@ -1,20 +1,35 @@
 """A transformers causal LM on the device (`TextModel`): chat or plain prompts, greedy or
-seeded sampling, tokens streamed as text deltas, and stopping when the client goes away."""
+seeded sampling, tokens streamed as text deltas, and stopping when the client goes away.
+
+Two ways to run a request: `start_text` joins the model's running batch (continuous
+batching, `batching.TextBatcher`) and returns at once; `generate_text` blocks its thread
+and runs `model.generate` alone (the profiler's baseline, and the fallback for a model the
+batching engine cannot run), or waits on the batch once one is running (the engine may
+have switched the model's attention to its paged form)."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from edge_agent.adapters.torch_models.batching import Sampling, TextBatcher
 from edge_agent.adapters.torch_models.loaded import LoadedTorchModel
+from edge_agent.core.batching import BatchLimits
 from edge_agent.core.ports import ImageParams, TextParams, TextResult, TokenSink
-from edge_agent.errors import InvalidRequest, ModelUnavailable, WrongModelKind
+from edge_agent.errors import ClientDisconnected, InvalidRequest, ModelUnavailable, WrongModelKind
 from genedge.contract import ChatMessage
+
+log = logging.getLogger("edge_agent.text")
+
+TextDone = Callable[[TextResult | None, BaseException | None], None]
+"""`(result, error)`: how a batched request ended (called on the engine's thread)."""
 
 
 class _DeltaStreamer:
@@ -55,7 +70,11 @@ class _DeltaStreamer:
         if not self._prompt_seen:  # generate() first pushes the prompt
             self._prompt_seen = True
             return
-        self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
+        self.push([int(t) for t in value.reshape(-1).tolist()])
+
+    def push(self, ids: list[int]) -> None:
+        """New generated tokens (the batching engine's path: no prompt first)."""
+        self.tokens.extend(ids)
         self._emit(final=False)
 
     def end(self) -> None:
@@ -129,13 +148,108 @@ class TextModel(LoadedTorchModel):
         super().__init__(model_id, device)
         self.model: Any = model
         self.tokenizer: Any = tokenizer
+        self._batcher: TextBatcher | None = None
+        self._batching_refused: str | None = None  # why the engine cannot run this model
+        self._batcher_lock = threading.Lock()
 
     def torch_modules(self) -> list[nn.Module]:
         return [self.model] if self.model is not None else []
 
     def _drop(self) -> None:
+        with self._batcher_lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:  # its thread touches the model: stop it first
+            batcher.close()
         self.model = None
         self.tokenizer = None
+
+    # ---------------------------------------------------------------------- batching
+    def batcher(self, limits: BatchLimits) -> TextBatcher | None:
+        """The model's running batch, started on first use; None when the batching engine
+        cannot run this model (the reason is logged once and requests run alone)."""
+        with self._batcher_lock:
+            if self._batcher is not None and self._batcher.alive:
+                return self._batcher
+            if self._batching_refused is not None or self.model is None:
+                return None
+            if self._batcher is not None:  # its thread died: start a fresh engine
+                self._batcher.close()
+                self._batcher = None
+            eos_ids, pad = self._eos_and_pad(self.model, self.tokenizer)
+            try:
+                self._batcher = TextBatcher(self.model, sorted(eos_ids), pad, limits)
+            except Exception as exc:
+                self._batching_refused = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "%s: continuous batching unavailable, requests run one by one: %s",
+                    self.model_id,
+                    self._batching_refused,
+                )
+                return None
+            return self._batcher
+
+    @property
+    def batching(self) -> bool:
+        """Whether requests currently join a running batch."""
+        return self._batcher is not None
+
+    def start_text(
+        self,
+        messages: list[ChatMessage] | None,
+        prompt: str | None,
+        params: TextParams,
+        on_token: TokenSink | None,
+        on_done: TextDone,
+        limits: BatchLimits,
+    ) -> TextJob | None:
+        """Join the running batch (tokenise, check the context, queue) and return at once;
+        `on_token` and then `on_done` are called from the engine's thread. None when the
+        model cannot batch: the caller runs `generate_text` instead."""
+        batcher = self.batcher(limits)
+        if batcher is None:
+            return None
+        model, tok = self.model, self.tokenizer
+        if model is None or tok is None:
+            raise ModelUnavailable(f"model {self.model_id} has been closed", model=self.model_id)
+        ids, eos_ids, _ = self._encode(model, tok, messages, prompt)
+        max_new = self._max_new_tokens(model, len(ids), params, chat=messages is not None)
+        job = TextJob(batcher, _DeltaStreamer(tok, on_token), len(ids), max_new, eos_ids, on_done)
+        job.rid = batcher.submit(ids, max_new, self._sampling(params), job.on_output)
+        return job
+
+    def _sampling(self, params: TextParams) -> Sampling | None:
+        if params.temperature <= 0:
+            return None
+        return Sampling(params.temperature, params.top_p, self._generator(params.seed))
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        if seed is not None:
+            generator.manual_seed(seed)
+        else:
+            generator.seed()
+        return generator
+
+    def _eos_and_pad(self, model: Any, tok: Any) -> tuple[set[int], int]:
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tok.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids), 0)
+        return eos_ids, pad
+
+    def _encode(
+        self, model: Any, tok: Any, messages: list[ChatMessage] | None, prompt: str | None
+    ) -> tuple[list[int], set[int], int]:
+        """The prompt's token ids (an empty prompt starts from BOS, or EOS as GPT-2 does),
+        the end-of-sequence ids and the pad id."""
+        text, special = self._prompt_text(tok, messages, prompt)
+        ids = [int(t) for t in tok(text, add_special_tokens=special)["input_ids"]]
+        eos_ids, pad = self._eos_and_pad(model, tok)
+        if not ids:
+            start = tok.bos_token_id if tok.bos_token_id is not None else next(iter(eos_ids), 0)
+            ids = [int(start)]
+        return ids, eos_ids, pad
 
     # ----------------------------------------------------------------------------------
     def _prompt_text(
@@ -215,29 +329,22 @@ class TextModel(LoadedTorchModel):
         polled after every token. finish_reason is "length" when `max_tokens` (or the
         model's context) ran out, else "stop".
         """
+        if self._batcher is not None:  # the engine owns the model now: join its batch
+            return self._generate_in_batch(
+                messages, prompt, params, on_token, should_stop, self._batcher.limits
+            )
         model, tok = self.model, self.tokenizer
         if model is None or tok is None:
             raise ModelUnavailable(f"model {self.model_id} has been closed", model=self.model_id)
-        text, special = self._prompt_text(tok, messages, prompt)
-        enc = tok(text, return_tensors="pt", add_special_tokens=special)
-        input_ids = enc["input_ids"]
+        ids, eos_ids, pad = self._encode(model, tok, messages, prompt)
+        input_ids = torch.tensor([ids])
         gen_cfg = copy.deepcopy(model.generation_config)
-        eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else tok.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids), 0)
-        if input_ids.shape[1] == 0:  # an empty prompt: start from BOS (or EOS, as GPT-2 does)
-            start = tok.bos_token_id if tok.bos_token_id is not None else next(iter(eos_ids), 0)
-            input_ids = torch.tensor([[start]])
-        n_prompt = int(input_ids.shape[1])
+        n_prompt = len(ids)
         max_new = self._max_new_tokens(model, n_prompt, params, chat=messages is not None)
         _one_greedy_sequence(gen_cfg, max_new, pad)
         processors = []
         if params.temperature > 0:
-            generator = torch.Generator(device=self.device)
-            if params.seed is not None:
-                generator.manual_seed(params.seed)
-            else:
-                generator.seed()
+            generator = self._generator(params.seed)
             processors.append(_seeded_sampler_class()(params.temperature, params.top_p, generator))
         streamer = _streamer_class()(tok, on_token)
         criteria = [_poll_stop_class()(should_stop)] if should_stop is not None else []
@@ -261,6 +368,38 @@ class TextModel(LoadedTorchModel):
             finish_reason=finish,
         )
 
+    def _generate_in_batch(
+        self,
+        messages: list[ChatMessage] | None,
+        prompt: str | None,
+        params: TextParams,
+        on_token: TokenSink | None,
+        should_stop: Callable[[], bool] | None,
+        limits: BatchLimits,
+    ) -> TextResult:
+        """`generate_text` through the running batch, blocking this thread until done."""
+        finished = threading.Event()
+        ended: list[tuple[TextResult | None, BaseException | None]] = []
+
+        def on_done(result: TextResult | None, error: BaseException | None) -> None:
+            ended.append((result, error))
+            finished.set()
+
+        job = self.start_text(messages, prompt, params, on_token, on_done, limits)
+        if job is None:
+            raise ModelUnavailable(f"{self.model_id}: the batching engine stopped")
+        while not finished.wait(0.05):
+            if should_stop is not None and should_stop():
+                job.cancel()
+                raise ClientDisconnected(
+                    "the client went away: generation stopped", model=self.model_id
+                )
+        result, error = ended[0]
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
     def generate_image(
         self,
         prompt: str,
@@ -270,6 +409,68 @@ class TextModel(LoadedTorchModel):
         raise WrongModelKind(
             f"{self.model_id} is a text model; it cannot generate images", model=self.model_id
         )
+
+
+class TextJob:
+    """One request in a running batch: turns the engine's cumulative token lists into text
+    deltas, and its end into a `TextResult` (or an error) for `on_done`."""
+
+    def __init__(
+        self,
+        batcher: TextBatcher,
+        streamer: _DeltaStreamer,
+        n_prompt: int,
+        max_new: int,
+        eos_ids: set[int],
+        on_done: TextDone,
+    ) -> None:
+        self.batcher = batcher
+        self.streamer = streamer
+        self.n_prompt = n_prompt
+        self.max_new = max_new
+        self.eos_ids = eos_ids
+        self.on_done = on_done
+        self.rid = ""
+        self._seen = 0
+        self._over = False
+
+    def on_output(self, tokens: list[int], finished: bool, error: str | None) -> None:
+        if self._over:
+            return
+        try:
+            if error is not None:
+                self._over = True
+                self.on_done(None, ModelUnavailable(f"generation failed: {error}"))
+                return
+            new = tokens[self._seen :]
+            self._seen = len(tokens)
+            if finished and new and new[-1] in self.eos_ids:
+                new = new[:-1]  # the end token is not text (decoding skips it anyway)
+            if new:
+                self.streamer.push(new)
+            if finished:
+                self._over = True
+                self.streamer.end()
+                hit_eos = bool(tokens) and tokens[-1] in self.eos_ids
+                n = len(tokens)
+                self.on_done(
+                    TextResult(
+                        text=self.streamer.text,
+                        prompt_tokens=self.n_prompt,
+                        completion_tokens=n,
+                        finish_reason="length" if n >= self.max_new and not hit_eos else "stop",
+                    ),
+                    None,
+                )
+        except BaseException as exc:  # a failing sink must not break the engine's thread
+            self._over = True
+            self.batcher.cancel(self.rid)
+            self.on_done(None, exc)
+
+    def cancel(self) -> None:
+        """Leave the batch before its next step; `on_done` is not called afterwards."""
+        self._over = True
+        self.batcher.cancel(self.rid)
 
 
 def _one_greedy_sequence(gen_cfg: Any, max_new: int, pad: int) -> None:
