@@ -766,6 +766,13 @@ class PlacementEntry(Contract):
     )
     cost: CostTerms
     why: str = ""
+    priority: Priority = Field(
+        default=Priority.NORMAL, description="The model's priority class in this decision."
+    )
+    pins: dict[str, TargetLevel] = Field(
+        default_factory=dict,
+        description="The operator's pins the decision held (host -> minimum level).",
+    )
 
 
 class Placement(Contract):
@@ -778,6 +785,44 @@ class Placement(Contract):
     hosts: list[str] = Field(default_factory=list)
     trigger: str = ""
     pending_commands: int = 0
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the algorithm says of its decision (time limits, repairs, pins held "
+        "or not held).",
+    )
+
+
+class PinRequest(Contract):
+    """`PUT /v1/pins/{host}/{model}`: the operator's minimum level of a model on a host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: TargetLevel
+
+
+class PriorityRequest(Contract):
+    """`PUT /v1/priorities/{model}`: a model's priority class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Priority
+
+
+class Pin(Contract):
+    host: str
+    model: str
+    level: TargetLevel
+    source: Literal["settings", "operator"] = Field(
+        description="`settings` (ORCH_PINS: removed only by changing the settings) or "
+        "`operator` (set over REST, kept in the registry)."
+    )
+
+
+class Controls(Contract):
+    """The operator's controls in force: pins and priority classes (unlisted: `normal`)."""
+
+    pins: list[Pin] = Field(default_factory=list)
+    priorities: dict[str, Priority] = Field(default_factory=dict)
 
 
 class PlanRequest(Contract):

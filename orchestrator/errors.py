@@ -6,6 +6,7 @@ Hierarchy::
     ├── Unauthorized           401 unauthorized      (missing or wrong agent token)
     ├── NotFound               404 not_found         (unknown agent or model)
     ├── InvalidRequest         422 invalid_request   (e.g. unknown algorithm)
+    ├── DoesNotFit             409 does_not_fit      (a pin larger than its host)
     └── NoHosts                503 no_hosts          (nothing to plan on)
 """
 
@@ -31,6 +32,11 @@ class NotFound(OrchestratorError):
 class InvalidRequest(OrchestratorError):
     status = 422
     type = "invalid_request"
+
+
+class DoesNotFit(OrchestratorError):
+    status = 409
+    type = "does_not_fit"
 
 
 class NoHosts(OrchestratorError):

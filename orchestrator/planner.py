@@ -13,8 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from genedge.contract import TargetLevel
+from orchestrator.controls import ControlsStore
 from orchestrator.core import algorithms
 from orchestrator.core.placement import (
+    PRIORITY_WEIGHTS,
     CloudSpec,
     Decision,
     HostSpec,
@@ -66,9 +69,11 @@ def build_instance(
     fleet: Fleet,
     rates: Mapping[str, float],
     pool: PoolStats,
+    controls: ControlsStore | None = None,
 ) -> tuple[Instance, dict[str, str]]:
     """The decision problem for the next slot, from live hosts and measured profiles, and
-    each model's kind. Raises `NoHosts` when no edge agent is up."""
+    each model's kind, with the operator's pins (on live hosts, for models they can run)
+    and priority classes. Raises `NoHosts` when no edge agent is up."""
     hosts: list[HostSpec] = []
     models: dict[str, ModelSpec] = {}
     kinds: dict[str, str] = {}
@@ -131,8 +136,26 @@ def build_instance(
         # agent, whose pool is not planned) stays in the statistics but out of the plan.
         pool_miss={k: v for k, v in pool.all().items() if k in perf},
         current=current,
+        pins=_pins_in(controls, perf),
+        priority=_weights_of(controls, models),
     )
     return instance, kinds
+
+
+def _pins_in(
+    controls: ControlsStore | None, perf: Mapping[tuple[str, str], Perf]
+) -> dict[tuple[str, str], TargetLevel]:
+    """The pins the instance can hold: a pin on a host that is down, or of a model the host
+    cannot run (not held, not fetchable), waits until it can."""
+    if controls is None:
+        return {}
+    return {(m, h): level for (h, m), level in controls.pins().items() if (m, h) in perf}
+
+
+def _weights_of(controls: ControlsStore | None, models: Mapping[str, object]) -> dict[str, float]:
+    if controls is None:
+        return {}
+    return {m: PRIORITY_WEIGHTS[p.value] for m, p in controls.priorities().items() if m in models}
 
 
 def solve(settings: OrchestratorSettings, instance: Instance, algorithm: str | None) -> Decision:

@@ -12,6 +12,8 @@
   retried with backoff.
 - `views` (views.py): the placement, explanation, history and routing table in the
   contract's shapes.
+- `ControlsStore` (controls.py): the operator's pins and priority classes, planned with and
+  sent to the agents in every acknowledgement.
 
 Everything needed to resume is in SQLite: agents, profiles, rates, decision.
 """
@@ -31,19 +33,25 @@ from genedge.contract import (
     AgentInfo,
     AgentRegistration,
     ArrivalBatch,
+    Controls,
     Explanation,
     Heartbeat,
+    HeartbeatAck,
+    HostFacts,
     Placement,
+    Priority,
     RoutingTable,
+    TargetLevel,
 )
 from orchestrator import views
 from orchestrator.adapters.agent_commands import AgentCommands
 from orchestrator.adapters.registry import Registry
+from orchestrator.controls import ControlsStore
 from orchestrator.core.placement import Instance, Option
 from orchestrator.core.rates import RateEstimator
 from orchestrator.core.reconcile import Command
 from orchestrator.demand import ArrivalResult, Demand
-from orchestrator.errors import NotFound
+from orchestrator.errors import DoesNotFit, NotFound
 from orchestrator.fleet import Fleet
 from orchestrator.liveness import Liveness
 from orchestrator.planner import Plan, Planner, build_instance, solve, summary
@@ -75,6 +83,7 @@ class Orchestrator:
         self.liveness = Liveness(settings, self.fleet, clock)
         self.planner = Planner(settings)
         self.reconciler = Reconciler(self.fleet, AgentCommands(http, settings))
+        self.controls = ControlsStore(settings, registry)
         self.entries = views.EntriesCache()
         self.last: Plan | None = None
         saved = registry.last_decision()
@@ -157,6 +166,68 @@ class Orchestrator:
             self._check_surges()
         return result
 
+    def acknowledge(self, agent_id: str, known: bool = True) -> HeartbeatAck:
+        """A heartbeat's answer: whether the agent is known, its pins and all priorities."""
+        return HeartbeatAck(
+            ok=known,
+            known=known,
+            pins=self.controls.pins_of_host(agent_id) if known else {},
+            priorities=self.controls.priorities() if known else {},
+        )
+
+    # ------------------------------------------------------------------ operator controls
+    def set_pin(self, host: str, model: str, level: TargetLevel) -> Controls:
+        """Pin `model` on `host` at least at `level`: the host must be a registered edge
+        agent, the model one the fleet knows, and the pin must fit the host on its own."""
+        agent = self.fleet.agent(host)
+        if agent is None or agent.role != "edge":
+            raise NotFound(f"no edge agent {host!r} is registered", field="host")
+        if model not in self.fleet.known_models():
+            raise NotFound(f"model {model!r} is on no registered agent", model=model)
+        self._check_pin_fits(host, agent.facts, model, level)
+        self.controls.set_pin(host, model, level)
+        self.request_replan(f"pin {model}@{host}")
+        return self.controls.view()
+
+    def _check_pin_fits(self, host: str, facts: HostFacts, model: str, level: TargetLevel) -> None:
+        statuses = [m for a in self.fleet.agents() for m in self.fleet.models_of(a.id)]
+        size = max((m.storage_bytes for m in statuses if m.id == model), default=0)
+        held = sum(m.storage_bytes for m in self.fleet.models_of(host))
+        room = {
+            "disk": (size, facts.disk_free_bytes + held),
+            "host RAM (cached tier)": (size if level == "cached" else 0, facts.cache_budget_bytes),
+            "device memory": (size if level == "resident" else 0, facts.device_budget_bytes),
+        }
+        for what, (need, have) in room.items():
+            if need > have:
+                raise DoesNotFit(
+                    f"pinning {model!r} {level} on {host!r} needs {need} bytes of "
+                    f"{what}; the host has {have}",
+                    model=model,
+                )
+
+    def remove_pin(self, host: str, model: str) -> Controls:
+        if not self.controls.remove_pin(host, model):
+            where = ""
+            if self.controls.set_by_settings(host, model):
+                where = " (it is set in ORCH_PINS)"
+            raise NotFound(f"no operator pin of {model!r} on {host!r}{where}", model=model)
+        self.request_replan(f"unpin {model}@{host}")
+        return self.controls.view()
+
+    def set_priority(self, model: str, priority: Priority) -> Controls:
+        if model not in self.fleet.known_models():
+            raise NotFound(f"model {model!r} is on no registered agent", model=model)
+        self.controls.set_priority(model, priority)
+        self.request_replan(f"priority of {model}")
+        return self.controls.view()
+
+    def reset_priority(self, model: str) -> Controls:
+        if not self.controls.reset_priority(model):
+            raise NotFound(f"no priority of {model!r} was set over the API", model=model)
+        self.request_replan(f"priority of {model}")
+        return self.controls.view()
+
     def _check_surges(self) -> None:
         surged = self.demand.surges()
         if surged:
@@ -191,7 +262,7 @@ class Orchestrator:
     ) -> tuple[Instance, dict[str, str]]:
         """The decision problem for the next slot (at the estimated rates unless given)."""
         rates = self.demand.rates.rates() if rates is None else rates
-        return build_instance(self.settings, self.fleet, rates, self.demand.pool)
+        return build_instance(self.settings, self.fleet, rates, self.demand.pool, self.controls)
 
     async def _plan(
         self, trigger: str, rates: Mapping[str, float] | None, algorithm: str | None

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from genedge.auth import Credentials, check_distinct, check_token_setting, read_credential
+from genedge.contract import ModelId, Priority, TargetLevel
 from genedge.limits import ServerLimits
 
 
@@ -55,6 +56,17 @@ class OrchestratorSettings(ServerLimits):
     wan_rtt_s: float = Field(default=0.08, ge=0, description="Round trip to the cloud backend.")
     backhaul_Bps: float = Field(default=1.25e9, gt=0, description="Fetch bandwidth to hosts.")
     rho_max: float = Field(default=0.9, gt=0, le=1, description="Compute utilisation cap.")
+    # The operator's controls (orchestrator.controls); more can be set over REST
+    pins: dict[str, dict[ModelId, TargetLevel]] = Field(
+        default_factory=dict,
+        description="Pins in force whatever is set over REST, host -> model -> minimum level, "
+        'e.g. ORCH_PINS=\'{"edge-1": {"llama-3-8b": "resident"}}\'.',
+    )
+    priorities: dict[ModelId, Priority] = Field(
+        default_factory=dict,
+        description="Priority classes (low, normal, high), e.g. "
+        'ORCH_PRIORITIES=\'{"sdxl": "high"}\'; REST may change them.',
+    )
     # Prices of the cost model; None keeps the documented default of
     # `orchestrator.core.placement.Prices` (one place for the numbers and their reasons).
     delay_weight: float | None = None

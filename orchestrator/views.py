@@ -23,6 +23,7 @@ from genedge.contract import (
     OptionCostDoc,
     Placement,
     PlacementEntry,
+    Priority,
     RouteHost,
     RouteModel,
     Share,
@@ -138,9 +139,14 @@ def decision_entries(plan: Plan) -> list[PlacementEntry]:
                 levels=view.levels.get(m.id, {}),
                 cost=terms(cost),
                 why=why,
+                priority=_PRIORITY_OF.get(inst.weight(m.id), Priority.NORMAL),
+                pins={h: level for (mm, h), level in inst.pins.items() if mm == m.id},
             )
         )
     return entries
+
+
+_PRIORITY_OF = {w: Priority(name) for name, w in placement.PRIORITY_WEIGHTS.items()}
 
 
 class EntriesCache:
@@ -181,6 +187,7 @@ def placement_view(
         hosts=[h.id for h in plan.instance.hosts],
         trigger=plan.trigger,
         pending_commands=pending_commands,
+        notes=list(d.notes),
     )
 
 

@@ -10,13 +10,16 @@ from genedge.contract import (
     AgentList,
     AgentRegistration,
     ArrivalBatch,
+    Controls,
     ErrorResponse,
     Explanation,
     Health,
     Heartbeat,
     HeartbeatAck,
+    PinRequest,
     Placement,
     PlanRequest,
+    PriorityRequest,
     RegistrationAck,
     RoutingTable,
 )
@@ -24,7 +27,7 @@ from orchestrator.service import Orchestrator
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 403, 404, 413, 422, 503)
+    s: {"model": ErrorResponse} for s in (401, 403, 404, 409, 413, 422, 503)
 }
 
 
@@ -37,17 +40,20 @@ def _orch(request: Request) -> Orchestrator:
 async def register(request: Request, body: AgentRegistration) -> RegistrationAck:
     o = _orch(request)
     o.register(body)
+    ack = o.acknowledge(body.agent_id)
     return RegistrationAck(
         agent_id=body.agent_id,
         heartbeat_interval_s=o.settings.heartbeat_interval_s,
         server_time=o.clock(),
+        pins=ack.pins,
+        priorities=ack.priorities,
     )
 
 
 @router.post("/v1/agents/{agent_id}/heartbeat", response_model=HeartbeatAck, responses=ERRORS)
 async def heartbeat(request: Request, agent_id: str, body: Heartbeat) -> HeartbeatAck:
-    known = _orch(request).heartbeat(agent_id, body)
-    return HeartbeatAck(ok=known, known=known)
+    o = _orch(request)
+    return o.acknowledge(agent_id, o.heartbeat(agent_id, body))
 
 
 @router.get("/v1/agents", response_model=AgentList)
@@ -117,6 +123,34 @@ async def plan(request: Request, body: PlanRequest) -> Placement:
 @router.get("/v1/placement/explain/{model_id:path}", response_model=Explanation, responses=ERRORS)
 async def explain(request: Request, model_id: str) -> Explanation:
     return _orch(request).explain(model_id)
+
+
+@router.get("/v1/controls", response_model=Controls)
+async def controls(request: Request) -> Controls:
+    """The operator's pins and priority classes in force (settings and API)."""
+    return _orch(request).controls.view()
+
+
+@router.put("/v1/pins/{host}/{model_id:path}", response_model=Controls, responses=ERRORS)
+async def put_pin(request: Request, host: str, model_id: str, body: PinRequest) -> Controls:
+    """Pin a model on an edge host at least at a level (operator); the next plan holds it."""
+    return _orch(request).set_pin(host, model_id, body.level)
+
+
+@router.delete("/v1/pins/{host}/{model_id:path}", response_model=Controls, responses=ERRORS)
+async def delete_pin(request: Request, host: str, model_id: str) -> Controls:
+    return _orch(request).remove_pin(host, model_id)
+
+
+@router.put("/v1/priorities/{model_id:path}", response_model=Controls, responses=ERRORS)
+async def put_priority(request: Request, model_id: str, body: PriorityRequest) -> Controls:
+    """A model's priority class (operator): low, normal or high."""
+    return _orch(request).set_priority(model_id, body.priority)
+
+
+@router.delete("/v1/priorities/{model_id:path}", response_model=Controls, responses=ERRORS)
+async def delete_priority(request: Request, model_id: str) -> Controls:
+    return _orch(request).reset_priority(model_id)
 
 
 @router.get("/v1/routing", response_model=RoutingTable)

@@ -295,7 +295,7 @@ class Instance:
     current: Mapping[tuple[str, str], str] = field(default_factory=dict)
     priority: Mapping[str, float] = field(default_factory=dict)
     """w_m per model (`PRIORITY_WEIGHTS`); 1 for models not listed."""
-    pins: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    pins: Mapping[tuple[str, str], LevelName] = field(default_factory=dict)
     """The operator's minimum level per (model, host): the model is held there at least so."""
 
     def __post_init__(self) -> None:
@@ -623,7 +623,9 @@ class OptionCost:
         return CostBreakdown(self.delay, self.resource, self.cloud, self.transition, self.wait)
 
 
-def pinned_instance(instance: Instance) -> tuple[Instance, dict[tuple[str, str], str], list[str]]:
+def pinned_instance(
+    instance: Instance,
+) -> tuple[Instance, dict[tuple[str, str], LevelName], list[str]]:
     """What the algorithms solve when pins are set: (the instance without the pinned pairs and
     with the pins' room taken from their hosts, the pins kept, notes on pins dropped).
 
@@ -640,10 +642,10 @@ def pinned_instance(instance: Instance) -> tuple[Instance, dict[tuple[str, str],
     """
     if not instance.pins:
         return instance, {}, []
-    by_host: dict[str, list[tuple[str, str]]] = {}
+    by_host: dict[str, list[tuple[str, LevelName]]] = {}
     for (m, e), level in sorted(instance.pins.items()):
         by_host.setdefault(e, []).append((m, level))
-    kept: dict[tuple[str, str], str] = {}
+    kept: dict[tuple[str, str], LevelName] = {}
     notes: list[str] = []
     hosts = []
     for h in instance.hosts:
