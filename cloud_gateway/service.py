@@ -180,6 +180,9 @@ class Gateway:
                     stream=stream,
                     retry_statuses=frozenset() if last else RETRYABLE,
                 )
+            except asyncio.CancelledError:  # the client left: the request was dropped
+                self._leave(target.backend)
+                raise
             except Failure as f:
                 self._leave(target.backend)
                 self._failed(target, f)

@@ -260,3 +260,59 @@ async def test_a_stream_that_goes_away_leaves_the_batch(store: Path, tmp_path: P
         assert time.monotonic() - t0 < 1.0
         r2 = await c.post("/v1/completions", json={"model": "tiny-gpt2", "prompt": "b"})
         assert r2.status_code == 200
+
+
+async def test_a_client_leaving_the_gateway_stops_the_agents_work(
+    store: Path, tmp_path: Path
+) -> None:
+    """A disconnect at the gateway reaches the agent (streamed or not): the gateway drops
+    its upstream request, the agent sees the disconnect and frees the model."""
+    from cloud_gateway.app import create_app as gateway_app
+    from cloud_gateway.settings import GatewaySettings
+    from genedge.contract import RouteModel
+    from tests.conftest import serving
+    from tests.gateway_fakes import FakeOrchestrator, host, table
+
+    fake = FakeOrchestrator()
+    async with running_agent(agent_settings(store, tmp_path / "a", host_id="edge-1")) as agent:
+        r = await agent.put("/v1/models/tiny-gpt2/level", json={"level": "resident", "wait": True})
+        assert r.status_code == 200
+        entry = RouteModel(
+            model="tiny-gpt2", kind="text", hosts=[host("edge-1", str(agent.base_url), "resident")]
+        )
+        fake.table = table([entry])
+        lm = agent.app.state.agent.manager._entries["tiny-gpt2"].loaded.model  # type: ignore[attr-defined]
+        calls = [0]
+
+        def slow(*_: Any) -> None:
+            calls[0] += 1
+            time.sleep(0.01)
+
+        lm.register_forward_pre_hook(slow)
+        async with serving(fake.app()) as orch:
+            settings = GatewaySettings(
+                orchestrator_url=str(orch.base_url),
+                table_refresh_s=0.05,
+                arrivals_interval_s=0.05,
+                state_dir=tmp_path / "gw",
+            )
+            async with serving(gateway_app(settings)) as gw:
+                await asyncio.sleep(0.3)  # the gateway reads its first table
+                for stream in (False, True):
+                    body = {"model": "tiny-gpt2", "prompt": "a", "max_tokens": 1000}
+                    body["stream"] = stream
+                    before = calls[0]
+                    task = asyncio.create_task(gw.post("/v1/completions", json=body))
+                    await _until(lambda b=before: calls[0] >= b + 5)
+                    task.cancel()
+                    t0 = time.monotonic()
+                    await poll_status(agent, "tiny-gpt2", lambda s: s["in_flight"] == 0)
+                    assert time.monotonic() - t0 < 1.5
+                    assert calls[0] - before < 300, "the generation ran on after the client left"
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)

@@ -12,9 +12,12 @@ describes them (`openapi_paths`).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_gateway.errors import GatewayError
@@ -83,10 +86,41 @@ class GenerationEndpoints:
                 await validation_error_response(exc.errors())(scope, receive, send)
                 return
             stream = bool(getattr(body, "stream", False))
-            response = await gw.forward(body.model, kind, scope["path"], raw, stream)
+            response = await _unless_gone(
+                gw.forward(body.model, kind, scope["path"], raw, stream), receive
+            )
         except GatewayError as exc:
             response = service_error_response(exc)
+        if response is None:  # the client left: the upstream request was dropped with it
+            return
         await response(scope, receive, send)
+
+
+async def _unless_gone(forward: Awaitable[Response], receive: Receive) -> Response | None:
+    """`forward`'s response, or None once the client disconnects first. Dropping the
+    upstream request closes its connection, and the agent stops the generation when it
+    sees that disconnect (a non-streamed answer would otherwise keep the model busy for a
+    client that is gone). Once streaming, Starlette's response notices the disconnect and
+    the relay closes the upstream stream the same way."""
+    work = asyncio.ensure_future(forward)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+        await asyncio.wait([gone])
+    if work.done() and not work.cancelled():
+        return work.result()
+    await asyncio.wait([work])  # cancelled above: let aiohttp close the connection
+    return None
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns on the ASGI `http.disconnect` message (the body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)
 
 
 async def _body(receive: Receive) -> bytes:
