@@ -186,6 +186,16 @@ class LoaderTiming(Contract):
     ram_s: float | None = None
 
 
+class BatchPoint(Contract):
+    """`batch` requests of one model run at once on one host (a profile's throughput)."""
+
+    batch: int = Field(ge=1)
+    request_s: float = Field(description="Seconds from submission to a request's end (median).")
+    tokens_per_s: float | None = Field(default=None, description="Text: all requests' tokens.")
+    ttft_s: float | None = Field(default=None, description="Text: time to first token (median).")
+    images_per_s: float | None = None
+
+
 class ModelProfile(Contract):
     """A model measured on one host kind. Times count only finished work (weights on the
     device, device synchronised)."""
@@ -227,6 +237,11 @@ class ModelProfile(Contract):
     generation_s: float
     generation_what: str
     evict_s: float | None = None
+    throughput: list[BatchPoint] = Field(
+        default_factory=list,
+        description="Requests run together (text at 1, 4, 16; images at 1, 2, 4); empty "
+        "when not measured (then batch 1 is `generation_s`).",
+    )
     measured_at: float = Field(default_factory=time.time)
     versions: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
@@ -683,8 +698,8 @@ class AgentInfo(Contract):
     status: Literal["up", "down"]
     registered_at: float
     last_heartbeat: float | None
-    facts: dict[str, Any]
-    models: list[dict[str, Any]] = Field(default_factory=list)
+    facts: HostFacts
+    models: list[ModelStatus] = Field(default_factory=list)
 
 
 class AgentList(Contract):

@@ -239,9 +239,8 @@ class Orchestrator:
         return self.fleet.known_models()
 
     def agents(self) -> list[AgentInfo]:
-        """Every registered agent with its facts and model statuses, dumped to JSON documents
-        (the contract's `AgentInfo` is untyped there); built from typed data, so not
-        validated again."""
+        """Every registered agent with its facts and model statuses; built from typed data,
+        so not validated again."""
         return [
             AgentInfo.model_construct(
                 id=a.id,
@@ -250,8 +249,8 @@ class Orchestrator:
                 status=a.status,
                 registered_at=a.registered_at,
                 last_heartbeat=a.last_heartbeat,
-                facts=a.facts.model_dump(mode="json"),
-                models=[m.model_dump(mode="json") for m in self.fleet.models_of(a.id)],
+                facts=a.facts,
+                models=self.fleet.models_of(a.id),
             )
             for a in self.fleet.agents()
         ]

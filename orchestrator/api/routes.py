@@ -70,17 +70,12 @@ async def models(request: Request) -> dict[str, Any]:
     for a in o.agents():
         for m in a.models:
             e = out.setdefault(
-                m["id"],
-                {
-                    "id": m["id"],
-                    "kind": m.get("kind"),
-                    "rate_rps": rates.get(m["id"], 0.0),
-                    "hosts": {},
-                },
+                m.id,
+                {"id": m.id, "kind": m.kind.value, "rate_rps": rates.get(m.id, 0.0), "hosts": {}},
             )
             e["hosts"][a.id] = {
-                "level": m.get("level"),
-                "state": m.get("state"),
+                "level": m.level.value,
+                "state": m.state.value,
                 "agent_status": a.status,
             }
     return {"object": "list", "data": sorted(out.values(), key=lambda e: e["id"])}
