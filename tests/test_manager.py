@@ -184,51 +184,56 @@ async def test_queue_overflow_gives_overloaded():
     assert mgr.status("a").queued == 0 and mgr.status("a").in_flight == 0
 
 
+async def pool_order(
+    mgr: ModelManager,
+    loader: FakeLoader,
+    first: str,
+    second: str,
+    *,
+    second_waits_for_slot: bool,
+    before_release=None,
+) -> list[str]:
+    """a is in the pool serving one request (held by a gate); a request for `first` queues,
+    then one for `second` (waiting for its model's own concurrency slot when
+    `second_waits_for_slot`); `before_release()` runs, the gate opens: the order they got
+    the pool in."""
+    gate = threading.Event()
+    loader.gates["a"] = gate
+    running = asyncio.create_task(generate(mgr, "a"))
+    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
+    order: list[str] = []
+
+    async def tracked(model):
+        _lease, _ = await generate(mgr, model)
+        order.append(model)
+
+    one = asyncio.create_task(tracked(first))
+    await until(lambda: len(mgr._waiters) == 1)
+    two = asyncio.create_task(tracked(second))
+    if second_waits_for_slot:
+        await until(lambda: mgr.status(second).queued == 1)
+    else:
+        await until(lambda: len(mgr._waiters) == 2)
+    if before_release is not None:
+        before_release()
+    gate.set()
+    await asyncio.gather(running, one, two)
+    return order
+
+
 async def test_pool_with_a_zero_bound_is_first_in_first_out():
     """pool_max_wait_s = 0: an earlier request for b is served before a later request for
     the pooled model a, even though a could join the pool at once."""
     mgr, loader, _ = make(max_concurrency=2, pool_max_wait_s=0.0)
-    gate = threading.Event()
-    loader.gates["a"] = gate
-    first = asyncio.create_task(generate(mgr, "a"))
-    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
-    order: list[str] = []
-
-    async def tracked(model):
-        _lease, _ = await generate(mgr, model)
-        order.append(model)
-
-    b = asyncio.create_task(tracked("b"))
-    await until(lambda: len(mgr._waiters) == 1)
-    a2 = asyncio.create_task(tracked("a"))
-    await until(lambda: len(mgr._waiters) == 2)
-    gate.set()
-    await asyncio.gather(first, b, a2)
-    assert order == ["b", "a"]
+    assert await pool_order(mgr, loader, "b", "a", second_waits_for_slot=False) == ["b", "a"]
     assert mgr.status("b").pool_max_wait_s > 0
 
 
 async def test_pool_serves_the_pooled_models_waiting_requests_before_a_switch():
-    """Within the starvation bound, a later request for the pooled model a joins it before
-    an earlier request for b switches the pool; then b, after one switch in all."""
+    """Within the starvation bound, a later request for the pooled model a (waiting for a's
+    one concurrency slot) goes before an earlier request for b; one switch each in all."""
     mgr, loader, _ = make(max_concurrency=1, pool_max_wait_s=60.0)
-    gate = threading.Event()
-    loader.gates["a"] = gate
-    first = asyncio.create_task(generate(mgr, "a"))
-    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
-    order: list[str] = []
-
-    async def tracked(model):
-        _lease, _ = await generate(mgr, model)
-        order.append(model)
-
-    b = asyncio.create_task(tracked("b"))
-    await until(lambda: len(mgr._waiters) == 1)
-    a2 = asyncio.create_task(tracked("a"))  # waits for a's one concurrency slot
-    await until(lambda: mgr.status("a").queued == 1)
-    gate.set()
-    await asyncio.gather(first, b, a2)
-    assert order == ["a", "b"]
+    assert await pool_order(mgr, loader, "b", "a", second_waits_for_slot=True) == ["a", "b"]
     assert mgr.status("a").pool_misses == 1 and mgr.status("b").pool_misses == 1
 
 
@@ -236,23 +241,13 @@ async def test_pool_starvation_bound_beats_the_pooled_model():
     """Past the bound, the earlier request for b goes before the pooled model's next one."""
     clock = FakeClock()
     mgr, loader, _ = make(max_concurrency=1, pool_max_wait_s=5.0, clock=clock)
-    gate = threading.Event()
-    loader.gates["a"] = gate
-    first = asyncio.create_task(generate(mgr, "a"))
-    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
-    order: list[str] = []
 
-    async def tracked(model):
-        _lease, _ = await generate(mgr, model)
-        order.append(model)
+    def six_seconds_later() -> None:  # b has now waited past the bound
+        clock.t += 6.0
 
-    b = asyncio.create_task(tracked("b"))
-    await until(lambda: len(mgr._waiters) == 1)
-    a2 = asyncio.create_task(tracked("a"))
-    await until(lambda: mgr.status("a").queued == 1)
-    clock.t += 6.0  # b has now waited past the bound
-    gate.set()
-    await asyncio.gather(first, b, a2)
+    order = await pool_order(
+        mgr, loader, "b", "a", second_waits_for_slot=True, before_release=six_seconds_later
+    )
     assert order == ["b", "a"]
     assert mgr.status("b").pool_max_wait_s >= 6.0
 
@@ -260,23 +255,7 @@ async def test_pool_starvation_bound_beats_the_pooled_model():
 async def test_pool_serves_a_higher_priority_class_first():
     mgr, loader, _ = make(max_concurrency=1, pool_max_wait_s=60.0)
     mgr.set_priorities({"c": Priority.HIGH})
-    gate = threading.Event()
-    loader.gates["a"] = gate
-    first = asyncio.create_task(generate(mgr, "a"))
-    await until(lambda: bool(loader.models) and loader.models[0].started.is_set())
-    order: list[str] = []
-
-    async def tracked(model):
-        _lease, _ = await generate(mgr, model)
-        order.append(model)
-
-    b = asyncio.create_task(tracked("b"))
-    await until(lambda: len(mgr._waiters) == 1)
-    c = asyncio.create_task(tracked("c"))
-    await until(lambda: len(mgr._waiters) == 2)
-    gate.set()
-    await asyncio.gather(first, b, c)
-    assert order == ["c", "b"]
+    assert await pool_order(mgr, loader, "b", "c", second_waits_for_slot=False) == ["c", "b"]
     assert mgr.status("c").priority == "high" and mgr.status("b").priority == "normal"
 
 
