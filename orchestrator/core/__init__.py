@@ -16,6 +16,8 @@
 - `reconcile`: a decision's difference from the actual levels, as ordered `PUT level`
   commands; `describe`: the per-model cost and one-line why; `recent`: ids of arrivals
   batches already counted.
+- `batching`: a model's per-request latency and host service time at the batch size its
+  load implies, from its profile's throughput points (a batching host carries more load).
 
 The simulator and the random scenarios built from measured models live in `sim/`
 (research tooling, not part of the service).
