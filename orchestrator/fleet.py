@@ -11,12 +11,16 @@ off the event loop) sees either the old list or the new one, never half of each.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from genedge.contract import (
     AgentRegistration,
     Heartbeat,
     HostFacts,
+    Level,
+    ModelOrigin,
     ModelProfile,
+    ModelState,
     ModelStatus,
 )
 from orchestrator.adapters.registry import AgentRecord, Registry
@@ -42,6 +46,9 @@ class Fleet:
         # The profile last stored per (agent, model) by this process: a heartbeat repeats
         # every profile, and rewriting them all was most of a heartbeat's cost.
         self._profiles_stored: dict[tuple[str, str], ModelProfile] = {}
+        # (model, host fingerprint) -> the profile last stored for that kind of host, read
+        # from the registry on first use and kept up to date by `_store_profiles`.
+        self._by_hardware: dict[tuple[str, str], ModelProfile] | None = None
 
     # ------------------------------------------------------------------ writes
     def register(self, reg: AgentRegistration, now: float) -> bool:
@@ -78,8 +85,11 @@ class Fleet:
         ]
         if changed:
             self.registry.put_profiles(agent_id, changed, now)
+            by_hardware = self._by_hardware
             for model_id, profile in changed:
                 self._profiles_stored[(agent_id, model_id)] = profile
+                if by_hardware is not None:
+                    by_hardware[(model_id, profile.host_fingerprint)] = profile
 
     def mark_down(self, agent_id: str) -> None:
         self.registry.set_agent_status(agent_id, "down")
@@ -108,6 +118,53 @@ class Fleet:
         (measured before; a status may leave it out), else None (not measured yet)."""
         return m.profile or self.registry.profile(agent_id, m.id)
 
+    def profile_on_hardware(self, model_id: str, fingerprint: str) -> ModelProfile | None:
+        """A profile of `model_id` measured on any host of this hardware `fingerprint` (the
+        last one stored), or None: hosts of one kind share measurements, so a host that
+        has not measured a model (or does not hold it yet) is planned with its twin's."""
+        by_hardware = self._by_hardware
+        if by_hardware is None:
+            by_hardware = {(m, p.host_fingerprint): p for _, m, p in self.registry.profiles()}
+            self._by_hardware = by_hardware
+        return by_hardware.get((model_id, fingerprint))
+
+    def repository_models(self, repository_url: str | None) -> list[ModelStatus]:
+        """The models the repository at `repository_url` (a host's) offers, as far as
+        the orchestrator knows: a repository is an agent (every agent serves its store),
+        so the registered agent at that URL, when it is up, offers what it holds. A URL no
+        registered agent has is taken for the cloud agent under a name only the host uses
+        (a proxy, a network alias): the live cloud agents' models. None for a host that
+        cannot fetch, or whose repository agent is down."""
+        if not repository_url:
+            return []
+        url = _normalized(repository_url)
+        agents = self.registry.agents()
+        matched = [a for a in agents if _normalized(a.url) == url]
+        sources = matched or [a for a in agents if a.role == "cloud"]
+        offered: dict[str, ModelStatus] = {}
+        for a in sources:
+            if a.status != "up":
+                continue
+            for m in self.models_of(a.id):
+                if m.level != Level.ABSENT:
+                    offered.setdefault(m.id, m)
+        return list(offered.values())
+
+    def unplaceable(self) -> set[tuple[str, str]]:
+        """(model, host) pairs a decision that no longer places them should mark `absent`
+        on their live edge host, so the agent may reclaim their disk: models the agent
+        fetched that it still counts as placed (not evictable; an evictable one was
+        unplaced already), and fetches under way or failed. Never the operator's own
+        (`user`) models, nor pinned ones (the agent refuses `absent` below a pin)."""
+        out = set()
+        for a in self.live("edge"):
+            for m in self.models_of(a.id):
+                if m.pinned_level is not None:
+                    continue
+                if m.level == Level.ABSENT or (m.origin == ModelOrigin.FETCHED and not m.evictable):
+                    out.add((m.id, a.id))
+        return out
+
     def known_models(self) -> set[str]:
         """Every model some registered agent (up or down) holds."""
         return {m.id for a in self.registry.agents() for m in self.models_of(a.id)}
@@ -115,3 +172,20 @@ class Fleet:
     def actual_levels(self) -> dict[tuple[str, str], str]:
         """(model, host) -> the settled level now, on every live edge host."""
         return {(m.id, a.id): settled(m) for a in self.live("edge") for m in self.models_of(a.id)}
+
+
+def fetch_failed(m: ModelStatus) -> bool:
+    """A fetch of `m` that failed (the host still lacks it; the reason is in the status)."""
+    return m.level == Level.ABSENT and m.state == ModelState.FAILED
+
+
+def _normalized(url: str) -> tuple[str, str, int | None, str]:
+    """A URL as (scheme, host, port, path) with defaults filled, to compare two spellings."""
+    u = urlsplit(url.strip())
+    scheme = (u.scheme or "http").lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (u.hostname or "").lower(), port, u.path.rstrip("/")

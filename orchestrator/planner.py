@@ -1,9 +1,13 @@
 """The planner: the decision problem of the next slot, from the live fleet, and when to solve it.
 
-`build_instance` turns the live edge hosts' facts and model statuses (measured profiles, or
-estimates from a model's size and the host's bandwidths until it is measured) and the
-estimated rates into an `Instance`; `solve` runs the configured algorithm on it. `Planner`
-decides when: every slot, and at once on an event (a host joins or goes down, a rate surges).
+`build_instance` turns the live edge hosts' facts and model statuses (measured profiles, a
+profile measured on a host of the same hardware fingerprint, or estimates from a model's
+size and the host's bandwidths until it is measured) and the estimated rates into an
+`Instance`. A host with a model repository may also be given the models the repository
+offers that it lacks: those pairs are not `current`, so the decision pays their fetch over
+the host's measured fetch bandwidth (`docs/decisions.md`, "Fetching models"). `solve` runs
+the configured algorithm on it. `Planner` decides when: every slot, and at once on an event
+(a host joins or goes down, a rate surges).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from genedge.contract import TargetLevel
+from genedge.contract import Level, ModelProfile, ModelStatus, TargetLevel
 from orchestrator.controls import ControlsStore
 from orchestrator.core import algorithms
 from orchestrator.core.placement import (
@@ -28,7 +32,7 @@ from orchestrator.core.placement import (
 )
 from orchestrator.core.rates import PoolStats
 from orchestrator.errors import InvalidRequest, NoHosts
-from orchestrator.fleet import PLACEABLE, Fleet, settled
+from orchestrator.fleet import PLACEABLE, Fleet, fetch_failed, settled
 from orchestrator.settings import OrchestratorSettings
 
 log = logging.getLogger("orchestrator")
@@ -73,50 +77,58 @@ def build_instance(
 ) -> tuple[Instance, dict[str, str]]:
     """The decision problem for the next slot, from live hosts and measured profiles, and
     each model's kind, with the operator's pins (on live hosts, for models they can run)
-    and priority classes. Raises `NoHosts` when no edge agent is up."""
+    and priority classes. A host with a repository can also take the models it offers
+    (`Fleet.repository_models`) that the host lacks, at the price of their fetch. Raises
+    `NoHosts` when no edge agent is up."""
     hosts: list[HostSpec] = []
     models: dict[str, ModelSpec] = {}
     kinds: dict[str, str] = {}
     perf: dict[tuple[str, str], Perf] = {}
     current: dict[tuple[str, str], str] = {}
+    offers: dict[str, list[ModelStatus]] = {}  # per repository URL
     for a in fleet.live("edge"):
         f = a.facts
         statuses = fleet.models_of(a.id)
-        on_disk = sum(m.storage_bytes for m in statuses)
+        # Models mid-fetch (level `absent`) are not on its disk yet: only what it holds counts.
+        held = [m for m in statuses if m.level != Level.ABSENT]
         hosts.append(
             HostSpec(
                 id=a.id,
-                disk_bytes=f.disk_free_bytes + on_disk,
+                disk_bytes=f.disk_free_bytes + sum(m.storage_bytes for m in held),
                 ram_bytes=f.cache_budget_bytes,
                 gpu_bytes=f.device_budget_bytes,
                 rho_max=settings.rho_max,
-                backhaul_Bps=settings.backhaul_Bps,
+                backhaul_Bps=f.fetch_Bps or settings.backhaul_Bps,
             )
         )
         disk_bw = (f.disk_read_GBps or _DEFAULT_DISK_GBPS) * 1e9
         h2d_bw = (f.h2d_GBps or _DEFAULT_H2D_GBPS) * 1e9
-        for m in statuses:
-            kind = m.kind.value
-            models.setdefault(m.id, ModelSpec(id=m.id, kind=kind, storage_bytes=m.storage_bytes))
-            kinds[m.id] = kind
-            p = fleet.profile_of(a.id, m)
-            if p is not None:
-                perf[(m.id, a.id)] = Perf(
-                    vram_bytes=max(p.peak_bytes, p.resident_bytes),
-                    load_disk_s=p.load_cold_s,
-                    load_ram_s=p.load_ram_s,
-                    infer_s=p.generation_s,
-                )
-            else:  # not measured yet: estimate from size and the host's bandwidths
-                perf[(m.id, a.id)] = Perf(
-                    vram_bytes=m.storage_bytes,
-                    load_disk_s=m.storage_bytes / disk_bw,
-                    load_ram_s=m.storage_bytes / h2d_bw,
-                    infer_s=_DEFAULT_INFER_S,
-                )
+        for m in held:
+            models.setdefault(
+                m.id, ModelSpec(id=m.id, kind=m.kind.value, storage_bytes=m.storage_bytes)
+            )
+            kinds[m.id] = m.kind.value
+            p = fleet.profile_of(a.id, m) or fleet.profile_on_hardware(m.id, f.fingerprint)
+            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw)
             level = settled(m)
             if level in PLACEABLE:
                 current[(m.id, a.id)] = level
+        # What it could fetch: the models its repository offers that it does not hold, not
+        # in `current`, so the decision pays the fetch over its backhaul. A fetch that failed
+        # is left out of this plan; the reconciler then unplaces it, so the next plan retries.
+        failed = {m.id for m in statuses if fetch_failed(m)}
+        url = f.repository_url or ""
+        if url and url not in offers:
+            offers[url] = fleet.repository_models(url)
+        for m in offers.get(url, []):
+            if (m.id, a.id) in perf or m.id in failed:
+                continue
+            models.setdefault(
+                m.id, ModelSpec(id=m.id, kind=m.kind.value, storage_bytes=m.storage_bytes)
+            )
+            kinds[m.id] = m.kind.value
+            p = fleet.profile_on_hardware(m.id, f.fingerprint)  # its own, if it measured it before
+            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw)
     if not hosts:
         raise NoHosts("no live edge agents to plan on")
     cloud_infer: dict[str, float] = {}
@@ -140,6 +152,24 @@ def build_instance(
         priority=_weights_of(controls, models),
     )
     return instance, kinds
+
+
+def _perf(p: ModelProfile | None, size: int, disk_Bps: float, h2d_Bps: float) -> Perf:
+    """A model's Perf on a host: from its profile (measured there, or on a host of the same
+    hardware fingerprint), else estimated from its size and the host's bandwidths."""
+    if p is not None:
+        return Perf(
+            vram_bytes=max(p.peak_bytes, p.resident_bytes),
+            load_disk_s=p.load_cold_s,
+            load_ram_s=p.load_ram_s,
+            infer_s=p.generation_s,
+        )
+    return Perf(
+        vram_bytes=size,
+        load_disk_s=size / disk_Bps,
+        load_ram_s=size / h2d_Bps,
+        infer_s=_DEFAULT_INFER_S,
+    )
 
 
 def _pins_in(

@@ -1,24 +1,35 @@
 """Turning a decision into commands: the difference between decided and actual levels, as
 `PUT level` commands ordered so that no host exceeds a capacity mid-way (everything that
-frees memory first, then what takes it, smaller steps before larger ones)."""
+frees memory first, then what takes it, smaller steps before larger ones).
+
+A host may be told to take a model it lacks (`was` `absent`: the agent fetches it from its
+repository first), and to mark `absent` a model it fetched that the decision no longer
+places there (it goes down to stored, and the agent may reclaim its disk)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-RANK = {"stored": 0, "cached": 1, "resident": 2}
+RANK = {"absent": -1, "stored": 0, "cached": 1, "resident": 2}
 
 
 @dataclass(frozen=True)
 class Command:
     host: str
     model: str
-    level: str  # the target level: stored | cached | resident
-    was: str
+    level: str  # the target level: absent | stored | cached | resident
+    was: str  # absent: the host does not hold the model (yet)
 
     @property
     def frees(self) -> bool:
-        return RANK[self.level] < RANK[self.was]
+        """Goes down a level, or unplaces the model (which may cancel a fetch under way)."""
+        return self.level == "absent" or RANK[self.level] < RANK[self.was]
+
+    @property
+    def fetches(self) -> bool:
+        """The host lacks the model: carrying this out means fetching it first (minutes)."""
+        return self.was == "absent" and self.level != "absent"
 
 
 def settled_level(level: str, host_ram_bytes: int = 0) -> str:
@@ -47,15 +58,27 @@ class CommandPlan:
 
 
 def plan_commands(
-    target: dict[tuple[str, str], str], actual: dict[tuple[str, str], str]
+    target: dict[tuple[str, str], str],
+    actual: dict[tuple[str, str], str],
+    unplace: Collection[tuple[str, str]] = (),
 ) -> CommandPlan:
-    """Commands that move `actual` ((model, host) -> level, for models on live hosts) to
-    `target` ((model, host) -> level; pairs not in it should be `stored`)."""
-    cmds = [
-        Command(host, model, target.get((model, host), "stored"), level)
-        for (model, host), level in sorted(actual.items())
-        if level in RANK and target.get((model, host), "stored") != level
-    ]
+    """Commands that move `actual` ((model, host) -> level, for models on live hosts;
+    `absent` for one a host is still fetching) to `target` ((model, host) -> level).
+
+    A target pair the host does not hold (not in `actual`, or `absent`) is a fetch. A held
+    pair not in `target` goes to `stored`, or to `absent` when it is in `unplace` (fetched
+    models, fetches under way); an `absent` pair outside `unplace` is left alone."""
+    cmds = []
+    for model, host in sorted(set(actual) | set(target)):
+        now = actual.get((model, host), "absent")
+        want = target.get((model, host))
+        if want is None and (model, host) in unplace:
+            cmds.append(Command(host, model, "absent", now))  # stops a fetch under way too
+        elif want is None:
+            if now in ("cached", "resident"):
+                cmds.append(Command(host, model, "stored", now))
+        elif want != now:
+            cmds.append(Command(host, model, want, now))
     frees = [c for c in cmds if c.frees]
     takes = sorted((c for c in cmds if not c.frees), key=lambda c: (RANK[c.level], c.host, c.model))
     return CommandPlan(frees, takes)
