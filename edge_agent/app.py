@@ -90,6 +90,7 @@ def build_runtime(
     if loader is None:
         from edge_agent.adapters.device import resolve_device
         from edge_agent.adapters.profiler import Profiler
+        from edge_agent.adapters.throughput import ThroughputBounds
         from edge_agent.adapters.torch_models import TorchModelLoader
 
         device = resolve_device(settings.device)
@@ -113,6 +114,9 @@ def build_runtime(
             versions=versions,
             text_tokens=settings.profile_text_tokens,
             nvml=nvml,
+            throughput=ThroughputBounds(settings.batch_limits(), settings.profile_throughput_max_s)
+            if settings.profile_throughput
+            else None,
         )
     device_budget, cache_budget = _budgets(settings, device)
     log.info(

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from edge_agent.core.batching import BatchLimits
 from genedge.auth import check_token_setting, read_credential
 from genedge.limits import ServerLimits
 
@@ -159,6 +160,19 @@ class AgentSettings(ServerLimits):
     # Profiling
     profile_on_start: bool = True
     profile_text_tokens: int = Field(default=16, ge=1)
+    profile_throughput: bool = Field(
+        default=True,
+        description="Profiles also measure throughput at several batch sizes (text 1, 4, 16; "
+        "images 1, 2, 4), which the orchestrator plans a batching host's capacity with. "
+        "False: batch 1 only (`generation_s`).",
+    )
+    profile_throughput_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A batch of `b` is measured only when `b` x the batch-1 generation time "
+        "fits in this many seconds (so a slow image pipeline on a CPU host stays at batch 1; "
+        "the profile's notes say which batches were left out).",
+    )
     measure_bandwidth: bool = True
     bandwidth_probe_bytes: int = Field(default=128 * MiB, ge=MiB)
 
@@ -212,6 +226,16 @@ class AgentSettings(ServerLimits):
     host: str = "127.0.0.1"
     port: int = 8100
     log_level: str = "info"
+
+    def batch_limits(self) -> BatchLimits:
+        """The bounds of one model's running batch these settings give."""
+        return BatchLimits(
+            text=self.text_batching,
+            max_requests=self.batch_max_requests,
+            max_tokens_in_flight=self.batch_max_tokens,
+            step_tokens=self.batch_step_tokens,
+            max_images=self.image_max_batch,
+        )
 
     @field_validator("extra_store_dirs", "hf_cache", mode="before")
     @classmethod

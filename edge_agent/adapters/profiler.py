@@ -9,6 +9,11 @@ unset); the time of one default generation; and the time to free the device memo
 notes say how our loader read the weights (the pipelined reader, or why it fell back) and
 how long filling the cached tier took.
 
+On the warm-loaded model it also measures throughput at several batch sizes (text 1, 4, 16:
+tokens/s, time to first token, request seconds; images 1, 2, 4: images/s), within a time
+bound (`edge_agent.adapters.throughput`): the orchestrator plans a batching host's capacity
+with these rather than with the batch-1 time.
+
 Every timed load ends with the weights on the device and the device synchronised (the
 loaders do this), so lazy safetensors mappings are never mistaken for finished work.
 """
@@ -25,10 +30,23 @@ from typing import TypeVar, overload
 from edge_agent.adapters import pagecache, store
 from edge_agent.adapters.device import MemoryMeter, is_cuda, synchronize
 from edge_agent.adapters.host import Nvml
-from edge_agent.adapters.torch_models import TextModel, TorchModelLoader, dtype_name, param_count
+from edge_agent.adapters.throughput import (
+    DEFAULT_BOUNDS,
+    ThroughputBounds,
+    measure_images,
+    measure_text,
+)
+from edge_agent.adapters.torch_models import (
+    ImagePipelineModel,
+    TextModel,
+    TorchModelLoader,
+    dtype_name,
+    param_count,
+)
 from edge_agent.core.ports import ImageParams, LoadedModel, LoadReport, TextParams
 from edge_agent.errors import BadModelFolder
 from genedge.contract import (
+    BatchPoint,
     ChatMessage,
     ImageDefaults,
     LoaderTiming,
@@ -51,6 +69,7 @@ _PROMPT = (
     "loaded is a careful trade-off between storage, memory and switching delay."
 )
 _PROMPT_WORDS = _PROMPT.split()
+_IMAGE_PROMPT = "a lighthouse on a cliff at sunset"
 
 
 def _pinned(copy: object) -> bool:
@@ -125,7 +144,10 @@ class Profiler:
         versions: dict[str, str],
         text_tokens: int = 16,
         nvml: Nvml | None = None,
+        throughput: ThroughputBounds | None = DEFAULT_BOUNDS,
     ) -> None:
+        """`throughput`: how far batches are measured; None measures batch 1 only
+        (`EDGE_PROFILE_THROUGHPUT=false`)."""
         self.loader = loader
         self.device = loader.device
         self.fingerprint = fingerprint
@@ -133,6 +155,7 @@ class Profiler:
         self.versions = versions
         self.text_tokens = text_tokens
         self.nvml = nvml
+        self.throughput = throughput
 
     # -------------------------------------------------------------------------------
     def text_probe(self, model: LoadedModel) -> TextProbe:
@@ -199,7 +222,7 @@ class Profiler:
         params = ImageParams(
             width=d.width, height=d.height, steps=steps, guidance_scale=d.guidance_scale, seed=0
         )
-        model.generate_image("a lighthouse on a cliff at sunset", params)
+        model.generate_image(_IMAGE_PROMPT, params)
         cfg = " with CFG" if d.guidance_scale > 1 else ""
         return f"{d.width}x{d.height}, {steps} steps{cfg}, 1 image"
 
@@ -337,10 +360,15 @@ class Profiler:
         if loader_name != "library":
             notes.append(f"{loader_name} loader: {self.loader.describe()}")
 
-        # 2. Ours, warm (files now in the page cache).
-        step("warm load", 0.5)
+        # 2. Ours, warm (files now in the page cache); then the throughput on that model.
+        step("warm load, then throughput at several batch sizes", 0.5)
         pagecache.read_files(files)
-        ours.warm_s = self._timed_load(load_ours)[0].seconds
+        report, batches, _ = self._timed_load(
+            load_ours, lambda m: self._measure_throughput(m, manifest, probe, measured)
+        )
+        ours.warm_s = report.seconds
+        throughput, batch_notes = batches
+        notes.extend(batch_notes)
 
         # 3. Ours, from the host-RAM tier.
         step("load from host RAM", 0.65)
@@ -368,7 +396,30 @@ class Profiler:
             dropped=dropped,
             evict_s=evict_s,
             notes=notes,
+            throughput=throughput,
         )
+
+    def _measure_throughput(
+        self,
+        model: LoadedModel,
+        manifest: ModelManifest,
+        probe: TextProbe | None,
+        measured: _Measured,
+    ) -> tuple[list[BatchPoint], list[str]]:
+        """The throughput points and their notes (none when turned off)."""
+        bounds = self.throughput
+        if bounds is None:
+            return [], []
+        base_s = measured.generation_s
+        if isinstance(model, TextModel) and probe is not None:
+            return measure_text(model, probe.inputs(), probe.tokens, base_s, bounds)
+        if isinstance(model, ImagePipelineModel):
+            d = manifest.image_defaults or ImageDefaults()
+            params = ImageParams(
+                width=d.width, height=d.height, steps=d.steps, guidance_scale=d.guidance_scale
+            )
+            return measure_images(model, _IMAGE_PROMPT, params, base_s, bounds, self.device)
+        return [], []
 
     def _assemble(
         self,
@@ -380,6 +431,7 @@ class Profiler:
         dropped: bool,
         evict_s: float,
         notes: list[str],
+        throughput: list[BatchPoint],
     ) -> ModelProfile:
         """The profile from the measurements (`ours`: the loader the agent uses, also in
         `loaders`)."""
@@ -408,6 +460,7 @@ class Profiler:
             generation_s=measured.generation_s,
             generation_what=measured.what,
             evict_s=evict_s,
+            throughput=throughput,
             versions=self.versions,
             notes=notes,
         )
