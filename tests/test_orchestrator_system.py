@@ -327,3 +327,88 @@ async def test_a_model_hotter_than_one_host_is_split_over_two_hosts_and_the_clou
             return all(e["actual"].get(h) == lvl for h, lvl in e["levels"].items())
 
         await until(both_at_target)
+
+
+async def test_a_model_no_edge_host_holds_is_fetched_profiled_placed_and_served_at_the_edge(
+    model_zoo: Path, tmp_path: Path
+) -> None:
+    # Issue 15 item 6. Only the cloud agent holds tiny-llama; the edge agent's store is
+    # empty and its repository is the cloud agent. Requests through a real gateway go to the
+    # cloud at first; the gateway's arrivals make the decision place the model on the edge
+    # host, which fetches it, profiles it on arrival and loads it, and the gateway then
+    # sends the requests there.
+    import shutil
+
+    from cloud_gateway.app import create_app as create_gateway
+    from cloud_gateway.settings import GatewaySettings
+
+    cloud_store = tmp_path / "cloud-store"
+    shutil.copytree(model_zoo / "tiny-llama", cloud_store / "tiny-llama")
+    settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
+    async with AsyncExitStack() as stack:
+        o, orch, orch_port = await serve_orchestrator(stack, settings)
+        ports = {"cloud": free_port(), "edge": free_port()}
+
+        def agent_of(name: str, store: Path, **kw: Any) -> Any:
+            return running_agent(
+                agent_settings(
+                    store,
+                    tmp_path / name,
+                    host_id=name,
+                    port=ports[name],
+                    orchestrator_url=f"http://127.0.0.1:{orch_port}",
+                    agent_token=AGENT_TOKEN,
+                    advertise_url=f"http://127.0.0.1:{ports[name]}",
+                    profile_on_start=True,
+                    profile_text_tokens=2,
+                    **kw,
+                )
+            )
+
+        await stack.enter_async_context(agent_of("cloud", cloud_store, role="cloud"))
+        edge = await stack.enter_async_context(
+            agent_of(
+                "edge", tmp_path / "edge-store", repository_url=f"http://127.0.0.1:{ports['cloud']}"
+            )
+        )
+        gw_settings = GatewaySettings(
+            orchestrator_url=f"http://127.0.0.1:{orch_port}",
+            orchestrator_token=GATEWAY_TOKEN,
+            agent_token=AGENT_TOKEN,
+            table_refresh_s=0.2,
+            arrivals_interval_s=0.2,
+            state_dir=None,
+        )
+        gw = await stack.enter_async_context(serving(create_gateway(gw_settings)))
+
+        async def both_up() -> bool:
+            return await live_agents(o) == {"cloud", "edge"}
+
+        await until(both_up)
+        assert (await edge.get("/v1/models")).json()["data"] == []  # it holds nothing
+
+        served_by: list[str] = []
+
+        async def served_at_the_edge() -> bool:
+            body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
+            r = await gw.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            served_by.append(r.headers["x-served-by"])
+            return served_by[-1] == "edge"
+
+        await until(served_at_the_edge, timeout=60)
+        assert served_by[0] == "cloud"  # before the fetch, the cloud agent served it
+
+        st = (await edge.get("/v1/models/tiny-llama/status")).json()
+        assert st["origin"] == "fetched" and st["fetch"]["bytes_done"] > 0
+        assert st["profile_status"] == "done" and st["profile"] is not None  # on arrival
+        assert orch.fleet.agent("edge").facts.fetch_Bps > 0  # measured, planned with next
+
+        async def settled_as_placed() -> dict[str, Any] | None:
+            p = (await o.get("/v1/placement")).json()
+            e = {x["model"]: x for x in p["entries"]}["tiny-llama"]
+            at = e["levels"].get("edge")
+            return e if at is not None and e["actual"].get("edge") == at else None
+
+        entry = await until(settled_as_placed)  # the decision places it there, and it is so
+        assert any(s["host"] == "edge" and s["fraction"] > 0 for s in entry["split"])
