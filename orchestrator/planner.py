@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from genedge.contract import Level, ModelProfile, ModelStatus, TargetLevel
 from orchestrator.controls import ControlsStore
 from orchestrator.core import algorithms
+from orchestrator.core.batching import planned_time
 from orchestrator.core.placement import (
     PRIORITY_WEIGHTS,
     CloudSpec,
@@ -109,7 +110,7 @@ def build_instance(
             )
             kinds[m.id] = m.kind.value
             p = fleet.profile_of(a.id, m) or fleet.profile_on_hardware(m.id, f.fingerprint)
-            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw)
+            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw, rates.get(m.id, 0.0))
             level = settled(m)
             if level in PLACEABLE:
                 current[(m.id, a.id)] = level
@@ -128,7 +129,7 @@ def build_instance(
             )
             kinds[m.id] = m.kind.value
             p = fleet.profile_on_hardware(m.id, f.fingerprint)  # its own, if it measured it before
-            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw)
+            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw, rates.get(m.id, 0.0))
     if not hosts:
         raise NoHosts("no live edge agents to plan on")
     cloud_infer: dict[str, float] = {}
@@ -154,15 +155,25 @@ def build_instance(
     return instance, kinds
 
 
-def _perf(p: ModelProfile | None, size: int, disk_Bps: float, h2d_Bps: float) -> Perf:
+def _perf(
+    p: ModelProfile | None, size: int, disk_Bps: float, h2d_Bps: float, rate: float = 0.0
+) -> Perf:
     """A model's Perf on a host: from its profile (measured there, or on a host of the same
-    hardware fingerprint), else estimated from its size and the host's bandwidths."""
+    hardware fingerprint), else estimated from its size and the host's bandwidths.
+
+    A profile with throughput points gives the time at the batch the model's arrival
+    `rate` (requests/s) implies (`planned_time`): the host seconds per request (compute)
+    and the request's latency (delay) there, so a batching model carries more load than
+    its batch-1 time says. The model's whole rate is used, as if one host served it:
+    where the decision splits it, each host's batch is smaller than planned."""
     if p is not None:
+        t = planned_time(p.generation_s, p.throughput, rate)
         return Perf(
             vram_bytes=max(p.peak_bytes, p.resident_bytes),
             load_disk_s=p.load_cold_s,
             load_ram_s=p.load_ram_s,
-            infer_s=p.generation_s,
+            infer_s=t.service_s,
+            latency_s=t.latency_s if p.throughput else None,
         )
     return Perf(
         vram_bytes=size,

@@ -47,13 +47,11 @@ def batched_time(base_s: float, points: Sequence[BatchPoint], concurrency: float
     return BatchedTime(latency_s=pts[0].request_s, service_s=pts[0].request_s)
 
 
-def effective_service_s(
-    base_s: float, points: Sequence[BatchPoint], arrivals_per_s: float
-) -> float:
-    """Host seconds per request at the batch size a load of `arrivals_per_s` implies: the
-    smallest concurrency whose throughput (`c / latency(c)`) carries the load (found by
-    bisection: throughput grows with the batch), or the largest measured batch when none
-    does (the host is then overloaded and its queue grows)."""
+def planned_time(base_s: float, points: Sequence[BatchPoint], arrivals_per_s: float) -> BatchedTime:
+    """Latency and host seconds per request at the batch size a load of `arrivals_per_s`
+    implies: the smallest concurrency whose throughput (`c / latency(c)`) carries the load
+    (found by bisection: throughput grows with the batch), or the largest measured batch
+    when none does (the host is then overloaded and its queue grows)."""
     lo = 1.0
     hi = max([1.0, *(float(p.batch) for p in points)])
 
@@ -61,10 +59,18 @@ def effective_service_s(
         return c / batched_time(base_s, points, c).latency_s
 
     if throughput(lo) >= arrivals_per_s:
-        return batched_time(base_s, points, lo).service_s
+        return batched_time(base_s, points, lo)
     if throughput(hi) < arrivals_per_s:
-        return batched_time(base_s, points, hi).service_s
+        return batched_time(base_s, points, hi)
     for _ in range(40):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if throughput(mid) < arrivals_per_s else (lo, mid)
-    return batched_time(base_s, points, hi).service_s
+    return batched_time(base_s, points, hi)
+
+
+def effective_service_s(
+    base_s: float, points: Sequence[BatchPoint], arrivals_per_s: float
+) -> float:
+    """Host seconds per request at the batch size a load of `arrivals_per_s` implies
+    (`planned_time`'s service)."""
+    return planned_time(base_s, points, arrivals_per_s).service_s

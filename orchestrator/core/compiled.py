@@ -71,7 +71,8 @@ class Compiled:
 
         self.avail = np.zeros((M, E), dtype=bool)
         self.h = np.zeros((M, E))
-        infer = np.zeros((M, E))
+        infer = np.zeros((M, E))  # host seconds per request (the compute cap)
+        lat = np.zeros((M, E))  # seconds a request takes (the delay)
         l_disk = np.zeros((M, E))
         l_ram = np.zeros((M, E))
         if instance.perf:
@@ -82,6 +83,7 @@ class Compiled:
             self.avail[ii, jj] = True
             self.h[ii, jj] = [p.vram_bytes for p in perfs]
             infer[ii, jj] = [p.infer_s for p in perfs]
+            lat[ii, jj] = [p.delay_s for p in perfs]
             l_disk[ii, jj] = [p.load_disk_s for p in perfs]
             l_ram[ii, jj] = [p.load_ram_s for p in perfs]
         miss = np.ones((M, E))
@@ -107,10 +109,10 @@ class Compiled:
         cost = np.empty((M, E, 3))
         w = np.array([instance.weight(m) for m in self.model_ids])  # priority weights
         wd = pr.delay_weight * w[:, None]
-        cost[:, :, STORED] = n * (infer + miss * l_disk) * wd
-        cost[:, :, CACHED] = n * (infer + miss * l_ram) * wd
+        cost[:, :, STORED] = n * (lat + miss * l_disk) * wd
+        cost[:, :, CACHED] = n * (lat + miss * l_ram) * wd
         cost[:, :, CACHED] += pr.ram_per_GB * self.s[:, None] / GB
-        cost[:, :, RESIDENT] = n * infer * wd + pr.vram_per_GB * self.h / GB
+        cost[:, :, RESIDENT] = n * lat * wd + pr.vram_per_GB * self.h / GB
         cost[:, :, RESIDENT] += np.where(cur == RESIDENT, 0.0, pr.load_weight * load)
         cost += (disk_res[:, None] + fetch)[:, :, None]
         cloud_infer = np.array([instance.cloud_infer_s(m) for m in self.model_ids])

@@ -153,16 +153,26 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Perf:
     """Model m measured on host e: peak VRAM h_{m,e} (bytes), preload seconds from disk
-    (L^disk) and from host RAM (L^ram), seconds of one inference (I)."""
+    (L^disk) and from host RAM (L^ram), and the host seconds one inference uses (I, the
+    compute cap's term). A model that batches uses less host time per request than one
+    request takes (`orchestrator.core.batching`): then `latency_s` is what a request waits
+    at that batch (the delay term), else the delay is `infer_s`."""
 
     vram_bytes: int
     load_disk_s: float
     load_ram_s: float
     infer_s: float
+    latency_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.vram_bytes < 0 or min(self.load_disk_s, self.load_ram_s, self.infer_s) < 0:
+        lat = self.latency_s if self.latency_s is not None else 0.0
+        if self.vram_bytes < 0 or min(self.load_disk_s, self.load_ram_s, self.infer_s, lat) < 0:
             raise ValueError("Perf values must be >= 0")
+
+    @property
+    def delay_s(self) -> float:
+        """Seconds one request takes on the host (the delay term's inference)."""
+        return self.infer_s if self.latency_s is None else self.latency_s
 
 
 @dataclass(frozen=True)
@@ -357,10 +367,10 @@ class Instance:
         counts: dict[str, int] = {}
         for (m, _), p in self.perf.items():
             if m in sums:
-                sums[m] += p.infer_s
+                sums[m] += p.delay_s
                 counts[m] += 1
             else:
-                sums[m] = p.infer_s
+                sums[m] = p.delay_s
                 counts[m] = 1
         out = {}
         for spec in self.models:
@@ -706,7 +716,7 @@ def per_request_cost(instance: Instance, model_id: str, option: Option) -> CostB
         switch = miss * perf.load_disk_s
     else:
         switch = miss * perf.load_ram_s
-    return CostBreakdown(delay=(perf.infer_s + switch) * pr.delay_weight * w)
+    return CostBreakdown(delay=(perf.delay_s + switch) * pr.delay_weight * w)
 
 
 def holding_cost(instance: Instance, model_id: str, host_id: str, level: str) -> CostBreakdown:

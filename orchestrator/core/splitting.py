@@ -204,6 +204,7 @@ class _Candidates:
         self.host = np.array([hidx[e] for _, e in pairs], dtype=np.int64)
         self.n = np.array([instance.requests(m) for m, _ in pairs])
         self.infer = np.array([instance.perf[k].infer_s for k in pairs])
+        latency = np.array([instance.perf[k].delay_s for k in pairs])
         self.size = np.array([instance.model(m).storage_bytes for m, _ in pairs], dtype=float)
         self.vram = np.array([instance.perf[k].vram_bytes for k in pairs], dtype=float)
         perf = [instance.perf[k] for k in pairs]
@@ -225,15 +226,15 @@ class _Candidates:
         wd = pr.delay_weight * np.array([instance.weight(m) for m, _ in pairs])
         for col, level in enumerate(Level.ALL):
             if level == Level.RESIDENT:
-                self.delay[:, col] = self.infer * wd
+                self.delay[:, col] = latency * wd
                 load = np.where(was_cached, l_ram, l_disk)
                 self.hold[:, col] = base + pr.vram_per_GB * self.vram / GB
                 self.hold[:, col] += np.where(was_resident, 0.0, pr.load_weight * load)
             elif level == Level.CACHED:
-                self.delay[:, col] = (self.infer + miss * l_ram) * wd
+                self.delay[:, col] = (latency + miss * l_ram) * wd
                 self.hold[:, col] = base + pr.ram_per_GB * self.size / GB
             else:
-                self.delay[:, col] = (self.infer + miss * l_disk) * wd
+                self.delay[:, col] = (latency + miss * l_disk) * wd
                 self.hold[:, col] = base
         self.cap = np.array(
             [
