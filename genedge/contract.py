@@ -12,7 +12,14 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # --------------------------------------------------------------------------------------
 # Bounds every message obeys (issue 11: a bad input is a 422 naming the field, never a 500)
@@ -401,15 +408,41 @@ class ChatMessage(Contract):
 
 
 _NOT_HONOURED = "is not supported here; refused rather than ignored"
+MAX_CHOICES = 8  # `n`: each choice is a request of its own in the model's batch
+MAX_STOPS = 4  # as OpenAI
+MAX_STOP_CHARS = 256
+MAX_TOP_LOGPROBS = 20  # chat's `top_logprobs`, as OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # the completions API's `logprobs`, as OpenAI
+
+
+class StreamOptions(Contract):
+    """`stream_options` of a streamed request: `include_usage` adds a last chunk with empty
+    `choices` and the request's `usage`, as OpenAI sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = Field(
+        default=None, description="Accepted when false: this server never pads chunks."
+    )
+
+    @field_validator("include_obfuscation")
+    @classmethod
+    def _no_obfuscation(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError(f"include_obfuscation {_NOT_HONOURED}")
+        return v
 
 
 class _TextParams(Contract):
-    """OpenAI's text parameters. A field this server does not honour is refused (422 naming
-    it) when it asks for something (`stop`, penalties, `logprobs`, `logit_bias`, a
-    `response_format` other than text, `stream_options.include_usage`, tools), never
-    silently ignored; an unknown field is refused too. `max_completion_tokens` (OpenAI's
-    newer name, which LangChain sends) is honoured as `max_tokens`; `user` is accepted and
-    has no effect on the output."""
+    """OpenAI's text parameters. Honoured: `max_tokens` (and `max_completion_tokens`, its
+    newer name, which LangChain sends), `temperature`, `top_p`, `seed`, `n` (up to
+    `MAX_CHOICES`), `stop` (up to 4 strings), `presence_penalty` / `frequency_penalty` (-2..2,
+    applied as OpenAI defines them), logprobs, `stream` and `stream_options.include_usage`;
+    `user` is accepted and has no effect on the output. A field this server does not honour
+    is refused (422 naming it) when it asks for something (`logit_bias`, a `response_format`
+    other than text, tools or a forced `tool_choice`), never silently ignored; an unknown
+    field is refused too."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -420,18 +453,27 @@ class _TextParams(Contract):
     )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: Seed | None = None
+    seed: Seed | None = Field(
+        default=None, description="Reproducible sampling; choice i of `n` uses seed + i."
+    )
     stream: bool = False
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request.")
+    stream_options: StreamOptions | None = None
+    n: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_CHOICES,
+        description="Choices to generate; each is its own request in the model's batch.",
+    )
     user: str | None = Field(default=None, max_length=256, description="Accepted, not used.")
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(
+        default=None,
+        description="Up to 4 strings; the text ends before the first of them "
+        "(finish_reason `stop`).",
+    )
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
     response_format: dict[str, Any] | None = None
-    stream_options: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
 
@@ -445,50 +487,103 @@ class _TextParams(Contract):
             data = {**data, "max_tokens": data["max_completion_tokens"]}
         return data
 
-    @field_validator(
-        "stop",
-        "logit_bias",
-        "tools",
-        "presence_penalty",
-        "frequency_penalty",
-        "top_logprobs",
-        "logprobs",
-    )
+    @field_validator("stream_options")
     @classmethod
-    def _asks_nothing(cls, v: Any) -> Any:
-        """Accepted only when it asks for nothing: absent, empty, zero or false."""
+    def _usage_only_when_streaming(
+        cls, v: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if v is not None and v.include_usage and not info.data.get("stream"):
+            raise ValueError("include_usage is only allowed when stream is true")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings")
+        for s in stops:
+            if not s:
+                raise ValueError("a stop string must not be empty")
+            if len(s) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop string has at most {MAX_STOP_CHARS} characters")
+        return v
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        """Accepted only when it asks for nothing (absent or empty)."""
         if v:
             raise ValueError(_NOT_HONOURED)
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if v:
+            raise ValueError(
+                f"tool calling {_NOT_HONOURED}: this server has no constrained decoding to "
+                "guarantee a well-formed call"
+            )
         return v
 
     @field_validator("response_format")
     @classmethod
     def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None and v.get("type", "text") != "text":
-            raise ValueError(f"type {v.get('type')!r} {_NOT_HONOURED} (only text)")
-        return v
-
-    @field_validator("stream_options")
-    @classmethod
-    def _no_usage_chunk(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v and v.get("include_usage"):
-            raise ValueError(f"include_usage {_NOT_HONOURED}")
+            raise ValueError(
+                f"type {v.get('type')!r} {_NOT_HONOURED} (only text): this server has no "
+                "constrained decoding to guarantee JSON"
+            )
         return v
 
     @field_validator("tool_choice")
     @classmethod
     def _no_forced_tool(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
         if v not in (None, "none", "auto"):
-            raise ValueError(_NOT_HONOURED)
+            raise ValueError(f"a forced tool call {_NOT_HONOURED} (only none or auto)")
         return v
 
 
 class ChatCompletionRequest(_TextParams):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(
+        default=None, description="Each generated token's log-probability (choices[].logprobs)."
+    )
+    top_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="With logprobs: the likeliest tokens at each position, and theirs.",
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return v
+
+    def logprobs_k(self) -> int | None:
+        """None: no logprobs; else how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_TextParams):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_COMPLETION_LOGPROBS,
+        description="The completions API's form: each token's log-probability and the "
+        "likeliest `logprobs` tokens at each position.",
+    )
+
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
 
 
 class Usage(Contract):
@@ -497,9 +592,36 @@ class Usage(Contract):
     total_tokens: int
 
 
+class TopLogprob(Contract):
+    token: str
+    logprob: float = Field(description="Natural log; -9999.0 for a token the model rules out.")
+    bytes: list[int] | None = Field(default=None, description="The token's text as UTF-8.")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(Contract):
+    """Chat's `choices[i].logprobs`: the model's log-probabilities (after the penalties,
+    before temperature and top_p) of each generated token and its likeliest alternatives."""
+
+    content: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(Contract):
+    """The completions API's `choices[i].logprobs` (the same numbers as chat's)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class ChatChoice(Contract):
     index: int = 0
     message: ChatMessage
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -515,6 +637,7 @@ class ChatCompletionResponse(Contract):
 class CompletionChoice(Contract):
     index: int = 0
     text: str
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -535,15 +658,22 @@ class ChatDelta(Contract):
 class ChatChunkChoice(Contract):
     index: int = 0
     delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 
 class ChatCompletionChunk(Contract):
+    """One server-sent event of a streamed chat completion. With `n` > 1 the choices'
+    chunks interleave, each naming its `index`; with `stream_options.include_usage` the last
+    chunk has no choices and carries `usage`. Logprobs, when asked, come with each choice's
+    last chunk (the one with its `finish_reason`)."""
+
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChatChunkChoice]
+    usage: Usage | None = None
 
 
 class CompletionChunk(Contract):
@@ -552,6 +682,7 @@ class CompletionChunk(Contract):
     created: int
     model: str
     choices: list[CompletionChoice]
+    usage: Usage | None = None
 
 
 class ImageGenerationRequest(Contract):

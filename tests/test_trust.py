@@ -448,15 +448,14 @@ def test_retry_after_is_whole_seconds_rounded_up_everywhere() -> None:
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"stop": "\n"}, "stop"),
-        ({"stop": ["a", "b"]}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),  # at most 4
         ({"presence_penalty": 5}, "presence_penalty"),  # outside -2..2
-        ({"presence_penalty": 1.0}, "presence_penalty"),  # in range, not honoured
-        ({"frequency_penalty": -0.5}, "frequency_penalty"),
-        ({"logprobs": True}, "logprobs"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs
+        ({"n": 9}, "n"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"no_such_field": 1}, "no_such_field"),
@@ -481,12 +480,27 @@ def test_openai_fields_that_ask_nothing_or_are_honoured_pass() -> None:
             "stop": None,
             "presence_penalty": 0,
             "logprobs": False,
+            "logit_bias": {},
             "response_format": {"type": "text"},
             "stream_options": {"include_usage": False},
             "tool_choice": "none",
         }
     )
     assert ok.max_tokens == 12
+    honoured = c.ChatCompletionRequest.model_validate(
+        {
+            **base,
+            "stop": ["\n", "END"],
+            "n": 3,
+            "presence_penalty": 1.0,
+            "frequency_penalty": -0.5,
+            "logprobs": True,
+            "top_logprobs": 5,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    assert honoured.stop_strings() == ("\n", "END") and honoured.logprobs_k() == 5
     with pytest.raises(ValidationError, match="differ"):
         c.ChatCompletionRequest.model_validate(
             {**base, "max_tokens": 5, "max_completion_tokens": 6}

@@ -13,10 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from edge_agent.api import openai_shapes as shapes
 from edge_agent.core import limits as lim
 from edge_agent.core.batching import BatchLimits
 from edge_agent.core.manager import Lease
-from edge_agent.core.serving import TextStream, generate_images, generate_text
+from edge_agent.core.ports import TextResult
+from edge_agent.core.serving import TextStream, generate_choices, generate_images
 from edge_agent.errors import AgentError
 from edge_agent.runtime import AgentRuntime
 from genedge.contract import (
@@ -44,7 +46,6 @@ from genedge.contract import (
     ModelStatusList,
     SetLevelRequest,
     TextDefaults,
-    Usage,
 )
 
 router = APIRouter()
@@ -115,92 +116,128 @@ async def _text(
         manifest = rt.manager.manifest(req.model)
         params = lim.text_params(req, manifest.text_defaults or TextDefaults(), rt.limits)
         lim.check_text_cost(params, rt.manager.profile(req.model), rt.limits)
-        chat = isinstance(req, ChatCompletionRequest)
+        choices = lim.choice_params(params, req.n)
         messages = req.messages if isinstance(req, ChatCompletionRequest) else None
         prompt = req.prompt if isinstance(req, CompletionRequest) else None
         if req.stream:
-            stream = TextStream(rt.manager, req.model, messages, prompt, params, _batching(rt))
+            stream = TextStream(rt.manager, req.model, messages, prompt, choices, _batching(rt))
             lease = await stream.start()  # admission and load errors happen before any byte
             headers = _served_headers(rt, lease)
             _count(rt, label, endpoint, 200, t0)
+            with_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _sse(stream, req.model, chat), media_type="text/event-stream", headers=headers
+                _sse(stream, req.model, messages is not None, with_usage),
+                media_type="text/event-stream",
+                headers=headers,
             )
-        outcome = await generate_text(
-            rt.manager, req.model, messages, prompt, params, _client_gone(request), _batching(rt)
+        outcomes = await generate_choices(
+            rt.manager, req.model, messages, prompt, choices, _client_gone(request), _batching(rt)
         )
     except AgentError as exc:
         _count(rt, label, endpoint, exc.status, t0)
         raise
-    res = outcome.result
-    usage = Usage(
-        prompt_tokens=res.prompt_tokens,
-        completion_tokens=res.completion_tokens,
-        total_tokens=res.prompt_tokens + res.completion_tokens,
-    )
+    body = _answer(req, [o.result for o in outcomes])
+    _count(rt, label, endpoint, 200, t0)
+    return JSONResponse(body.model_dump(), headers=_served_headers(rt, outcomes[0].lease))
+
+
+def _answer(
+    req: ChatCompletionRequest | CompletionRequest, results: list[TextResult]
+) -> ChatCompletionResponse | CompletionResponse:
     created = int(time.time())
-    body: ChatCompletionResponse | CompletionResponse
-    if chat:
-        body = ChatCompletionResponse(
+    if isinstance(req, ChatCompletionRequest):
+        return ChatCompletionResponse(
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             created=created,
             model=req.model,
             choices=[
                 ChatChoice(
-                    message=ChatMessage(role="assistant", content=res.text),
-                    finish_reason=res.finish_reason,
+                    index=i,
+                    message=ChatMessage(role="assistant", content=r.text),
+                    logprobs=shapes.chat_logprobs(r.logprobs),
+                    finish_reason=r.finish_reason,
                 )
+                for i, r in enumerate(results)
             ],
-            usage=usage,
+            usage=shapes.usage(results),
         )
-    else:
-        body = CompletionResponse(
-            id=f"cmpl-{uuid.uuid4().hex[:24]}",
-            created=created,
-            model=req.model,
-            choices=[CompletionChoice(text=res.text, finish_reason=res.finish_reason)],
-            usage=usage,
-        )
-    _count(rt, label, endpoint, 200, t0)
-    return JSONResponse(body.model_dump(), headers=_served_headers(rt, outcome.lease))
+    return CompletionResponse(
+        id=f"cmpl-{uuid.uuid4().hex[:24]}",
+        created=created,
+        model=req.model,
+        choices=[
+            CompletionChoice(
+                index=i,
+                text=r.text,
+                logprobs=shapes.completion_logprobs(r.logprobs),
+                finish_reason=r.finish_reason,
+            )
+            for i, r in enumerate(results)
+        ],
+        usage=shapes.usage(results),
+    )
 
 
-async def _sse(stream: TextStream, model: str, chat: bool) -> AsyncIterator[bytes]:
-    """OpenAI-style server-sent events; an error after the first byte becomes an error
-    event (the status line has gone already), then `[DONE]`."""
+async def _sse(
+    stream: TextStream, model: str, chat: bool, with_usage: bool
+) -> AsyncIterator[bytes]:
+    """OpenAI-style server-sent events: per choice (`index`) its deltas, then a chunk with
+    its `finish_reason` (and its logprobs, when asked); with `with_usage` a last chunk with
+    no choices and the usage. An error after the first byte becomes an error event (the
+    status line has gone already), then `[DONE]`."""
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
 
     def event(obj: object) -> bytes:
         return f"data: {json.dumps(obj)}\n\n".encode()
 
-    def chunk(text: str | None, finish: str | None, role: str | None = None) -> bytes:
+    def chunk(
+        index: int,
+        text: str | None,
+        finish: str | None = None,
+        role: str | None = None,
+        result: TextResult | None = None,
+    ) -> bytes:
         c: ChatCompletionChunk | CompletionChunk
+        lps = result.logprobs if result is not None else None
         if chat:
-            c = ChatCompletionChunk(
-                id=rid,
-                created=created,
-                model=model,
-                choices=[
-                    ChatChunkChoice(delta=ChatDelta(role=role, content=text), finish_reason=finish)
-                ],
+            delta = ChatDelta(role=role, content=text)
+            choice = ChatChunkChoice(
+                index=index, delta=delta, logprobs=shapes.chat_logprobs(lps), finish_reason=finish
             )
+            c = ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice])
         else:
-            c = CompletionChunk(
-                id=rid,
-                created=created,
-                model=model,
-                choices=[CompletionChoice(text=text or "", finish_reason=finish)],
+            done = CompletionChoice(
+                index=index,
+                text=text or "",
+                logprobs=shapes.completion_logprobs(lps),
+                finish_reason=finish,
             )
+            c = CompletionChunk(id=rid, created=created, model=model, choices=[done])
         return event(c.model_dump(exclude_none=True))
 
     try:
         if chat:
-            yield chunk(None, None, role="assistant")
-        async for delta in stream.deltas():
-            yield chunk(delta, None)
-        finish = stream.result.finish_reason if stream.result else "stop"
-        yield chunk(None, finish)
+            for i in range(len(stream.choices)):
+                yield chunk(i, None, role="assistant")
+        async for index, delta in stream.deltas():
+            if delta is not None:
+                yield chunk(index, delta)
+                continue
+            result = stream.results[index]
+            yield chunk(index, None, result.finish_reason if result else "stop", result=result)
+        if with_usage:
+            done = [r for r in stream.results if r is not None]
+            final: ChatCompletionChunk | CompletionChunk
+            if chat:
+                final = ChatCompletionChunk(
+                    id=rid, created=created, model=model, choices=[], usage=shapes.usage(done)
+                )
+            else:
+                final = CompletionChunk(
+                    id=rid, created=created, model=model, choices=[], usage=shapes.usage(done)
+                )
+            yield event(final.model_dump(exclude_none=True))
     except Exception as exc:  # after the first byte: report in-band, never a half answer
         err = ErrorBody(type="generation_failed", message=f"{type(exc).__name__}: {exc}")
         yield event(ErrorResponse(error=err).model_dump(exclude_none=True))

@@ -15,11 +15,12 @@ model and the swap pool nothing):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edge_agent.core.ports import ImageParams, TextParams
 from edge_agent.errors import InvalidRequest
 from genedge.contract import (
+    MAX_SEED,
     ChatCompletionRequest,
     CompletionRequest,
     ImageDefaults,
@@ -73,7 +74,20 @@ def text_params(
         # A max_tokens the client chose is refused when it overruns the context; the
         # model's default is shortened to fit.
         fit_to_context=req.max_tokens is None,
+        stop=req.stop_strings(),
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logprobs=req.logprobs_k(),
     )
+
+
+def choice_params(params: TextParams, n: int) -> list[TextParams]:
+    """The parameters of each of `n` choices: choice i of a seeded request uses seed + i
+    (so choices differ, and the whole answer is reproducible); unseeded choices each draw
+    their own."""
+    if params.seed is None:
+        return [params] * n
+    return [replace(params, seed=(params.seed + i) % (MAX_SEED + 1)) for i in range(n)]
 
 
 def image_params(

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edge_agent.core.batching import BatchLimits
 from genedge.contract import ChatMessage, FetchProgress, ModelManifest
 
 
@@ -28,6 +29,14 @@ class TextParams:
     # the prompt. False: the client asked for that many, so a prompt plus `max_tokens` over
     # the context is refused (422) rather than silently answered with fewer tokens.
     fit_to_context: bool = True
+    # Generation ends at the first of these strings, which is not part of the text.
+    stop: tuple[str, ...] = ()
+    # OpenAI's penalties: logit -= presence * [count > 0] + frequency * count, counting the
+    # tokens generated so far.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # None: no log-probabilities; k: each token's logprob and its k likeliest alternatives.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,12 +52,24 @@ class ImageParams:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, its log-probability and the `top` likeliest tokens
+    at its position (text, logprob), likeliest first."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
 @dataclass
 class TextResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
+    # Per token of `text` when `TextParams.logprobs` asked for them (else None).
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -129,6 +150,12 @@ class ModelLoader(Protocol):
         self, manifest: ModelManifest, source: HostCopy | None
     ) -> tuple[LoadedModel, LoadReport]:
         """stored/cached -> device: from `source` when given, else from disk."""
+        ...
+
+    def batch_cache_bytes(self, manifest: ModelManifest, limits: BatchLimits) -> int:
+        """Device bytes the model's running batch reserves next to its weights under
+        `limits` (a text model's KV cache; 0 when it does not batch). Reads only the
+        model's config: quick enough to call on the event loop."""
         ...
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -246,6 +246,58 @@ async def generate_text(
     return TextOutcome(lease, result)
 
 
+async def generate_choices(
+    manager: ModelManager,
+    model_id: str,
+    messages: list[ChatMessage] | None,
+    prompt: str | None,
+    choices: Sequence[TextParams],
+    client_gone: ClientGone | None = None,
+    batching: BatchLimits | None = None,
+) -> list[TextOutcome]:
+    """OpenAI's `n`: one non-streamed generation per entry of `choices`, run at once (each
+    its own request with its own lease, so they share the model's batch). One watch for
+    the client's disconnect stops them all; the first failure stops the others and is
+    raised as itself."""
+    if len(choices) == 1:
+        return [
+            await generate_text(
+                manager, model_id, messages, prompt, choices[0], client_gone, batching
+            )
+        ]
+    async with _watching(client_gone) as stop:
+
+        async def gone() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        generate_text(manager, model_id, messages, prompt, p, gone, batching)
+                    )
+                    for p in choices
+                ]
+        except BaseExceptionGroup as group_error:
+            raise _first(group_error) from None
+    return [t.result() for t in tasks]
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure of a group (a `ClientDisconnected` only when nothing else failed)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            stack[:0] = list(e.exceptions)
+        else:
+            leaves.append(e)
+    real = [e for e in leaves if not isinstance(e, ClientDisconnected)]
+    return (real or leaves)[0]
+
+
 async def generate_images(
     manager: ModelManager,
     model_id: str,
@@ -262,8 +314,13 @@ async def generate_images(
 
 
 class TextStream:
-    """An open streaming generation. `start()` waits for the model (raising admission and
-    load errors before any byte is sent); iterate `deltas()`; `result` is set at the end."""
+    """An open streaming generation of one or more choices (OpenAI's `n`). `start()` waits
+    for the model (raising admission and load errors before any byte is sent); iterate
+    `deltas()`; `results[i]` is set when choice i ends.
+
+    Choice 0 runs on the lease `start()` took; every other choice takes a lease of its own
+    when it starts (never held while waiting for another), so the choices share the
+    model's batch and a stream cannot deadlock others by holding leases it waits on."""
 
     def __init__(
         self,
@@ -271,7 +328,7 @@ class TextStream:
         model_id: str,
         messages: list[ChatMessage] | None,
         prompt: str | None,
-        params: TextParams,
+        params: TextParams | Sequence[TextParams],
         batching: BatchLimits | None = None,
     ) -> None:
         self.manager = manager
@@ -279,11 +336,16 @@ class TextStream:
         self.model_id = model_id
         self.messages = messages
         self.prompt = prompt
-        self.params = params
+        self.choices = [params] if isinstance(params, TextParams) else list(params)
         self.lease: Lease | None = None
-        self.result: TextResult | None = None
+        self.results: list[TextResult | None] = [None] * len(self.choices)
         self._stack = AsyncExitStack()
         self._stop = threading.Event()
+
+    @property
+    def result(self) -> TextResult | None:
+        """The first choice's result (the only one without `n`)."""
+        return self.results[0]
 
     async def start(self) -> Lease:
         self.lease = await self._stack.enter_async_context(
@@ -291,41 +353,60 @@ class TextStream:
         )
         return self.lease
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def _run_choice(self, index: int, on_token: TokenSink) -> None:
+        work = _text_work(self.messages, self.prompt, self.choices[index], on_token, self.batching)
+        if index == 0:
+            assert self.lease is not None
+            self.results[0] = await work(self.lease.model, self._stop)
+            return
+        async with self.manager.lease(self.model_id, ModelKind.TEXT) as lease:
+            if self._stop.is_set():
+                raise _gone(self.model_id)
+            self.results[index] = await work(lease.model, self._stop)
+
+    async def deltas(self) -> AsyncIterator[tuple[int, str | None]]:
+        """`(choice, text delta)` as the text comes, and `(choice, None)` once that choice
+        has ended (its `results` entry is set). A failing choice stops the others and its
+        error is raised here."""
         assert self.lease is not None, "call start() first"
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        model = self.lease.model
+        queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
 
-        def on_token(delta: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
+        def sink(index: int) -> TokenSink:
+            def on_token(delta: str) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (index, delta))
 
-        work = _text_work(self.messages, self.prompt, self.params, on_token, self.batching)
+            return on_token
 
-        async def run() -> TextResult:
+        async def run(index: int) -> None:
             try:
-                return await work(model, self._stop)
+                await self._run_choice(index, sink(index))
             finally:
                 # after every delta: call_soon_threadsafe keeps the order of its callbacks
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                loop.call_soon_threadsafe(queue.put_nowait, (index, _DONE))
 
-        worker = asyncio.ensure_future(run())
+        workers = [asyncio.ensure_future(run(i)) for i in range(len(self.choices))]
         try:
-            while True:
-                item = await queue.get()
+            remaining = len(workers)
+            while remaining:
+                index, item = await queue.get()
                 if item is _DONE:
-                    break
+                    remaining -= 1
+                    await asyncio.wait([workers[index]])
+                    workers[index].result()  # raises the choice's error
+                    yield index, None
+                    continue
                 assert isinstance(item, str)
-                yield item
-            self.result = await worker
+                yield index, item
         finally:
             self._stop.set()
             try:
-                # When the client went away: let the work notice, and keep the lease until
+                # When the client went away: let the work notice, and keep the leases until
                 # it has let go of the model.
-                await _thread_finished(worker, self._stop)
-                if not worker.cancelled():
-                    worker.exception()  # retrieved: a stop's ClientDisconnected is expected
+                for worker in workers:
+                    await _thread_finished(worker, self._stop)
+                    if not worker.cancelled():
+                        worker.exception()  # retrieved: a stop's ClientDisconnected is expected
             finally:
                 await self._stack.aclose()
 

@@ -9,12 +9,14 @@ attention of the models we serve (and switches `eager` models to `paged|eager`).
 
 What we add on top, and why:
 
-* Per-request seeded sampling. The engine samples every request with torch's global RNG
-  and one `do_sample` flag for the whole manager, so a seed could not reproduce its text
-  and greedy and sampled requests could not share a batch. `SeededSampling` is a
-  continuous-batching logits processor (the engine's own per-request extension point):
-  each sampled request draws its token with its own `torch.Generator` and leaves only that
-  token possible, and the manager runs greedy (argmax), so greedy requests are untouched.
+* Per-request token choice (`Decoding`). The engine samples every request with torch's
+  global RNG and one `do_sample` flag for the whole manager, so a seed could not reproduce
+  its text and greedy and sampled requests could not share a batch; nor does it know
+  OpenAI's penalties or top logprobs. `SeededSampling` is a continuous-batching logits
+  processor (the engine's own per-request extension point): each request that samples,
+  is penalised or asks for logprobs picks its token with its own `Decoding` (its own
+  `torch.Generator`, the counts of its own tokens) and leaves only that token possible;
+  the manager runs greedy (argmax), so plain greedy requests are untouched.
 * Bounded memory. By default the engine sizes its cache from 60% of the device's free
   memory (on CPU, of the host's RAM) and takes 10+ seconds to allocate it; the agent gives
   it `BatchLimits` instead: requests per batch, KV-cache tokens in flight (whole pages of
@@ -35,7 +37,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,13 +47,69 @@ from edge_agent.core.batching import BatchLimits
 log = logging.getLogger("edge_agent.batching")
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Per-request sampling: temperature, nucleus, and the request's own generator."""
+@dataclass
+class Picked:
+    """A chosen token with its log-probability and the likeliest alternatives (ids)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class Decoding:
+    """How one request picks each next token from the model's logits, in the batch and
+    alone alike (so both paths give the same text for the same seed):
+
+    * OpenAI's penalties on the tokens it generated so far: logit -= presence * [count > 0]
+      + frequency * count (counted here, from the tokens this object chose);
+    * greedy (`temperature` 0: the likeliest token) or sampled at `temperature` within the
+      nucleus `top_p`, drawn with the request's own `generator`;
+    * with `top_logprobs` not None, a `Picked` per token: the log-probabilities are those
+      of the model's distribution after the penalties, before temperature and top_p (what
+      the model says of each token, whatever sampling then did with it).
+    """
 
     temperature: float
     top_p: float
-    generator: torch.Generator
+    generator: torch.Generator | None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    top_logprobs: int | None = None
+    counts: dict[int, int] = field(default_factory=dict)
+    picked: list[Picked] = field(default_factory=list)
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Nothing to do beyond the engine's own argmax."""
+        return (
+            self.temperature <= 0
+            and not self.presence_penalty
+            and not self.frequency_penalty
+            and self.top_logprobs is None
+        )
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token from one row of logits (vocabulary-sized); records it."""
+        x = logits.float()
+        if self.counts and (self.presence_penalty or self.frequency_penalty):
+            ids = torch.tensor(list(self.counts), dtype=torch.long, device=x.device)
+            seen = torch.tensor(list(self.counts.values()), dtype=x.dtype, device=x.device)
+            x = x.clone()
+            x[ids] -= self.frequency_penalty * seen + self.presence_penalty
+        if self.temperature <= 0 or self.generator is None:
+            token = int(torch.argmax(x).item())
+        else:
+            token = _sample(x, self.temperature, self.top_p, self.generator)
+        if self.top_logprobs is not None:
+            lp = torch.log_softmax(x, dim=-1)
+            top: list[tuple[int, float]] = []
+            if self.top_logprobs > 0:
+                vals, idx = torch.topk(lp, min(self.top_logprobs, lp.numel()))
+                top = [(int(i), float(v)) for i, v in zip(idx.tolist(), vals.tolist(), strict=True)]
+            self.picked.append(Picked(token, float(lp[token]), top))
+        self.counts[token] = self.counts.get(token, 0) + 1
+        return token
 
 
 class _Direct:
@@ -70,13 +128,14 @@ def _seeded_sampling_class() -> type:
     )
 
     class SeededSampling(ContinuousBatchingLogitsProcessor):  # type: ignore[misc]
-        """Samples sampled requests' tokens with their own generators (see the module
-        docstring); slot 0 (greedy) rows are left alone."""
+        """Picks the tokens of requests with a `Decoding` slot (sampled, penalised or asking
+        for logprobs) with `Decoding.choose` and leaves only that token possible; slot 0
+        (plain greedy) rows are left to the engine's argmax."""
 
         supported_kwargs: dict[str, type] = {"sampler": int}  # noqa: RUF012 - the base's
         ignored_kwargs: tuple[str, ...] = ()
 
-        def __init__(self, samplers: dict[int, Sampling]) -> None:
+        def __init__(self, samplers: dict[int, Decoding]) -> None:
             self.samplers = samplers
 
         def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
@@ -97,7 +156,7 @@ def _seeded_sampling_class() -> type:
                 s = self.samplers.get(int(slot))
                 if s is None:
                     continue
-                chosen = _sample(scores[row], s)
+                chosen = s.choose(scores[row])
                 out[row].fill_(float("-inf"))
                 out[row, chosen] = 0.0
             return out
@@ -105,19 +164,20 @@ def _seeded_sampling_class() -> type:
     return SeededSampling
 
 
-def _sample(logits: torch.Tensor, s: Sampling) -> int:
-    """One token from `logits` at temperature `s.temperature` within nucleus `s.top_p`, drawn
-    with `s.generator` (the same draw as the unbatched `SeededSampler`)."""
-    x = logits.float().unsqueeze(0) / s.temperature
-    if s.top_p < 1.0:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> int:
+    """One token from `logits` at `temperature` within nucleus `top_p`, drawn with
+    `generator`."""
+    x = logits.float().unsqueeze(0) / temperature
+    if top_p < 1.0:
         from transformers import TopPLogitsWarper
 
-        x = TopPLogitsWarper(s.top_p)(torch.empty(0), x)
+        x = TopPLogitsWarper(top_p)(torch.empty(0), x)
     probs = torch.softmax(x, dim=-1)
-    gen = s.generator
-    if gen.device != probs.device:
-        probs = probs.to(gen.device)
-    return int(torch.multinomial(probs, 1, generator=gen).item())
+    if generator.device != probs.device:
+        probs = probs.to(generator.device)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
 OnOutput = Callable[[list[int], bool, str | None], None]
@@ -135,7 +195,7 @@ class TextBatcher:
         )
 
         self.limits = limits
-        self._samplers: dict[int, Sampling] = {}
+        self._samplers: dict[int, Decoding] = {}
         self._slots = itertools.count(1)
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -174,15 +234,15 @@ class TextBatcher:
         self,
         input_ids: list[int],
         max_new_tokens: int,
-        sampling: Sampling | None,
+        decoding: Decoding,
         on_output: OnOutput,
     ) -> str:
         """Queue one request; `on_output` gets its tokens as they come. Returns its id."""
         rid = f"r{next(self._ids)}"
         slot = 0
-        if sampling is not None:
+        if not decoding.plain_greedy:
             slot = next(self._slots)
-            self._samplers[slot] = sampling
+            self._samplers[slot] = decoding
 
         def deliver(out: Any) -> None:
             done = out.is_finished()

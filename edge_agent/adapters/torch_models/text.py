@@ -19,10 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_agent.adapters.torch_models.batching import Sampling, TextBatcher
+from edge_agent.adapters.torch_models.batching import Decoding, Picked, TextBatcher
 from edge_agent.adapters.torch_models.loaded import LoadedTorchModel
 from edge_agent.core.batching import BatchLimits
-from edge_agent.core.ports import ImageParams, TextParams, TextResult, TokenSink
+from edge_agent.core.ports import (
+    ImageParams,
+    TextParams,
+    TextResult,
+    TokenLogprob,
+    TokenSink,
+)
+from edge_agent.core.stops import StopScanner
 from edge_agent.errors import ClientDisconnected, InvalidRequest, ModelUnavailable, WrongModelKind
 from genedge.contract import ChatMessage
 
@@ -40,16 +47,33 @@ class _DeltaStreamer:
     neighbours (leading spaces) decode right; a piece ending in an incomplete UTF-8 character
     is held back until the character is complete. The concatenation of the deltas is the
     result text by construction.
+
+    With stop strings, every delta goes through a `StopScanner` first: the end that might
+    begin a stop string is held back, and once one is found (`stopped`) nothing more is
+    reported; the caller then ends the generation.
     """
 
-    def __init__(self, tokenizer: Any, on_token: TokenSink | None) -> None:
+    def __init__(
+        self, tokenizer: Any, on_token: TokenSink | None, stops: tuple[str, ...] = ()
+    ) -> None:
         self.tokenizer = tokenizer
         self.on_token = on_token
         self.tokens: list[int] = []
         self.pieces: list[str] = []
         self._prefix = 0
         self._read = 0
-        self._prompt_seen = False
+        self._stops = StopScanner(stops)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string has been found: the text is complete."""
+        return self._stops.hit
+
+    def _report(self, text: str) -> None:
+        if text:
+            self.pieces.append(text)
+            if self.on_token is not None:
+                self.on_token(text)
 
     def _decode(self, ids: list[int]) -> str:
         return str(
@@ -62,36 +86,25 @@ class _DeltaStreamer:
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             delta = after[len(before) :]
             self._prefix, self._read = self._read, len(self.tokens)
-            self.pieces.append(delta)
-            if self.on_token is not None:
-                self.on_token(delta)
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first pushes the prompt
-            self._prompt_seen = True
-            return
-        self.push([int(t) for t in value.reshape(-1).tolist()])
+            self._report(self._stops.feed(delta))
 
     def push(self, ids: list[int]) -> None:
-        """New generated tokens (the batching engine's path: no prompt first)."""
+        """New generated tokens, in order."""
+        if self.stopped:
+            return
         self.tokens.extend(ids)
         self._emit(final=False)
 
     def end(self) -> None:
+        if self.stopped:
+            return
         if self._read < len(self.tokens):
             self._emit(final=True)
+        self._report(self._stops.flush())
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
-
-
-@functools.cache
-def _streamer_class() -> type:
-    """`_DeltaStreamer` as a transformers `BaseStreamer` (transformers imported lazily)."""
-    from transformers.generation.streamers import BaseStreamer
-
-    return type("DeltaStreamer", (_DeltaStreamer, BaseStreamer), {})
 
 
 @functools.cache
@@ -114,29 +127,95 @@ def _poll_stop_class() -> type:
 
 
 @functools.cache
-def _seeded_sampler_class() -> type:
-    from transformers import LogitsProcessor, TopPLogitsWarper
+def _feed_class() -> type:
+    from transformers import StoppingCriteria
 
-    class SeededSampler(LogitsProcessor):
-        """Samples the next token itself with a per-request `generator` and leaves only that
-        token possible, so `generate(do_sample=False)` picks it. This keeps sampling off
-        torch's global RNG: a seed reproduces its text even while other threads generate."""
+    class Feed(StoppingCriteria):
+        """Hands each new token to the `_DeltaStreamer` and stops once it has found a stop
+        string. A stopping criterion rather than generate's `streamer`: generate asks its
+        criteria before it hands the streamer the token, so a stop string found by the
+        streamer would cost one more token, which the batched path does not generate."""
 
-        def __init__(self, temperature: float, top_p: float, generator: torch.Generator):
-            self.temperature = temperature
-            self.top = TopPLogitsWarper(top_p) if top_p < 1.0 else None
-            self.generator = generator
+        def __init__(self, streamer: _DeltaStreamer, n_prompt: int) -> None:
+            self.streamer = streamer
+            self.seen = n_prompt
+
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            new = input_ids[0, self.seen :].tolist()
+            self.seen = input_ids.shape[1]
+            self.streamer.push([int(t) for t in new])
+            return torch.full(
+                (input_ids.shape[0],),
+                self.streamer.stopped,
+                dtype=torch.bool,
+                device=input_ids.device,
+            )
+
+    return Feed
+
+
+@functools.cache
+def _chooser_class() -> type:
+    from transformers import LogitsProcessor
+
+    class Chooser(LogitsProcessor):
+        """Picks the next token with the request's `Decoding` (penalties, seeded sampling,
+        logprobs) and leaves only that token possible, so `generate(do_sample=False)` picks
+        it: sampling stays off torch's global RNG (a seed reproduces its text even while
+        other threads generate) and matches the batched path token for token."""
+
+        def __init__(self, decoding: Decoding) -> None:
+            self.decoding = decoding
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            logits = scores.float() / self.temperature
-            if self.top is not None:
-                logits = self.top(input_ids, logits)
-            probs = torch.softmax(logits, dim=-1)
-            chosen = torch.multinomial(probs, 1, generator=self.generator)
+            chosen = self.decoding.choose(scores[0])
             out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, chosen, 0.0)
+            out[0, chosen] = 0.0
+            return out
 
-    return SeededSampler
+    return Chooser
+
+
+def _token_texts(tok: Any, tokens: list[int], picked: list[Picked]) -> list[TokenLogprob]:
+    """Each chosen token's text (and its alternatives') as it reads after the tokens before
+    it: decoding a token alone drops the leading space of sentencepiece pieces, so each is
+    decoded after up to 4 tokens of context, less that context's own text."""
+
+    def decode(ids: list[int]) -> str:
+        return str(tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+    out = []
+    for i, p in enumerate(picked):
+        ctx = tokens[max(0, i - 4) : i]
+        base = decode(ctx)
+
+        def text(t: int, ctx: list[int] = ctx, base: str = base) -> str:
+            full = decode([*ctx, t])
+            return full[len(base) :] if full.startswith(base) else decode([t])
+
+        out.append(TokenLogprob(text(p.token), p.logprob, [(text(t), lp) for t, lp in p.top]))
+    return out
+
+
+def _logprobs_of(
+    tok: Any, decoding: Decoding, tokens: list[int], text: str, eos_ids: set[int]
+) -> list[TokenLogprob] | None:
+    """The logprobs of the tokens that make `text`: not an end-of-sequence token, and none
+    that starts past the text's end (cut at a stop string)."""
+    if decoding.top_logprobs is None:
+        return None
+    picked = decoding.picked[: len(tokens)]
+    while picked and picked[-1].token in eos_ids:
+        picked = picked[:-1]
+    entries = _token_texts(tok, tokens, picked)
+    kept: list[TokenLogprob] = []
+    offset = 0
+    for e in entries:
+        if offset >= len(text) and kept:
+            break
+        kept.append(e)
+        offset += len(e.token)
+    return kept if text else []
 
 
 class TextModel(LoadedTorchModel):
@@ -213,14 +292,22 @@ class TextModel(LoadedTorchModel):
             raise ModelUnavailable(f"model {self.model_id} has been closed", model=self.model_id)
         ids, eos_ids, _ = self._encode(model, tok, messages, prompt)
         max_new = self._max_new_tokens(model, len(ids), params, chat=messages is not None)
-        job = TextJob(batcher, _DeltaStreamer(tok, on_token), len(ids), max_new, eos_ids, on_done)
-        job.rid = batcher.submit(ids, max_new, self._sampling(params), job.on_output)
+        decoding = self._decoding(params)
+        streamer = _DeltaStreamer(tok, on_token, params.stop)
+        job = TextJob(batcher, streamer, decoding, len(ids), max_new, eos_ids, on_done)
+        job.rid = batcher.submit(ids, max_new, decoding, job.on_output)
         return job
 
-    def _sampling(self, params: TextParams) -> Sampling | None:
-        if params.temperature <= 0:
-            return None
-        return Sampling(params.temperature, params.top_p, self._generator(params.seed))
+    def _decoding(self, params: TextParams) -> Decoding:
+        sampled = params.temperature > 0
+        return Decoding(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            generator=self._generator(params.seed) if sampled else None,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            top_logprobs=params.logprobs,
+        )
 
     def _generator(self, seed: int | None) -> torch.Generator:
         generator = torch.Generator(device=self.device)
@@ -342,12 +429,12 @@ class TextModel(LoadedTorchModel):
         n_prompt = len(ids)
         max_new = self._max_new_tokens(model, n_prompt, params, chat=messages is not None)
         _one_greedy_sequence(gen_cfg, max_new, pad)
-        processors = []
-        if params.temperature > 0:
-            generator = self._generator(params.seed)
-            processors.append(_seeded_sampler_class()(params.temperature, params.top_p, generator))
-        streamer = _streamer_class()(tok, on_token)
-        criteria = [_poll_stop_class()(should_stop)] if should_stop is not None else []
+        decoding = self._decoding(params)
+        processors = [] if decoding.plain_greedy else [_chooser_class()(decoding)]
+        streamer = _DeltaStreamer(tok, on_token, params.stop)
+        criteria = [_feed_class()(streamer, n_prompt)]
+        if should_stop is not None:
+            criteria.append(_poll_stop_class()(should_stop))
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids.to(self.device),
@@ -355,17 +442,20 @@ class TextModel(LoadedTorchModel):
                 generation_config=gen_cfg,
                 logits_processor=processors,
                 stopping_criteria=criteria,
-                streamer=streamer,
             )
+        streamer.end()
         new = out[0, n_prompt:].tolist()
         n_new = len(new)
         hit_eos = bool(new) and new[-1] in eos_ids
-        finish = "length" if n_new >= max_new and not hit_eos else "stop"
+        ended = hit_eos or streamer.stopped
+        finish = "length" if n_new >= max_new and not ended else "stop"
+        text = streamer.text
         return TextResult(
-            text=streamer.text,
+            text=text,
             prompt_tokens=n_prompt,
             completion_tokens=n_new,
             finish_reason=finish,
+            logprobs=_logprobs_of(tok, decoding, new, text, eos_ids),
         )
 
     def _generate_in_batch(
@@ -419,6 +509,7 @@ class TextJob:
         self,
         batcher: TextBatcher,
         streamer: _DeltaStreamer,
+        decoding: Decoding,
         n_prompt: int,
         max_new: int,
         eos_ids: set[int],
@@ -426,6 +517,7 @@ class TextJob:
     ) -> None:
         self.batcher = batcher
         self.streamer = streamer
+        self.decoding = decoding
         self.n_prompt = n_prompt
         self.max_new = max_new
         self.eos_ids = eos_ids
@@ -448,17 +540,24 @@ class TextJob:
                 new = new[:-1]  # the end token is not text (decoding skips it anyway)
             if new:
                 self.streamer.push(new)
+            if self.streamer.stopped and not finished:  # a stop string: leave the batch now
+                self.batcher.cancel(self.rid)
+                finished = True
             if finished:
                 self._over = True
                 self.streamer.end()
-                hit_eos = bool(tokens) and tokens[-1] in self.eos_ids
+                ended = self.streamer.stopped or (bool(tokens) and tokens[-1] in self.eos_ids)
                 n = len(tokens)
+                text = self.streamer.text
                 self.on_done(
                     TextResult(
-                        text=self.streamer.text,
+                        text=text,
                         prompt_tokens=self.n_prompt,
                         completion_tokens=n,
-                        finish_reason="length" if n >= self.max_new and not hit_eos else "stop",
+                        finish_reason="length" if n >= self.max_new and not ended else "stop",
+                        logprobs=_logprobs_of(
+                            self.streamer.tokenizer, self.decoding, tokens, text, self.eos_ids
+                        ),
                     ),
                     None,
                 )
@@ -475,7 +574,7 @@ class TextJob:
 
 def _one_greedy_sequence(gen_cfg: Any, max_new: int, pad: int) -> None:
     """Make a copy of the model's generation config produce exactly one sequence of at
-    most `max_new` tokens, greedily: sampling, when asked, is done by `SeededSampler`, and
+    most `max_new` tokens, greedily: sampling, when asked, is done by `Chooser`, and
     the model's own defaults (sampling, beams, lengths) must not override the request."""
     gen_cfg.max_new_tokens = max_new
     gen_cfg.max_length = None
