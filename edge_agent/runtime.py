@@ -108,6 +108,7 @@ class AgentRuntime:
             observer=self.metrics,
             evict_user_models=settings.evict_user_models,
             pool_max_wait_s=settings.pool_max_wait_s,
+            batch_limits=settings.batch_limits(),
         )
         self.manager.set_pins(settings.pins, source="settings")
         from edge_agent.adapters.repository import RepositoryIndex

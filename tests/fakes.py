@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from edge_agent.core.batching import BatchLimits
 from edge_agent.core.ports import ImageParams, LoadReport, TextParams, TextResult
 from genedge.contract import ChatMessage, ModelFormat, ModelKind, ModelManifest, ModelProfile
 
@@ -98,9 +99,13 @@ class FakeLoader:
         self.gates: dict[str, threading.Event] = {}
         self.loads: list[tuple[str, str]] = []
         self.models: list[FakeModel] = []
+        self.batch_caches: dict[str, int] = {}  # model id -> its batch's KV cache bytes
 
     def size(self, manifest: ModelManifest) -> int:
         return self.sizes.get(manifest.id, manifest.storage_bytes)
+
+    def batch_cache_bytes(self, manifest: ModelManifest, limits: BatchLimits) -> int:
+        return self.batch_caches.get(manifest.id, 0) if limits.text else 0
 
     def read_to_host(self, manifest: ModelManifest) -> FakeHostCopy:
         return FakeHostCopy(manifest.id, self.size(manifest))

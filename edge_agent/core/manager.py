@@ -14,8 +14,10 @@ Rules it keeps (DESIGN.md, "Model levels"):
   pool holds go before a switch, then the highest priority class, oldest first, and any
   request that has waited `pool_max_wait_s` goes first whatever the pool holds (the
   starvation bound; 0 is first-in-first-out);
-- device memory: sum of resident models + the pooled model <= the device budget; host RAM:
-  sum of cached copies <= the cache budget;
+- device memory: sum of resident models + the pooled model <= the device budget, each
+  text model counted with its running batch's KV cache when text batching is on (the
+  loader's `batch_cache_bytes`: up to `EDGE_BATCH_MAX_TOKENS` tokens, allocated when its
+  batch starts); host RAM: sum of cached copies <= the cache budget;
 - a failed load marks that model `failed` with the reason; other models keep serving; setting
   a level again retries;
 - level `absent` (issue 15): setting a level on a model the host lacks, when a model
@@ -38,6 +40,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edge_agent.core.batching import BatchLimits
 from edge_agent.core.pool_schedule import Waiter, next_model
 from edge_agent.core.ports import HostCopy, LoadedModel, LoadReport, ModelFetcher, ModelLoader
 from edge_agent.errors import (
@@ -145,7 +148,8 @@ class _Entry:
     detail: str = ""
     failed_reason: str | None = None
     loaded: LoadedModel | None = None
-    device_bytes: int = 0
+    device_bytes: int = 0  # weights plus the batch cache, while loaded
+    batch_cache: tuple[str, int] | None = None  # (manifest path, bytes) once sized
     host_copy: HostCopy | None = None
     in_flight: int = 0
     queued: int = 0
@@ -170,8 +174,9 @@ class _Entry:
     def id(self) -> str:
         return self.manifest.id
 
-    def expected_device_bytes(self) -> int:
-        """Device memory a load will take: measured when profiled, else the checkpoint size."""
+    def expected_weight_bytes(self) -> int:
+        """Device memory a load's weights take: measured when profiled, else the checkpoint
+        size (the batch cache comes on top: `ModelManager._need`)."""
         if self.profile is not None:
             return self.profile.resident_bytes
         return self.manifest.storage_bytes
@@ -201,8 +206,12 @@ class ModelManager:
         fetcher: ModelFetcher | None = None,
         evict_user_models: bool = False,
         pool_max_wait_s: float = 30.0,
+        batch_limits: BatchLimits | None = None,
     ) -> None:
+        """`batch_limits`: how the agent batches requests, so each text model's batch cache
+        is counted in the device budget; None counts weights only."""
         self.loader = loader
+        self.batch_limits = batch_limits
         self.fetcher = fetcher
         self.evict_user_models = evict_user_models
         # Awaited once a fetched model is in place, before it moves on to its level (the
@@ -278,6 +287,41 @@ class ModelManager:
 
     def device_used_bytes(self) -> int:
         return self.resident_bytes() + self._pool.bytes
+
+    def batch_cache_bytes(self, model_id: str) -> int:
+        """Device bytes `model_id`'s running batch reserves next to its weights."""
+        return self._batch_cache(self._entry(model_id))
+
+    def _batch_cache(self, e: _Entry) -> int:
+        """The loader's `batch_cache_bytes`, sized once per folder (a fetched model gets
+        its folder, so it is sized again); 0 without batch limits or a folder, or when
+        the loader cannot tell (logged: the budget then counts the weights only)."""
+        limits, path = self.batch_limits, e.manifest.path
+        if limits is None or not path or e.level == Level.ABSENT:
+            return 0
+        if e.batch_cache is None or e.batch_cache[0] != path:
+            try:
+                size = max(0, int(self.loader.batch_cache_bytes(e.manifest, limits)))
+            except Exception:
+                log.warning("cannot size the batch cache of %s", e.id, exc_info=True)
+                size = 0
+            e.batch_cache = (path, size)
+        return e.batch_cache[1]
+
+    def _need(self, e: _Entry) -> int:
+        """Device bytes loading `e` takes: its weights and its batch cache."""
+        return e.expected_weight_bytes() + self._batch_cache(e)
+
+    def _need_text(self, e: _Entry) -> str:
+        """`N bytes`, saying how much of it is the batch cache when there is one."""
+        need, cache, limits = self._need(e), self._batch_cache(e), self.batch_limits
+        if not cache or limits is None:
+            return f"{need} bytes"
+        return (
+            f"{need} bytes ({e.expected_weight_bytes()} of weights and {cache} of KV cache "
+            f"for its batch of up to {limits.max_tokens_in_flight} tokens, "
+            f"EDGE_BATCH_MAX_TOKENS)"
+        )
 
     def cache_used_bytes(self) -> int:
         return sum(e.host_copy.nbytes for e in self._entries.values() if e.host_copy is not None)
@@ -479,12 +523,12 @@ class ModelManager:
         old_id = pool.holder.id if pool.holder else None
         self._changed()
         try:
-            need = e.expected_device_bytes()
+            need = self._need(e)
             room = self.device_budget_bytes - self.resident_bytes()
             if need > room:  # checked before evicting: a refusal costs the pool nothing
                 raise ModelUnavailable(
-                    f"model {e.id!r} needs {need} bytes of device memory, the swap pool has "
-                    f"{room} next to the resident models",
+                    f"model {e.id!r} needs {self._need_text(e)} of device memory, the swap "
+                    f"pool has {room} next to the resident models",
                     model=e.id,
                 )
             await self._evict_pool()
@@ -507,7 +551,7 @@ class ModelManager:
             self._fail(e, f"load from {tier} failed: {exc}")
             self.observer.load_failed(e.id, tier)
             raise ModelUnavailable(f"model {e.id!r} failed to load: {exc}", model=e.id) from exc
-        e.loaded, e.device_bytes = loaded, loaded.memory_bytes()
+        e.loaded, e.device_bytes = loaded, loaded.memory_bytes() + self._batch_cache(e)
         self.observer.loaded(e.id, report)
         self._set_state(
             e,
@@ -553,9 +597,9 @@ class ModelManager:
         e = self._entry(model_id)
         if level == Level.RESIDENT and e.level != Level.RESIDENT:
             others = self.resident_bytes()
-            if others + e.expected_device_bytes() > self.device_budget_bytes:
+            if others + self._need(e) > self.device_budget_bytes:
                 raise DoesNotFit(
-                    f"{model_id!r} needs {e.expected_device_bytes()} bytes; resident models hold "
+                    f"{model_id!r} needs {self._need_text(e)}; resident models hold "
                     f"{others} of the {self.device_budget_bytes}-byte device budget",
                     model=model_id,
                 )
@@ -845,7 +889,7 @@ class ModelManager:
             e.level = Level.RESIDENT
             self._release_host_copy(e)
             return
-        need = e.expected_device_bytes()
+        need = self._need(e)
         if need > self.device_budget_bytes - self.device_used_bytes() and pool.holder is not None:
             # The pool is expendable: drain and free it to make room.
             pool.busy = True
@@ -858,7 +902,7 @@ class ModelManager:
                 self._changed()
         if need > self.device_budget_bytes - self.device_used_bytes():
             raise DoesNotFit(
-                f"{e.id!r} needs {need} bytes of device memory; "
+                f"{e.id!r} needs {self._need_text(e)} of device memory; "
                 f"{self.device_used_bytes()} of {self.device_budget_bytes} in use"
             )
         await self._load(e, "loading to resident")

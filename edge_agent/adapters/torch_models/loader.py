@@ -27,6 +27,7 @@ from edge_agent.adapters.fastload import (
 from edge_agent.adapters.torch_models import library, safetensors_reader
 from edge_agent.adapters.torch_models.host_copies import BlockHostCopy, SafetensorsHostCopy
 from edge_agent.adapters.torch_models.image import ImagePipelineModel
+from edge_agent.adapters.torch_models.kv_cache import folder_batch_cache_bytes
 from edge_agent.adapters.torch_models.safetensors_reader import SafetensorsSource
 from edge_agent.adapters.torch_models.skeletons import (
     Prepared,
@@ -37,9 +38,10 @@ from edge_agent.adapters.torch_models.skeletons import (
 from edge_agent.adapters.torch_models.sources import BlockSource, TensorSource
 from edge_agent.adapters.torch_models.tensors import DTYPES, normalise_device, synchronize
 from edge_agent.adapters.torch_models.text import TextModel
+from edge_agent.core.batching import BatchLimits
 from edge_agent.core.ports import HostCopy, LoadReport
 from edge_agent.errors import BadModelFolder, CorruptWeights
-from genedge.contract import ModelManifest
+from genedge.contract import ModelKind, ModelManifest
 
 # How the direct loader reads weight files: the pipelined block reader (`fastload`) or the
 # older per-file one (`safetensors_reader`, whose docstring says why it stays).
@@ -243,6 +245,13 @@ class TorchModelLoader:
         return SafetensorsSource(root, None, notes, device=self._dev, cast=self._cast)
 
     # ----------------------------------------------------------------------------------
+    def batch_cache_bytes(self, manifest: ModelManifest, limits: BatchLimits) -> int:
+        """Device bytes a running text batch of this model reserves next to its weights
+        under `limits` (`kv_cache`, from its config); 0 for an image pipeline."""
+        if manifest.kind != ModelKind.TEXT:
+            return 0
+        return folder_batch_cache_bytes(Path(manifest.path), limits, self.dtype)
+
     def load_with_library(
         self, manifest: ModelManifest
     ) -> tuple[TextModel | ImagePipelineModel, LoadReport]:
