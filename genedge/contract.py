@@ -277,6 +277,12 @@ class ModelStatus(Contract):
     in_flight: NonNegInt = 0
     queued: NonNegInt = 0
     memory_bytes: int = Field(0, ge=0, description="Device memory this model holds now.")
+    batch_cache_bytes: int = Field(
+        0,
+        ge=0,
+        description="Device memory its running batch's KV cache takes next to its weights "
+        "once loaded (in `memory_bytes` while loaded); the placement counts it.",
+    )
     host_ram_bytes: int = Field(0, ge=0, description="Host RAM this model's cached copy holds now.")
     storage_bytes: NonNegInt = 0
     pool_hits: NonNegInt = 0

@@ -110,7 +110,7 @@ def build_instance(
             )
             kinds[m.id] = m.kind.value
             p = fleet.profile_of(a.id, m) or fleet.profile_on_hardware(m.id, f.fingerprint)
-            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw, rates.get(m.id, 0.0))
+            perf[(m.id, a.id)] = _perf(p, m, disk_bw, h2d_bw, rates.get(m.id, 0.0))
             level = settled(m)
             if level in PLACEABLE:
                 current[(m.id, a.id)] = level
@@ -129,7 +129,7 @@ def build_instance(
             )
             kinds[m.id] = m.kind.value
             p = fleet.profile_on_hardware(m.id, f.fingerprint)  # its own, if it measured it before
-            perf[(m.id, a.id)] = _perf(p, m.storage_bytes, disk_bw, h2d_bw, rates.get(m.id, 0.0))
+            perf[(m.id, a.id)] = _perf(p, m, disk_bw, h2d_bw, rates.get(m.id, 0.0))
     if not hosts:
         raise NoHosts("no live edge agents to plan on")
     cloud_infer: dict[str, float] = {}
@@ -156,27 +156,31 @@ def build_instance(
 
 
 def _perf(
-    p: ModelProfile | None, size: int, disk_Bps: float, h2d_Bps: float, rate: float = 0.0
+    p: ModelProfile | None, m: ModelStatus, disk_Bps: float, h2d_Bps: float, rate: float = 0.0
 ) -> Perf:
     """A model's Perf on a host: from its profile (measured there, or on a host of the same
-    hardware fingerprint), else estimated from its size and the host's bandwidths.
+    hardware fingerprint), else estimated from its size and the host's bandwidths. Its
+    device memory includes its batch's KV cache (`ModelStatus.batch_cache_bytes`), which
+    the agent budgets with the weights.
 
     A profile with throughput points gives the time at the batch the model's arrival
     `rate` (requests/s) implies (`planned_time`): the host seconds per request (compute)
     and the request's latency (delay) there, so a batching model carries more load than
     its batch-1 time says. The model's whole rate is used, as if one host served it:
     where the decision splits it, each host's batch is smaller than planned."""
+    cache = m.batch_cache_bytes
     if p is not None:
         t = planned_time(p.generation_s, p.throughput, rate)
         return Perf(
-            vram_bytes=max(p.peak_bytes, p.resident_bytes),
+            vram_bytes=max(p.peak_bytes, p.resident_bytes) + cache,
             load_disk_s=p.load_cold_s,
             load_ram_s=p.load_ram_s,
             infer_s=t.service_s,
             latency_s=t.latency_s if p.throughput else None,
         )
+    size = m.storage_bytes
     return Perf(
-        vram_bytes=size,
+        vram_bytes=size + cache,
         load_disk_s=size / disk_Bps,
         load_ram_s=size / h2d_Bps,
         infer_s=_DEFAULT_INFER_S,

@@ -34,11 +34,12 @@ def fleet() -> Iterator[Fleet]:
     reg.close()
 
 
-def _host_with(fleet: Fleet, *, throughput: list[BatchPoint]) -> None:
+def _host_with(fleet: Fleet, *, throughput: list[BatchPoint], cache: int = 0) -> None:
     status = model_doc(
         "chat",
         "resident",
         storage_bytes=GB,
+        batch_cache_bytes=cache,
         profile=profile("chat", generation_s=1.0, throughput=throughput),
     )
     fleet.registry.upsert_agent("e1", "http://e1:8100", "edge", facts("e1"), now=1.0)
@@ -116,3 +117,9 @@ def test_the_delay_term_uses_the_latency_and_the_compute_term_the_host_time() ->
     assert cost.delay == pytest.approx(4.0 * inst.prices.delay_weight)
     with pytest.raises(ValueError, match=">= 0"):
         Perf(vram_bytes=1, load_disk_s=1.0, load_ram_s=1.0, infer_s=1.0, latency_s=-1.0)
+
+
+def test_the_model_takes_its_batch_cache_on_the_device_too(fleet: Fleet) -> None:
+    _host_with(fleet, throughput=[], cache=7000)
+    # The profile's peak (3000) and resident (2000) bytes, plus the agent's batch cache.
+    assert _perf_at(fleet, 1.0).vram_bytes == 3000 + 7000

@@ -56,6 +56,8 @@ async def test_a_resident_model_holds_its_weights_and_its_batch_cache() -> None:
     await mgr.set_level("chat", Level.RESIDENT, wait=True)
     assert mgr.device_used_bytes() == 700
     assert mgr.status("chat").memory_bytes == 700
+    assert mgr.status("chat").batch_cache_bytes == 200  # the orchestrator plans with it
+    assert mgr.status("img").batch_cache_bytes == 0
     # 100 bytes left: the 300-byte image pipeline no longer fits beside it.
     with pytest.raises(DoesNotFit, match="300 bytes"):
         mgr.check_fits("img", Level.RESIDENT)

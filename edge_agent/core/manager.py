@@ -371,6 +371,7 @@ class ModelManager:
             in_flight=e.in_flight,
             queued=e.queued,
             memory_bytes=e.device_bytes if e.loaded is not None else 0,
+            batch_cache_bytes=self._batch_cache(e),
             host_ram_bytes=e.host_copy.nbytes if e.host_copy is not None else 0,
             storage_bytes=e.manifest.storage_bytes,
             pool_hits=e.pool_hits,
