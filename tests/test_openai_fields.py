@@ -365,6 +365,19 @@ async def test_text_fields_at_an_agent(store: Path, tmp_path: Path) -> None:
         await _check_refusals(client)
 
 
+async def test_agent_model_object_and_wrong_methods(store: Path, tmp_path: Path) -> None:
+    async with running_agent(agent_settings(store, tmp_path)) as client:
+        m = (await client.get("/v1/models/tiny-llama")).json()
+        assert m["object"] == "model" and m["id"] == "tiny-llama" and m["owned_by"] == "genedge"
+        assert isinstance(m["created"], int) and m["served_by"] == "edge-test"
+        missing = await client.get("/v1/models/no-such-model")
+        assert missing.status_code == 404 and missing.json()["error"]["model"] == "no-such-model"
+        assert (await client.get("/v1/models/tiny-llama/status")).json()["level"] == "stored"
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            wrong = await client.get(path)
+            assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+
+
 async def test_text_fields_unbatched(store: Path, tmp_path: Path) -> None:
     """The same fields with batching off (each request runs `model.generate` alone)."""
     async with running_agent(agent_settings(store, tmp_path, text_batching=False)) as client:
@@ -398,6 +411,8 @@ async def test_the_official_openai_sdk(store: Path, tmp_path: Path) -> None:
             sdk = openai.AsyncOpenAI(
                 base_url=f"{str(url).rstrip('/')}/v1", api_key="unused", max_retries=0
             )
+            if url == agent.base_url:  # the gateway's catalogue comes from an orchestrator
+                assert (await sdk.models.retrieve("tiny-llama")).owned_by == "genedge"
             kw: dict[str, Any] = {"model": "tiny-llama", "messages": MSGS, "temperature": 0}
             full = await sdk.chat.completions.create(**kw, max_completion_tokens=12)
             text = full.choices[0].message.content

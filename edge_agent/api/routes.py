@@ -44,6 +44,7 @@ from genedge.contract import (
     Level,
     ModelStatus,
     ModelStatusList,
+    OpenAIModel,
     SetLevelRequest,
     TextDefaults,
 )
@@ -308,6 +309,16 @@ async def profile_model(request: Request, model_id: str) -> ModelStatus:
     rt = _rt(request)
     await rt.profile(model_id)
     return rt.manager.status(model_id)
+
+
+@router.get("/v1/models/{model_id:path}", responses=ERRORS, response_model=OpenAIModel)
+async def openai_model(request: Request, model_id: str) -> OpenAIModel:
+    """One model in OpenAI's shape (`GET /v1/models/{model}`, what the SDK's
+    `models.retrieve` asks); 404 for a model this agent does not hold. Registered after the
+    model's own routes (`/status`, `/level`, `/profile`), which its path would also match."""
+    rt = _rt(request)
+    st = rt.manager.status(model_id)
+    return OpenAIModel(id=st.id, kind=st.kind, level=st.level, served_by=rt.settings.host_id)
 
 
 @router.get("/v1/host", response_model=HostFacts)
