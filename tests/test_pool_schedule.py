@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_agent.core.pool_schedule import Waiter, next_model
+from genedge.pool_schedule import Waiter, next_model
 
 
 def _w(ticket: int, model: str, since: float = 0.0, priority: str = "normal") -> Waiter:

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge_agent.core.batching import BatchLimits
-from edge_agent.core.pool_schedule import Waiter, next_model
 from edge_agent.core.ports import HostCopy, LoadedModel, LoadReport, ModelFetcher, ModelLoader
 from edge_agent.errors import (
     AgentError,
@@ -66,6 +65,7 @@ from genedge.contract import (
     ProfileStatus,
     TargetLevel,
 )
+from genedge.pool_schedule import Waiter, next_model
 
 log = logging.getLogger("edge_agent.manager")
 

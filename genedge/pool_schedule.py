@@ -1,5 +1,9 @@
 """Which waiting model gets the swap pool next: grouped by model, by priority, bounded waits.
 
+Shared ground floor: the edge agent's model manager schedules its swap pool with this rule,
+and the simulator (`sim/simulator.py`) serves each simulated host's pool with the same one,
+so a replay serves what the agent would (one implementation for both).
+
 Every switch of the swap pool costs a preload (0.4-11 s measured on an H200). Serving the
 waiting requests first-in-first-out reloads on almost every request of an interleaving such
 as A B A A C (the thrash llama-swap's users report). The rule here, evaluated whenever the
