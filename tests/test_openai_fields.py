@@ -150,6 +150,12 @@ def test_stop_ends_the_text_before_the_stop_string(text_model: TextModel) -> Non
         ):
             assert (r.text, r.finish_reason) == (cut, "stop")
             assert r.completion_tokens < 24
+    # a request that leaves the batch at its stop string leaves nothing behind
+    lp = TextParams(24, 0.0, 1.0, fit_to_context=False, stop=(stop,), logprobs=1)
+    r, _ = _batched(text_model, "the cat", lp)
+    assert (r.text, r.finish_reason) == (cut, "stop")
+    batcher = text_model._batcher
+    assert batcher is not None and batcher._samplers == {} and batcher._slot_of == {}
     # a stop string that never comes changes nothing
     for r in _both(
         text_model, "the cat", TextParams(24, 0.0, 1.0, fit_to_context=False, stop=("@@@@",))

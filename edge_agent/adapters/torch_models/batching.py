@@ -196,6 +196,7 @@ class TextBatcher:
 
         self.limits = limits
         self._samplers: dict[int, Decoding] = {}
+        self._slot_of: dict[str, int] = {}  # request id -> its `Decoding` slot
         self._slots = itertools.count(1)
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -243,11 +244,13 @@ class TextBatcher:
         if not decoding.plain_greedy:
             slot = next(self._slots)
             self._samplers[slot] = decoding
+            self._slot_of[rid] = slot
 
         def deliver(out: Any) -> None:
             done = out.is_finished()
             if done:
                 self._samplers.pop(slot, None)
+                self._slot_of.pop(rid, None)
             on_output(list(out.generated_tokens), done, out.error)
 
         with self._mgr.output_router._lock:
@@ -278,6 +281,7 @@ class TextBatcher:
         with self._mgr.output_router._lock:
             self._mgr.output_router.result_handlers.pop(rid, None)
         self._samplers.pop(slot, None)
+        self._slot_of.pop(rid, None)
 
     def cancel(self, rid: str) -> None:
         """End a request before its next step (its cache blocks are freed); no further
@@ -285,6 +289,9 @@ class TextBatcher:
         with self._mgr.output_router._lock:
             self._mgr.output_router.result_handlers.pop(rid, None)
         self._mgr.cancel_request(rid)
+        slot = self._slot_of.pop(rid, None)
+        if slot is not None:  # a cancelled request is never delivered finished: drop it here
+            self._samplers.pop(slot, None)
 
     @property
     def alive(self) -> bool:
@@ -303,3 +310,4 @@ class TextBatcher:
             log.debug("destroying the batching engine failed", exc_info=True)
         self._model.__dict__.pop("_cached_continuous_batching_manager", None)
         self._samplers.clear()
+        self._slot_of.clear()
