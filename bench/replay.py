@@ -69,6 +69,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from bench.common import quiet_native_stdout  # noqa: E402
+from genedge.pool_schedule import DEFAULT_MAX_WAIT_S  # noqa: E402
 from orchestrator.core.placement import (  # noqa: E402
     CloudSpec,
     HostSpec,
@@ -469,6 +470,7 @@ def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
         seed=args.seed,
         time_limit_s=args.time_limit,
         overflow=not args.no_overflow,
+        pool_max_wait_s=args.pool_max_wait,
     )
 
 
@@ -570,6 +572,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rho-max", type=float, default=0.9)
     ap.add_argument(
         "--no-overflow", action="store_true", help="never reroute edge requests to the cloud"
+    )
+    ap.add_argument(
+        "--pool-max-wait",
+        type=float,
+        default=DEFAULT_MAX_WAIT_S,
+        help="the swap pool's starvation bound in seconds, as the agent's "
+        "EDGE_POOL_MAX_WAIT_S (default 30; 0: first-in-first-out, the simulator before "
+        "the agent grouped its pool)",
     )
     ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per MILP")
     ap.add_argument("--seed", type=int, default=0)

@@ -29,6 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_MAX_WAIT_S: Final = 30.0
+"""The starvation bound the agent runs with unless told otherwise (`EDGE_POOL_MAX_WAIT_S`);
+the simulator's default and the bound the decision core's π assumes."""
 
 PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
 

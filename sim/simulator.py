@@ -45,21 +45,31 @@ Routing (the gateway's rule, `cloud_gateway/core/routing.py`)
   not `ready`. Nothing ready and no cloud fraction: the cloud.
 - Live-queue correction (`SimConfig.overflow`, on by default): the pick only decides edge
   or cloud; an edge request goes to the ready planned host that would finish it first (its
-  queue, pool content and the request's work known exactly; the picked host on a tie), and
-  to the cloud when even that one would finish it later than the cloud.
+  queue in arrival order, pool switches included, and the request's work; the picked host
+  on a tie), and to the cloud when even that one would finish it later than the cloud. The
+  estimate is exact for a first-in-first-out pool; with the pool grouped by model the
+  request may finish earlier or later (within the starvation bound).
 - Overflow off: the pick is over every planned option (ready or not) and the request is
   served there however long it waits (for a fetch or load, then in the host's queue).
   The compute cap ρ_max is a planning constraint only.
 
 Serving (the edge agent's semantics)
 ------------------------------------
-- One FIFO server per host GPU: requests are served one at a time in the order they become
-  eligible (their arrival, or later when they wait for a transition, see below); a request
-  of `work` w takes w·I_{m,e} seconds (w = 1 is the measured generation).
+- One server per host GPU: requests are served one at a time, each once it is eligible
+  (its arrival, or later when it waits for a transition, see below); a request of `work` w
+  takes w·I_{m,e} seconds (w = 1 is the measured generation).
 - Swap pool: a request for a pooled (stored or cached) model that finds the pool holding
   another model first loads it (L^disk, or L^ram when cached) on the same server, replacing
   the previous pooled model (whose requests have drained: the server is sequential). That
   is a *switch*; a pool load is delay, as in the cost model (π·L is delay there too).
+- Order, the agent's (`genedge.pool_schedule.next_model`, the rule the edge agent's manager
+  runs): whenever the server is free it takes, among the eligible pooled requests, those of
+  a request that has waited `SimConfig.pool_max_wait_s` (30 s, the agent's default) first,
+  oldest first; else the model the pool holds (its waiting requests go before a switch);
+  else the oldest. Resident requests are served first-in-first-out, and the oldest of them
+  goes before the pool's choice when it arrived earlier (the two share the one server).
+  `pool_max_wait_s = 0` is first-in-first-out throughout (the simulator before the agent
+  grouped its pool). Each host drains its queue before the next slot's requests.
 - Cloud: latency T^wan + w·I^cloud_m, unlimited capacity, `cloud_per_request` each.
 
 Transitions at a slot boundary t0 (the orchestrator reconciles at once)
@@ -143,6 +153,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from genedge.pool_schedule import DEFAULT_MAX_WAIT_S, Waiter, next_model
 from genedge.weighted import SmoothWeighted
 from orchestrator.core import placement
 from orchestrator.core.algorithms import ALGORITHMS, solve
@@ -280,6 +291,10 @@ class SimConfig:
     it later than the cloud; see the module docstring). The estimator settings are the
     orchestrator's defaults; `time_limit_s` bounds each solve; `seed + slot` seeds it.
     `keep_alive_s`, `max_loaded_per_gpu`: the `keep-alive` baseline's (Ollama's defaults).
+    `pool_max_wait_s`: the swap pool's starvation bound, as the agent's
+    `EDGE_POOL_MAX_WAIT_S` (30 s): a planned host's pool serves its waiting requests by
+    `genedge.pool_schedule.next_model`; 0 is first-in-first-out (the simulator before the
+    agent grouped its pool), and the decision core's π is derived for the same bound.
     """
 
     start_s: float | None = None
@@ -294,6 +309,7 @@ class SimConfig:
     pool_half_life_slots: float = 5.0
     keep_alive_s: float = 300.0
     max_loaded_per_gpu: int = 3
+    pool_max_wait_s: float = DEFAULT_MAX_WAIT_S
 
 
 @dataclass(frozen=True)
@@ -594,12 +610,44 @@ def _cloud_latency(base: Instance, r: Request) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-class _PlannedHost:
-    """One host carrying out decisions: levels, readiness, FIFO server, swap pool."""
+@dataclass(frozen=True)
+class _Waiting:
+    """A request routed to a planned host, waiting for its server: `ticket` is its place in
+    eligibility order (the FIFO order), `ready` when it became eligible."""
 
-    def __init__(self, spec: HostSpec, base: Instance, start: float) -> None:
+    ticket: int
+    request: Request
+    ready: float
+
+
+@dataclass(frozen=True)
+class _Served:
+    """A request a planned host served: its latency and pool hit (None: not pooled)."""
+
+    request: Request
+    host: str
+    latency: float
+    hit: bool | None
+
+
+class _PlannedHost:
+    """One host carrying out decisions: levels, readiness, one server, swap pool.
+
+    The server takes the next request whenever it is free, among those eligible by then:
+    the swap pool's waiting requests are ordered by the agent's own rule
+    (`genedge.pool_schedule.next_model`: overdue first, then the model the pool holds, then
+    the oldest), resident requests first-in-first-out, and between the pool's choice and the
+    oldest resident request the earlier arrival goes first. With `max_wait_s = 0` that is
+    one FIFO server in eligibility order."""
+
+    def __init__(
+        self, spec: HostSpec, base: Instance, start: float, max_wait_s: float = 0.0
+    ) -> None:
         self.spec = spec
         self.base = base
+        self.max_wait_s = max_wait_s
+        self.waiting: list[_Waiting] = []
+        self._projection: tuple[float, str | None] | None = None  # FIFO (end, pool model)
         self.busy_until = start
         self.levels: dict[str, str] = {}  # what the decision placed here
         self.disk_ready: dict[str, float] = {}  # every model on disk: on disk from then
@@ -696,17 +744,69 @@ class _PlannedHost:
             return max(t, self.res_ready[m])
         return max(t, self.disk_ready[m])
 
-    def finish(self, m: str, ready: float, work: float) -> float:
-        """When a request for m eligible at `ready` would finish if served now."""
-        perf = self._perf(m)
-        begin = max(ready, self.busy_until)
-        level = self.levels[m]
-        if level in Level.POOLED and self.pool_model != m:
-            begin += perf.load_ram_s if level == Level.CACHED else perf.load_disk_s
-        return begin + work * perf.infer_s
+    def enqueue(self, ticket: int, r: Request, ready: float) -> None:
+        """A request routed here, eligible from `ready` (tickets come in increasing order)."""
+        self.waiting.append(_Waiting(ticket, r, ready))
+        if self._projection is not None:
+            self._projection = self._project(self._projection, r.model, ready, r.work)
 
-    def serve(self, m: str, t: float, ready: float, work: float) -> tuple[float, bool | None]:
-        """Serve one request; returns (its latency, pool hit True / miss False / None)."""
+    def finish(self, m: str, ready: float, work: float) -> float:
+        """When a request for m eligible at `ready` would finish if it joined the queue now:
+        the router's estimate, the queue's work in arrival order (its pool switches
+        included) and then this request's. Exact for a FIFO server; with the pool grouped
+        by model the real finish can come earlier (m is the pool's holder) or later (others
+        go first, up to the bound)."""
+        if self._projection is None:
+            state: tuple[float, str | None] = (self.busy_until, self.pool_model)
+            for w in self.waiting:
+                state = self._project(state, w.request.model, w.ready, w.request.work)
+            self._projection = state
+        return self._project(self._projection, m, ready, work)[0]
+
+    def _project(
+        self, state: tuple[float, str | None], m: str, ready: float, work: float
+    ) -> tuple[float, str | None]:
+        end, pool = state
+        perf = self._perf(m)
+        begin = max(ready, end)
+        level = self.levels[m]
+        if level in Level.POOLED and pool != m:
+            begin += perf.load_ram_s if level == Level.CACHED else perf.load_disk_s
+            pool = m
+        return begin + work * perf.infer_s, pool
+
+    def advance(self, until: float) -> list[_Served]:
+        """Serve every waiting request whose turn comes before `until` (all: `math.inf`)."""
+        served: list[_Served] = []
+        while self.waiting:
+            now = max(self.busy_until, min(w.ready for w in self.waiting))
+            if now >= until:
+                break
+            w = self._next(now)
+            self.waiting.remove(w)
+            self._projection = None
+            r = w.request
+            latency, hit = self._serve_one(r.model, r.t, w.ready, r.work)
+            served.append(_Served(r, self.spec.id, latency, hit))
+        return served
+
+    def _next(self, now: float) -> _Waiting:
+        """The request the free server takes at `now` (see the class docstring)."""
+        eligible = [w for w in self.waiting if w.ready <= now]
+        pooled = [w for w in eligible if self.levels[w.request.model] in Level.POOLED]
+        resident = [w for w in eligible if self.levels[w.request.model] not in Level.POOLED]
+        best = min(resident, key=lambda w: w.ticket) if resident else None
+        if pooled:
+            waiters = [Waiter(w.ticket, w.request.model, "normal", w.ready) for w in pooled]
+            chosen = next_model(waiters, self.pool_model, now, self.max_wait_s)
+            first = min((w for w in pooled if w.request.model == chosen), key=lambda w: w.ticket)
+            if best is None or first.ticket < best.ticket:
+                best = first
+        assert best is not None  # `now` is at least the earliest ready
+        return best
+
+    def _serve_one(self, m: str, t: float, ready: float, work: float) -> tuple[float, bool | None]:
+        """Serve one request now; returns (its latency, pool hit True / miss False / None)."""
         perf = self._perf(m)
         begin = max(ready, self.busy_until)
         hit: bool | None = None
@@ -735,7 +835,7 @@ class _PlannedSim:
         self.start = start
         self.policy = policy
         self.name = policy if isinstance(policy, str) else getattr(policy, "__name__", "custom")
-        self.hosts = {h.id: _PlannedHost(h, base, start) for h in base.hosts}
+        self.hosts = {h.id: _PlannedHost(h, base, start, cfg.pool_max_wait_s) for h in base.hosts}
         self.model_ids = [m.id for m in base.models]
         self.estimator = self._estimator(start)
         self.pool = PoolStats(half_life_slots=cfg.pool_half_life_slots)
@@ -865,8 +965,10 @@ class _PlannedSim:
         return chooser.pick(weights)
 
     def _serve(self, reqs: list[Request], plan: Plan, tally: _Tally) -> None:
-        """Every request picked in arrival order; cloud requests at once, edge requests per
-        host in order of eligibility, with the live-queue correction (overflow on)."""
+        """Every request picked in arrival order; cloud requests at once, edge requests
+        routed in order of eligibility (with the live-queue correction when overflow is on)
+        and served by their host's server as it frees (`_PlannedHost`); every host drains
+        its queue before the next slot's requests."""
         w = self.base.prices.delay_weight
         queue: list[tuple[float, float, int, Request, str]] = []
         for i, r in enumerate(reqs):
@@ -877,24 +979,28 @@ class _PlannedSim:
                 ready = self.hosts[e].eligible(r.model, r.t)
                 queue.append((ready, r.t, i, r, e))
         queue.sort(key=lambda q: (q[0], q[1], q[2]))
-        stats: dict[tuple[str, str], list[int]] = {}
-        for ready, _, _, r, e in queue:
-            host = self.hosts[e]
-            cloud_s = _cloud_latency(self.base, r)
+        served: list[_Served] = []
+        for ticket, (ready, _, _, r, e) in enumerate(queue):
+            for h in self.hosts.values():
+                served += h.advance(ready)
             if self.cfg.overflow:
                 # the pick chose the edge; the planned ready host that finishes first serves
+                cloud_s = _cloud_latency(self.base, r)
                 first = self._fastest(r, plan, e)
                 if first is None or first[0] > r.t + cloud_s:
                     tally.serve(cloud_s, True, w, r.model, "cloud")
                     continue
                 e, ready = first[1], first[2]
-                host = self.hosts[e]
-            latency, hit = host.serve(r.model, r.t, ready, r.work)
-            tally.serve(latency, False, w, r.model, e)
-            if hit is not None:
-                hm = stats.setdefault((r.model, e), [0, 0])
-                hm[0 if hit else 1] += 1
-                tally.pool_loads += not hit
+            self.hosts[e].enqueue(ticket, r, ready)
+        for h in self.hosts.values():
+            served += h.advance(math.inf)
+        stats: dict[tuple[str, str], list[int]] = {}
+        for done in served:
+            tally.serve(done.latency, False, w, done.request.model, done.host)
+            if done.hit is not None:
+                hm = stats.setdefault((done.request.model, done.host), [0, 0])
+                hm[0 if done.hit else 1] += 1
+                tally.pool_loads += not done.hit
         self.pool.roll()
         for (m, e), (hits, misses) in sorted(stats.items()):
             self.pool.observe(m, e, hits, misses)

@@ -117,6 +117,56 @@ def test_overflow_sends_a_request_past_a_long_queue() -> None:
     assert r.slots[0].served == {"B": {"e": 2, "cloud": 2}}
 
 
+def both_pooled(inst: Instance, slot: int) -> Mapping[str, Option]:
+    """A and B both stored (pooled from disk) on the one host: they share its swap pool."""
+    return {"A": Option("e", "stored"), "B": Option("e", "stored")}
+
+
+INTERLEAVED = [Request(0.0, "A"), Request(0.5, "B"), Request(1.0, "A"), Request(1.5, "B")]
+INTERLEAVED += [Request(2.0, "A")]
+
+
+@pytest.mark.parametrize(
+    ("max_wait_s", "latencies", "switches"),
+    [
+        # first in, first out: every request finds the other model in the pool.
+        # A@0 load 0-3 run 3-4; B@.5 load 4-6 run 6-8; A@1 8-11, 11-12; B@1.5 12-14,
+        # 14-16; A@2 16-19, 19-20
+        (0.0, [4.0, 7.5, 11.0, 14.5, 18.0], 5),
+        # the agent's rule: at 4 the pool holds A, so A@1 (4-5) and A@2 (5-6) go before
+        # the switch; B@.5 load 6-8 run 8-10, B@1.5 10-12
+        (30.0, [4.0, 9.5, 4.0, 10.5, 4.0], 2),
+        # a 5 s bound: at 6 B@.5 has waited 5.5 s (overdue) but A's run is already over
+        (5.0, [4.0, 9.5, 4.0, 10.5, 4.0], 2),
+        # a 3 s bound: at 4 B@.5 has waited 3.5 s, so it goes first; then FIFO again
+        (3.0, [4.0, 7.5, 11.0, 14.5, 18.0], 5),
+    ],
+)
+def test_the_swap_pool_is_served_by_the_agents_rule(
+    max_wait_s: float, latencies: list[float], switches: int
+) -> None:
+    start = replace(tiny(100.0), current={("A", "e"): "stored", ("B", "e"): "stored"})
+    cfg = SimConfig(overflow=False, start_s=0.0, pool_max_wait_s=max_wait_s)
+    r = simulate(start, INTERLEAVED, both_pooled, cfg)
+    by_arrival = {req.t: lat for req, lat in zip(INTERLEAVED, latencies, strict=True)}
+    assert sorted(r.latencies) == pytest.approx(sorted(by_arrival.values()))
+    assert r.pool_loads == switches and r.switches == switches
+
+
+def test_grouping_the_pool_saves_switches_on_poisson_interleaving() -> None:
+    # two pooled models at 0.4 req/s each on one host: queues form, and with the agent's
+    # bound the pool serves runs of one model instead of alternating
+    start = replace(tiny(60.0), current={("A", "e"): "stored", ("B", "e"): "stored"})
+    reqs = poisson_requests({"A": 0.2, "B": 0.1}, n_slots=10, slot_s=60.0, seed=3)
+    runs = {
+        w: simulate(start, reqs, both_pooled, SimConfig(overflow=False, pool_max_wait_s=w))
+        for w in (0.0, 30.0)
+    }
+    assert runs[30.0].switches < 0.9 * runs[0.0].switches  # 70 against 86
+    assert runs[30.0].mean_latency_s < runs[0.0].mean_latency_s
+    assert runs[30.0].requests == runs[0.0].requests == len(reqs)
+
+
 def test_hand_computed_lru() -> None:
     # A@0: fetched 0-2, loaded 2-5, runs 5-6. B@1: fetched 1-2, waits for the GPU, loads
     # 6-8, runs 8-10. A@2 (loaded) runs 10-11. B@10.5 runs 11-13, B@11 13-15.
