@@ -14,8 +14,9 @@ What a planning policy sees (never the slot it plans)
   t is observed (`SlotRecord.planned_rates` keeps what each plan used). Requests stamped
   before the first slot are history: they train the estimator and are not served.
 - π (pool-miss probability): when the decision core offers `placement.pool_miss_from`,
-  π of slot t comes from the previous slot's decision (which models share each pool and
-  the rates routed to them) on slot t's instance; otherwise (and for slot 0, and for custom
+  π of slot t comes from the previous slot's decision (which models share each pool, the
+  rates routed to them and the hosts' expected waits, for the pool grouped by model under
+  `SimConfig.pool_max_wait_s`) on slot t's instance; otherwise (and for slot 0, and for custom
   planners that return a bare assignment) `rates.PoolStats` fed with the pool hits and
   misses the simulated hosts saw in earlier slots (1 without evidence, the cost model's
   default).
@@ -932,7 +933,7 @@ class _PlannedSim:
         prev = self.previous
         if derive is None or prev is None or prev.source is None:
             return None
-        got = derive(inst, prev.source)
+        got = derive(inst, prev.source, max_wait_s=self.cfg.pool_max_wait_s)
         return {key: float(p) for key, p in got.items() if key in self.base.perf}
 
     def _plan(self, inst: Instance, k: int) -> Plan:

@@ -184,12 +184,13 @@ def test_pool_miss_follows_the_models_sharing_the_pool_and_their_rates() -> None
         0.0,
         split=split,
     )
-    pi = pool_miss_from(inst, d)
+    pi = pool_miss_from(inst, d, max_wait_s=0.0)  # first in, first out
     assert pi[("a", "e")] == pytest.approx(0.1 / 0.4)
     assert pi[("b", "e")] == pytest.approx(0.3 / 0.4)
     assert pi[("c", "e")] == pytest.approx(0.4 / 0.6)  # if it joined with all its traffic
     alone = {"a": {Option("e", "stored"): 1.0}, "b": {CLOUD: 1.0}, "c": {CLOUD: 1.0}}
     d1 = Decision({m: next(iter(fr)) for m, fr in alone.items()}, d.cost, "t", 0.0, split=alone)
+    assert pool_miss_from(inst, d1, max_wait_s=0.0)[("a", "e")] == 0.0
     assert pool_miss_from(inst, d1)[("a", "e")] == 0.0
 
 
