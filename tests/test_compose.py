@@ -378,6 +378,12 @@ def test_stack_wiring(configs: dict[str, dict[str, Any]], variant: str) -> None:
         assert env["EDGE_ORCHESTRATOR_URL"] == orch_url, name
         assert env["EDGE_AGENT_TOKEN"] == orch["ORCH_AGENT_TOKEN"] == gw["GW_AGENT_TOKEN"], name
         assert env["EDGE_ADVERTISE_URL"] == f"http://{name}:{env['EDGE_PORT']}", name
+    cloud_url = next(
+        _env(s)["EDGE_ADVERTISE_URL"] for s in agents.values() if _env(s)["EDGE_ROLE"] == "cloud"
+    )
+    for name, svc in agents.items():  # edge agents fetch what they lack from the cloud agent
+        if _env(svc)["EDGE_ROLE"] == "edge":
+            assert _env(svc)["EDGE_REPOSITORY_URL"] == cloud_url, name
     assert gw["GW_ORCHESTRATOR_TOKEN"] == orch["ORCH_GATEWAY_TOKEN"]
     for name in ["gateway", *agents]:
         dep = services[name].get("depends_on", {}).get("orchestrator", {})
