@@ -112,6 +112,15 @@ async def test_the_dashboard_shows_the_fleet_follows_changes_and_plans(
         text = await failed.text_content()
         assert text is not None and text.startswith("failed: ") and "load" in text
 
+        # the operator's pin and priority show in the grid once a plan holds them
+        r = await o.put("/v1/pins/edge-a/tiny-sd", json={"level": "cached"})
+        assert r.status_code == 200, r.text
+        r = await o.put("/v1/priorities/tiny-sd", json={"priority": "high"})
+        assert r.status_code == 200, r.text
+        pinned = '[data-cell="tiny-sd|edge-a"] [data-pin="cached"]'
+        await page.wait_for_selector(pinned, timeout=20_000)
+        await page.wait_for_selector('tr[data-model="tiny-sd"] [data-priority="high"]')
+
         # the what-if panel plans with the rates given
         await page.fill("#whatif-rates", json.dumps({"tiny-gpt2": 5.0}))
         await page.select_option("#whatif-algorithm", "exact")
