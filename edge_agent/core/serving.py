@@ -155,6 +155,7 @@ async def _await_job(
             await asyncio.wait([done], timeout=0.05)
     except BaseException:  # stopped, or the awaiting task was cancelled
         stop.set()
+        _retrieved(done)  # the job settles it later, with nobody awaiting it any more
         job.cancel()
         if linger:
             finished: threading.Event = job.finished  # type: ignore[attr-defined]
@@ -162,6 +163,17 @@ async def _await_job(
                 await asyncio.sleep(0.02)
         raise
     return done.result()
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark `fut`'s outcome as seen once it comes: an expected stop (`ClientDisconnected`)
+    that nobody awaits any more is not "never retrieved" noise in the log."""
+
+    def see(f: asyncio.Future[Any]) -> None:
+        if not f.cancelled():
+            f.exception()
+
+    fut.add_done_callback(see)
 
 
 def _settler(loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any]) -> Callable[..., None]:
@@ -386,6 +398,8 @@ class TextStream:
                 loop.call_soon_threadsafe(queue.put_nowait, (index, _DONE))
 
         workers = [asyncio.ensure_future(run(i)) for i in range(len(self.choices))]
+        for worker in workers:
+            _retrieved(worker)  # its error is raised below when it matters
         try:
             remaining = len(workers)
             while remaining:
