@@ -211,8 +211,9 @@ def run(state: Path, *, once: bool) -> int:
         f"{', '.join(p.name for p in built)}"
     )
     agents = [
-        # edge-1 can keep SmolLM2 (~270 MB) resident next to the small ones; edge-2 cannot.
-        AgentSpec("edge-1", device_budget_bytes=420 * MB),
+        # edge-1 can keep SmolLM2 (~270 MB of weights and ~190 MB of batch KV cache)
+        # resident next to the small ones; edge-2 cannot.
+        AgentSpec("edge-1", device_budget_bytes=640 * MB),
         AgentSpec("edge-2", device_budget_bytes=160 * MB),
         # The cloud keeps every model loaded, as a provider's warm fleet would.
         AgentSpec(
