@@ -471,6 +471,7 @@ def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
         time_limit_s=args.time_limit,
         overflow=not args.no_overflow,
         pool_max_wait_s=args.pool_max_wait,
+        grouped_pi=args.grouped_pi,
     )
 
 
@@ -580,6 +581,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the swap pool's starvation bound in seconds, as the agent's "
         "EDGE_POOL_MAX_WAIT_S (default 30; 0: first-in-first-out, the simulator before "
         "the agent grouped its pool)",
+    )
+    ap.add_argument(
+        "--grouped-pi",
+        action="store_true",
+        help="plan with π for the pool grouped by model (placement.pool_miss_from with the "
+        "bound) instead of the first-in-first-out value",
     )
     ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per MILP")
     ap.add_argument("--seed", type=int, default=0)

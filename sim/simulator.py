@@ -14,12 +14,12 @@ What a planning policy sees (never the slot it plans)
   t is observed (`SlotRecord.planned_rates` keeps what each plan used). Requests stamped
   before the first slot are history: they train the estimator and are not served.
 - π (pool-miss probability): when the decision core offers `placement.pool_miss_from`,
-  π of slot t comes from the previous slot's decision (which models share each pool, the
-  rates routed to them and the hosts' expected waits, for the pool grouped by model under
-  `SimConfig.pool_max_wait_s`) on slot t's instance; otherwise (and for slot 0, and for custom
-  planners that return a bare assignment) `rates.PoolStats` fed with the pool hits and
-  misses the simulated hosts saw in earlier slots (1 without evidence, the cost model's
-  default).
+  π of slot t comes from the previous slot's decision (which models share each pool and
+  the rates routed to them; first-in-first-out, or with `SimConfig.grouped_pi` for the
+  pool grouped by model under `SimConfig.pool_max_wait_s`) on slot t's instance;
+  otherwise (and for slot 0, and for custom planners that return a bare assignment)
+  `rates.PoolStats` fed with the pool hits and misses the simulated hosts saw in earlier
+  slots (1 without evidence, the cost model's default).
 - `current`: the levels the previous slot's decision left on each host, plus, as level
   `stored`, every model still on a host's disk that the decision no longer places there
   (see "Disk retention": using it again costs no fetch).
@@ -295,7 +295,10 @@ class SimConfig:
     `pool_max_wait_s`: the swap pool's starvation bound, as the agent's
     `EDGE_POOL_MAX_WAIT_S` (30 s): a planned host's pool serves its waiting requests by
     `genedge.pool_schedule.next_model`; 0 is first-in-first-out (the simulator before the
-    agent grouped its pool), and the decision core's π is derived for the same bound.
+    agent grouped its pool). `grouped_pi`: derive the decision's π for the pool grouped
+    under that bound (`placement.pool_miss_from`) rather than first-in-first-out; off by
+    default, as the FIFO value gave the online policies the lower cost on every replay
+    (docs/benchmarks.md), while the grouped one predicts the misses better.
     """
 
     start_s: float | None = None
@@ -311,6 +314,7 @@ class SimConfig:
     keep_alive_s: float = 300.0
     max_loaded_per_gpu: int = 3
     pool_max_wait_s: float = DEFAULT_MAX_WAIT_S
+    grouped_pi: bool = False
 
 
 @dataclass(frozen=True)
@@ -933,7 +937,8 @@ class _PlannedSim:
         prev = self.previous
         if derive is None or prev is None or prev.source is None:
             return None
-        got = derive(inst, prev.source, max_wait_s=self.cfg.pool_max_wait_s)
+        bound = self.cfg.pool_max_wait_s if self.cfg.grouped_pi else 0.0
+        got = derive(inst, prev.source, max_wait_s=bound)
         return {key: float(p) for key, p in got.items() if key in self.base.perf}
 
     def _plan(self, inst: Instance, k: int) -> Plan:

@@ -118,6 +118,7 @@ def test_grouped_pi_predicts_the_simulated_pool_better_than_fifo(
 
 def test_the_simulator_derives_pi_for_its_bound() -> None:
     # slot 1's plan sees π from slot 0's decision: FIFO values with bound 0, lower with 30
+    # (with `grouped_pi`; by default the simulator's decisions take the FIFO value)
     inst = replace(two_pooled(0.2, 0.1, slot_s=60.0), rates={})
     reqs = poisson_requests({"A": 0.2, "B": 0.1}, n_slots=3, slot_s=60.0, seed=1)
     seen: dict[float, list[dict[tuple[str, str], float]]] = {}
@@ -128,6 +129,7 @@ def test_the_simulator_derives_pi_for_its_bound() -> None:
             got.append(dict(i.pool_miss))
             return both_pooled(i)
 
-        simulate(inst, reqs, plan, SimConfig(overflow=False, start_s=0.0, pool_max_wait_s=bound))
+        cfg = SimConfig(overflow=False, start_s=0.0, pool_max_wait_s=bound, grouped_pi=True)
+        simulate(inst, reqs, plan, cfg)
         seen[bound] = got
     assert seen[0.0][2][("A", "e")] > seen[30.0][2][("A", "e")]
