@@ -298,6 +298,11 @@ class ModelStatus(Contract):
     profile_detail: str = ""
     profile: ModelProfile | None = None
     origin: ModelOrigin = ModelOrigin.USER
+    placed: bool = Field(
+        default=False,
+        description="The last level command set a level here (not `absent`); an agent "
+        "restart clears it until the orchestrator commands the model again.",
+    )
     evictable: bool = Field(
         default=False,
         description="The agent may delete this model's files to make room for a fetch "

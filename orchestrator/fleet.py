@@ -153,15 +153,15 @@ class Fleet:
     def unplaceable(self) -> set[tuple[str, str]]:
         """(model, host) pairs a decision that no longer places them should mark `absent`
         on their live edge host, so the agent may reclaim their disk: models the agent
-        fetched that it still counts as placed (not evictable; an evictable one was
-        unplaced already), and fetches under way or failed. Never the operator's own
+        fetched that it still counts as placed (`ModelStatus.placed`; an unplaced one needs
+        no command), and fetches under way or failed. Never the operator's own
         (`user`) models, nor pinned ones (the agent refuses `absent` below a pin)."""
         out = set()
         for a in self.live("edge"):
             for m in self.models_of(a.id):
                 if m.pinned_level is not None:
                     continue
-                if m.level == Level.ABSENT or (m.origin == ModelOrigin.FETCHED and not m.evictable):
+                if m.level == Level.ABSENT or (m.origin == ModelOrigin.FETCHED and m.placed):
                     out.add((m.id, a.id))
         return out
 

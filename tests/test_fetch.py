@@ -168,7 +168,7 @@ async def test_fetch_from_cloud_agent(store: Path, tmp_path: Path) -> None:
         assert r.status_code == 200, r.text
         st = r.json()
         assert st["level"] == "cached" and st["state"] == "ready"
-        assert st["origin"] == "fetched"
+        assert st["origin"] == "fetched" and st["placed"] is True
         fetch = st["fetch"]
         total = sum(p.stat().st_size for p in folder_files(store / "tiny-gpt2"))
         assert fetch["bytes_total"] == fetch["bytes_done"] == total
@@ -193,7 +193,7 @@ async def test_fetch_from_cloud_agent(store: Path, tmp_path: Path) -> None:
     async with running_agent(settings, loader=fake_loader()) as again:
         st = (await again.get("/v1/models/tiny-gpt2/status")).json()
         assert st["level"] == "stored" and st["origin"] == "fetched"
-        assert st["evictable"] is True  # not placed by any command since the restart
+        assert st["evictable"] is True and st["placed"] is False  # no command since the restart
         r = await put_level(again, "tiny-llama")  # no repository here
         assert r.status_code == 404
 

@@ -197,9 +197,10 @@ def test_the_fleet_unplaces_fetched_models_and_fetches_but_never_user_or_pinned_
     agent(
         fleet,
         "e1",
-        held("fetched", "resident", origin="fetched"),
+        held("fetched", "resident", origin="fetched", placed=True),
         held("fetched-unplaced", origin="fetched", evictable=True),
-        held("fetched-pinned", "cached", origin="fetched", pinned_level="cached"),
+        held("fetched-in-use-unplaced", origin="fetched", evictable=False),
+        held("fetched-pinned", "cached", origin="fetched", pinned_level="cached", placed=True),
         held("user", "resident"),
         held("coming", "absent", state="fetching"),
     )

@@ -386,6 +386,7 @@ class ModelManager:
             profile_detail=e.profile_detail,
             profile=e.profile,
             origin=e.manifest.origin,
+            placed=e.placed,
             evictable=self._evictable(e),
             pinned_level=e.pinned_level,
             fetch=e.fetch,
