@@ -86,6 +86,8 @@ def test_every_overlay_renders_the_whole_system(overlays: dict[str, list[dict[st
     assert kinds(overlays["cpu"]) == common | {
         "Deployment/cloud-agent",
         "PersistentVolumeClaim/cloud-agent-models",
+        "Service/cloud-agent",
+        "NetworkPolicy/model-repository",
     }
     assert kinds(overlays["gpu+service-monitor"]) == common | {"ServiceMonitor/genedge"}
     for objs in overlays.values():
@@ -272,3 +274,30 @@ def test_network_policies_let_only_the_control_plane_reach_agents(
         "ns:genedge.io/monitoring",
     }
     assert [p["port"] for r in policies["agents"]["ingress"] for p in r["ports"]] == [8100]
+
+
+def test_with_a_cloud_agent_edge_agents_fetch_from_it_and_may_reach_it(
+    overlays: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = {f"{o['kind']}/{o['metadata']['name']}": o for o in overlays["cpu"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in objs["DaemonSet/edge-agent"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    service = objs["Service/cloud-agent"]["spec"]
+    assert env["EDGE_REPOSITORY_URL"] == f"http://cloud-agent:{service['ports'][0]['port']}"
+    assert service["selector"] == {"app.kubernetes.io/name": "cloud-agent"}
+    policy = objs["NetworkPolicy/model-repository"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == service["selector"]
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "edge-agent"}}}
+    ]
+    assert [p["port"] for p in rule["ports"]] == [8100]
+    gpu_env = {
+        e["name"]
+        for o in overlays["gpu"]
+        if o["kind"] == "DaemonSet"
+        for e in o["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert "EDGE_REPOSITORY_URL" not in gpu_env  # no cloud agent, no repository
