@@ -18,7 +18,7 @@ from edge_agent.adapters.store import folder_files
 from edge_agent.core.manager import ModelManager
 from edge_agent.errors import UnknownModel
 from genedge.contract import FetchProgress, Level, ModelManifest, ModelOrigin, ModelState
-from tests.conftest import AGENT_TOKEN, agent_settings, running_agent
+from tests.conftest import AGENT_TOKEN, agent_settings, poll_status, running_agent
 from tests.fakes import FakeDevice, FakeLoader, manifest
 
 
@@ -472,3 +472,24 @@ def test_eviction_never_picks_a_hub_cache_snapshot(tmp_path: Path) -> None:
     assert not fetcher.removable(manifest("org/name", 100).model_copy(update={"path": str(snap)}))
     plain = tmp_path / ".fetched" / "org%2Fname"
     assert fetcher.removable(manifest("org/name", 100).model_copy(update={"path": str(plain)}))
+
+
+async def test_two_fetches_do_not_count_the_same_free_bytes(store: Path, tmp_path: Path) -> None:
+    """A fetch under way has promised the disk the bytes it has still to write: a second
+    fetch that would fit only in those bytes is refused before any byte, saying so."""
+    gpt2 = sum(p.stat().st_size for p in folder_files(store / "tiny-gpt2"))
+    llama = sum(p.stat().st_size for p in folder_files(store / "tiny-llama"))
+    async with cloud_and_edge(store, tmp_path, fetch_max_bps=gpt2 / 3) as (_, edge):
+        fetcher: Fetcher = edge.app.state.agent.manager.fetcher  # type: ignore[attr-defined]
+        fetcher.reserve_bytes = 0
+        # room for either model, never both (the disk seen does not shrink as bytes land)
+        fetcher.disk_free = lambda path: max(gpt2, llama) + min(gpt2, llama) // 2
+        first = asyncio.create_task(put_level(edge, "tiny-gpt2"))
+        await poll_status(edge, "tiny-gpt2", lambda st: st.get("fetch") is not None, timeout=10)
+        r = await put_level(edge, "tiny-llama")
+        assert r.status_code == 503, r.text
+        reason = r.json()["failed_reason"]
+        assert "promised to fetches under way" in reason and "nothing was written" in reason
+        assert (await first).status_code == 200  # the first one is unharmed
+        r = await put_level(edge, "tiny-llama")  # and once it is done, the second fits
+        assert r.status_code == 200, r.text

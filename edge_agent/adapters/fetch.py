@@ -223,6 +223,9 @@ class Fetcher:
         self.disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self.clock = clock
         self.measured_Bps: float | None = None
+        # Fetches under way: model -> the bytes it still has to write. Each space check
+        # counts the others' as taken, so two fetches never both count the same free bytes.
+        self._promised: dict[str, Callable[[], int]] = {}
 
     # ------------------------------------------------------------------ repository calls
     def _url(self, model_id: str, what: str) -> str:
@@ -291,7 +294,25 @@ class Fetcher:
         kept = await asyncio.to_thread(self._tidy_stage, stage, rm.files)
         total = sum(f.size for f in rm.files)
         await self._check_space(model_id, total - kept, make_room)
+        try:
+            return await self._transfer(
+                model_id, rm, rels, stage, dest, folder, total, kept, progress
+            )
+        finally:
+            self._promised.pop(model_id, None)
 
+    async def _transfer(
+        self,
+        model_id: str,
+        rm: RepositoryManifest,
+        rels: list[PurePosixPath],
+        stage: Path,
+        dest: Path,
+        folder: str,
+        total: int,
+        kept: int,
+        progress: FetchProgressSink,
+    ) -> ModelManifest:
         tally = _Tally(
             FetchProgress(
                 source=self.source,
@@ -304,6 +325,7 @@ class Fetcher:
             self.clock,
         )
         tally.emit()
+        self._promised[model_id] = lambda: total - tally.progress.bytes_done
         for f, rel in zip(rm.files, rels, strict=True):
             await self._fetch_file(model_id, f, stage / rel, tally)
         await asyncio.to_thread(self._write_marker, stage, model_id, rm)
@@ -350,19 +372,26 @@ class Fetcher:
         """Refuse before any byte when the disk cannot take what is still needed, after
         evicting what may be evicted."""
         free = await asyncio.to_thread(self.disk_free, self.fetch_dir)
-        want = need + self.reserve_bytes
-        if want <= free:
+        if need + self.reserve_bytes + self._others(model_id) <= free:
+            self._promised[model_id] = lambda: need  # no await since the comparison
             return
-        freed = await make_room(want - free, model_id)
+        freed = await make_room(need + self.reserve_bytes + self._others(model_id) - free, model_id)
         free = await asyncio.to_thread(self.disk_free, self.fetch_dir)
-        if want > free:
+        others = self._others(model_id)
+        if need + self.reserve_bytes + others > free:
             raise FetchFailed(
                 f"needs {_gb(need)} GB (plus a {_gb(self.reserve_bytes)} GB reserve) on "
                 f"{self.fetch_dir}, {_gb(free)} GB free"
+                + (f", {_gb(others)} GB of it promised to fetches under way" if others else "")
                 + (f" after evicting {_gb(freed)} GB" if freed else " and nothing evictable")
                 + "; nothing was written",
                 model=model_id,
             )
+        self._promised[model_id] = lambda: need
+
+    def _others(self, model_id: str) -> int:
+        """Bytes the fetches under way other than `model_id`'s have still to write."""
+        return sum(max(0, left()) for m, left in self._promised.items() if m != model_id)
 
     async def _fetch_file(self, model_id: str, f: RepositoryFile, final: Path, t: _Tally) -> None:
         if final.exists():
