@@ -8,6 +8,7 @@ OpenAI API closely enough that OpenAI clients work; everything else is versioned
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -101,6 +102,22 @@ class Level(StrEnum):
 
 TARGET_LEVELS = (Level.STORED, Level.CACHED, Level.RESIDENT)
 TargetLevel = Literal["stored", "cached", "resident"]
+_K = TypeVar("_K")
+
+
+def level_rank(level: str) -> int:
+    """A target level's place in `stored < cached < resident`; -1 for any other level."""
+    return TARGET_LEVELS.index(Level(level)) if level in TARGET_LEVELS else -1
+
+
+def merge_pins(*sources: Mapping[_K, TargetLevel]) -> dict[_K, TargetLevel]:
+    """Pins from several sources, each key at the highest level any source gives it."""
+    merged: dict[_K, TargetLevel] = {}
+    for pins in sources:
+        for key, level in pins.items():
+            if key not in merged or level_rank(level) > level_rank(merged[key]):
+                merged[key] = level
+    return merged
 
 
 class Priority(StrEnum):

@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 
-from genedge.contract import Controls, Pin, Priority, TargetLevel
+from genedge.contract import Controls, Pin, Priority, TargetLevel, merge_pins
 from orchestrator.adapters.registry import Registry
 from orchestrator.settings import OrchestratorSettings
 
 log = logging.getLogger("orchestrator.controls")
 
 STATE_KEY = "controls"
-_RANK = {"stored": 0, "cached": 1, "resident": 2}
 
 
 class ControlsStore:
@@ -70,11 +69,7 @@ class ControlsStore:
     def pins(self) -> dict[tuple[str, str], TargetLevel]:
         """(host, model) -> minimum level, both sources merged (the higher level wins)."""
         with self._lock:
-            merged = dict(self._settings_pins)
-            for key, level in self._pins.items():
-                if key not in merged or _RANK[level] > _RANK[merged[key]]:
-                    merged[key] = level
-            return merged
+            return merge_pins(self._settings_pins, self._pins)
 
     def pins_of_host(self, host: str) -> dict[str, TargetLevel]:
         return {m: level for (h, m), level in self.pins().items() if h == host}

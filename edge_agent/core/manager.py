@@ -53,6 +53,7 @@ from edge_agent.errors import (
     WrongModelKind,
 )
 from genedge.contract import (
+    TARGET_LEVELS,
     FetchProgress,
     Level,
     ModelKind,
@@ -64,12 +65,13 @@ from genedge.contract import (
     Priority,
     ProfileStatus,
     TargetLevel,
+    level_rank,
+    merge_pins,
 )
 from genedge.pool_schedule import Waiter, next_model
 
 log = logging.getLogger("edge_agent.manager")
 
-_TARGETS = (Level.STORED, Level.CACHED, Level.RESIDENT)
 
 PROFILER_ID = "__profiler__"
 
@@ -625,7 +627,7 @@ class ModelManager:
         self._check_pin(model_id, level)
         if level == Level.ABSENT:
             return await self._unplace(model_id, wait=wait)
-        if level not in _TARGETS:
+        if level not in TARGET_LEVELS:
             raise TransitionConflict(f"{level.value} is not a level one can set")
         e = self._entries.get(model_id) or await self._absent_entry(model_id)
         e.placed = True
@@ -635,8 +637,7 @@ class ModelManager:
         pinned = self._pins.get(model_id)
         if pinned is None:
             return
-        rank = {lvl.value: i for i, lvl in enumerate(_TARGETS)}
-        if level == Level.ABSENT or rank.get(level.value, -1) < rank[pinned]:
+        if level_rank(level) < level_rank(pinned):  # absent ranks below every level
             raise TransitionConflict(
                 f"model {model_id!r} is pinned at {pinned} on this host by the operator; "
                 f"unpin it before setting {level.value}",
@@ -800,13 +801,7 @@ class ModelManager:
         model is pinned at the highest level any source gives it, and a pinned model is
         never evicted from disk."""
         self._pin_sources[source] = dict(pins)
-        rank = {lvl.value: i for i, lvl in enumerate(_TARGETS)}
-        merged: dict[str, TargetLevel] = {}
-        for given in self._pin_sources.values():
-            for model_id, level in given.items():
-                if model_id not in merged or rank[level] > rank[merged[model_id]]:
-                    merged[model_id] = level
-        self._pins = merged
+        self._pins = merge_pins(*self._pin_sources.values())
         for e in self._entries.values():
             e.pinned_level = self._pins.get(e.id)
         self._changed()
