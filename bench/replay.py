@@ -472,6 +472,8 @@ def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
         overflow=not args.no_overflow,
         pool_max_wait_s=args.pool_max_wait,
         grouped_pi=args.grouped_pi,
+        replan_on_surge=not args.no_surge_replan,
+        on_demand=not args.no_on_demand,
     )
 
 
@@ -587,6 +589,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="plan with π for the pool grouped by model (placement.pool_miss_from with the "
         "bound) instead of the first-in-first-out value",
+    )
+    ap.add_argument(
+        "--no-surge-replan",
+        action="store_true",
+        help="plan at slot boundaries only (default: also at once on a rate surge, as the "
+        "orchestrator does)",
+    )
+    ap.add_argument(
+        "--no-on-demand",
+        action="store_true",
+        help="no serving on demand (default: an idle host serves a model it holds on disk "
+        "but is not planned for, when it beats the cloud, as the gateway routes)",
     )
     ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per MILP")
     ap.add_argument("--seed", type=int, default=0)

@@ -1056,6 +1056,11 @@ class RouteHost(Contract):
         default=None, description="Measured time of one default generation."
     )
     queued: int = Field(default=0, description="In flight plus queued at the agent, last reported.")
+    on_demand: bool = Field(
+        default=False,
+        description="The decision sends the model nowhere on this host, but the host may serve "
+        "it on demand: its files are here and the host's planned swap pool is big enough.",
+    )
 
 
 class RouteModel(Contract):

@@ -20,6 +20,7 @@ from genedge.contract import (
     CostTerms,
     Explanation,
     Level,
+    ModelProfile,
     OptionCostDoc,
     Placement,
     PlacementEntry,
@@ -33,6 +34,8 @@ from orchestrator.core import describe, placement
 from orchestrator.core.placement import CostBreakdown, Decision, Instance, Option
 from orchestrator.fleet import PLACEABLE, Fleet, settled
 from orchestrator.planner import Plan
+
+POOLED_LEVELS = ("stored", "cached")  # served through the swap pool
 
 
 def terms(c: CostBreakdown) -> CostTerms:
@@ -235,6 +238,7 @@ def route_models(fleet: Fleet, targets: Mapping[str, ModelRoute]) -> list[RouteM
     cloud agents' measured inference; by model."""
     models: dict[str, RouteModel] = {}
     for a in fleet.live("edge"):
+        pool_bytes = _planned_pool_bytes(fleet, a.id)
         for m in fleet.models_of(a.id):
             route = targets.get(m.id)
             entry = models.get(m.id)
@@ -265,6 +269,10 @@ def route_models(fleet: Fleet, targets: Mapping[str, ModelRoute]) -> list[RouteM
                     else (p.load_ram_s if level == "cached" else p.load_cold_s),
                     infer_s=None if p is None else p.generation_s,
                     queued=m.in_flight + m.queued,
+                    on_demand=weight <= 0
+                    and level in POOLED_LEVELS
+                    and p is not None
+                    and _vram(p) <= pool_bytes,
                 )
             )
     for a in fleet.live("cloud"):
@@ -275,6 +283,23 @@ def route_models(fleet: Fleet, targets: Mapping[str, ModelRoute]) -> list[RouteM
             if m.profile is not None and entry.cloud_infer_s is None:
                 entry.cloud_infer_s = m.profile.generation_s
     return sorted(models.values(), key=lambda e: e.model)
+
+
+def _vram(p: ModelProfile) -> int:
+    return max(p.peak_bytes, p.resident_bytes)
+
+
+def _planned_pool_bytes(fleet: Fleet, host_id: str) -> int:
+    """The swap pool the decision holds on a host: its largest member's measured memory
+    (members: models placed there at a pooled level; 0 without one)."""
+    sizes = [
+        _vram(p)
+        for m in fleet.models_of(host_id)
+        if m.placed
+        and settled(m) in POOLED_LEVELS
+        and (p := fleet.profile_of(host_id, m)) is not None
+    ]
+    return max(sizes, default=0)
 
 
 def cloud_routes(fleet: Fleet) -> list[CloudRoute]:

@@ -23,6 +23,14 @@ What a planning policy sees (never the slot it plans)
 - `current`: the levels the previous slot's decision left on each host, plus, as level
   `stored`, every model still on a host's disk that the decision no longer places there
   (see "Disk retention": using it again costs no fetch).
+- when (`SimConfig.replan_on_surge`, on by default): at every slot boundary, and, as the
+  orchestrator does, at once within a slot when the estimator reports a surge
+  (`RateEstimator.check_surges`, called at each arrival as the gateway's arrival reports
+  reach the orchestrator): the arrivals up to the surge are counted, the requests before it
+  are served with the plan they were routed by, and the new plan is carried out from the
+  surge's instant (its transitions as at a slot boundary, below); the slot's resource cost
+  is the time-weighted sum of its plans'. `exact-hindsight` plans once a slot (its rates
+  are already the slot's true ones).
 - `exact-hindsight` (`HINDSIGHT`), the yardstick, is the exact MILP given the *true* rates
   of the slot it plans (its arrival count / slot length); everything else is the same.
 
@@ -50,6 +58,13 @@ Routing (the gateway's rule, `cloud_gateway/core/routing.py`)
   on a tie), and to the cloud when even that one would finish it later than the cloud. The
   estimate is exact for a first-in-first-out pool; with the pool grouped by model the
   request may finish earlier or later (within the starvation bound).
+- On demand (`SimConfig.on_demand`, on by default, with overflow on): a request the pick
+  sends to the cloud goes instead to a host that holds the model on its disk but is not
+  planned for it, when that host is idle (nothing served or waiting), its planned swap pool
+  is at least the model's GPU memory, and a pool load plus the request would finish before
+  the cloud (the quickest such host); it is served through the pool (a switch, as any pool
+  miss). The gateway does the same with the table's `RouteHost.on_demand`. This is what
+  Ollama-style loading on demand does, within the memory the decision already holds.
 - Overflow off: the pick is over every planned option (ready or not) and the request is
   served there however long it waits (for a fetch or load, then in the host's queue).
   The compute cap ρ_max is a planning constraint only.
@@ -295,7 +310,12 @@ class SimConfig:
     `pool_max_wait_s`: the swap pool's starvation bound, as the agent's
     `EDGE_POOL_MAX_WAIT_S` (30 s): a planned host's pool serves its waiting requests by
     `genedge.pool_schedule.next_model`; 0 is first-in-first-out (the simulator before the
-    agent grouped its pool). `grouped_pi`: derive the decision's π for the pool grouped
+    agent grouped its pool). `replan_on_surge`: plan again within a slot as soon as a
+    model's rate surges, as the orchestrator does (see the module docstring); off: plans at
+    slot boundaries only (the simulator before it followed the orchestrator there).
+    `on_demand`: idle hosts serve models on their disk that the decision sends to the cloud
+    (see the module docstring); off: such requests go to the cloud.
+    `grouped_pi`: derive the decision's π for the pool grouped
     under that bound (`placement.pool_miss_from`) rather than first-in-first-out; off by
     default, as the FIFO value gave the online policies the lower cost on every replay
     (docs/benchmarks.md), while the grouped one predicts the misses better.
@@ -315,13 +335,17 @@ class SimConfig:
     max_loaded_per_gpu: int = 3
     pool_max_wait_s: float = DEFAULT_MAX_WAIT_S
     grouped_pi: bool = False
+    replan_on_surge: bool = True
+    on_demand: bool = True
 
 
 @dataclass(frozen=True)
 class SlotRecord:
     """One played slot: what the plan used, what came, what it cost, and where each
     model's requests were served (`served`: model -> "cloud" or host id -> count).
-    `assignment` is each model's heaviest option, `split` the fractions (both as text)."""
+    `planned_rates` are those of the slot's first plan; `assignment` (each model's
+    heaviest option) and `split` (the fractions), both as text, those of its last;
+    `replans`: the plans made within the slot on a surge."""
 
     index: int
     start_s: float
@@ -332,6 +356,7 @@ class SlotRecord:
     assignment: Mapping[str, str]
     split: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     served: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    replans: int = 0
 
 
 @dataclass
@@ -359,6 +384,11 @@ class SimResult:
         return self.pool_loads + self.resident_loads
 
     @property
+    def replans(self) -> int:
+        """Plans made within the counted slots on a rate surge (beyond one per slot)."""
+        return sum(rec.replans for rec in self.slots if rec.counted)
+
+    @property
     def mean_latency_s(self) -> float:
         return float(np.mean(self.latencies)) if self.latencies else 0.0
 
@@ -378,6 +408,7 @@ class SimResult:
             "p95_latency_s": self.p95_latency_s,
             "cloud_share": self.cloud_share,
             "switches": self.switches,
+            "replans": self.replans,
             "bytes_fetched": self.bytes_fetched,
             "requests": self.requests,
             "pool_loads": self.pool_loads,
@@ -739,13 +770,28 @@ class _PlannedHost:
             del self.disk_ready[m]
             self.last_used.pop(m, None)
 
+    def level_of(self, m: str) -> str:
+        """The level m is served at here: the decision's, or, for a model on disk that the
+        decision does not place here (served on demand), stored (through the pool)."""
+        return self.levels.get(m, Level.STORED)
+
+    def takes_on_demand(self, m: str, t: float) -> bool:
+        """Whether this host would serve m on demand at t: m is on its disk but not placed
+        here, the server is idle, and the planned pool is big enough to load it."""
+        if m in self.levels or self.disk_ready.get(m, math.inf) > t:
+            return False
+        if self.waiting or self.busy_until > t:
+            return False
+        pool = [self._perf(x).vram_bytes for x, lv in self.levels.items() if lv in Level.POOLED]
+        return bool(pool) and max(pool) >= self._perf(m).vram_bytes
+
     def is_ready(self, m: str, t: float) -> bool:
         """Whether the model is held here and can be served at t (the gateway's `ready`)."""
         return m in self.levels and self.eligible(m, t) <= t
 
     def eligible(self, m: str, t: float) -> float:
         """When a request for m arriving at t can be served (it waits for transitions)."""
-        if self.levels[m] == Level.RESIDENT:
+        if self.level_of(m) == Level.RESIDENT:
             return max(t, self.res_ready[m])
         return max(t, self.disk_ready[m])
 
@@ -774,7 +820,7 @@ class _PlannedHost:
         end, pool = state
         perf = self._perf(m)
         begin = max(ready, end)
-        level = self.levels[m]
+        level = self.level_of(m)
         if level in Level.POOLED and pool != m:
             begin += perf.load_ram_s if level == Level.CACHED else perf.load_disk_s
             pool = m
@@ -798,8 +844,8 @@ class _PlannedHost:
     def _next(self, now: float) -> _Waiting:
         """The request the free server takes at `now` (see the class docstring)."""
         eligible = [w for w in self.waiting if w.ready <= now]
-        pooled = [w for w in eligible if self.levels[w.request.model] in Level.POOLED]
-        resident = [w for w in eligible if self.levels[w.request.model] not in Level.POOLED]
+        pooled = [w for w in eligible if self.level_of(w.request.model) in Level.POOLED]
+        resident = [w for w in eligible if self.level_of(w.request.model) not in Level.POOLED]
         best = min(resident, key=lambda w: w.ticket) if resident else None
         if pooled:
             waiters = [Waiter(w.ticket, w.request.model, "normal", w.ready) for w in pooled]
@@ -815,7 +861,7 @@ class _PlannedHost:
         perf = self._perf(m)
         begin = max(ready, self.busy_until)
         hit: bool | None = None
-        level = self.levels[m]
+        level = self.level_of(m)
         if level in Level.POOLED:
             hit = self.pool_model == m
             if not hit:
@@ -869,6 +915,7 @@ class _PlannedSim:
         records: list[SlotRecord] = []
         tallies: list[_Tally] = []
         plan_seconds = 0.0
+        replan = self.cfg.replan_on_surge and self.policy != HINDSIGHT
         for k, reqs in enumerate(slots):
             t0 = self.start + k * tau
             counted = k >= self.cfg.warmup_slots
@@ -879,12 +926,30 @@ class _PlannedSim:
                 plan_seconds += time.perf_counter() - t_plan
             tally = _Tally()
             self._apply(plan, t0, tally)
-            self._serve(reqs, plan, tally)
-            # the bytes the decision holds, plus the disk bytes retained beyond it (held
-            # for the whole slot: they change only at slot boundaries)
-            retained = sum(h.retained_bytes() for h in self.hosts.values())
-            resource = _resource(inst, plan.levels)
-            resource += self.base.prices.disk_per_GB * retained / GB
+            stats: dict[tuple[str, str], list[int]] = {}
+            resource = 0.0
+            since, segment, replans = t0, 0, 0
+            for i, r in enumerate(reqs):
+                if not replan:
+                    continue
+                # the orchestrator counts arrivals as the gateway reports them and plans
+                # at once when a rate surges (`Orchestrator._check_surges`)
+                self.estimator.observe(r.model, 1, at=r.t)
+                if not self.estimator.check_surges(now=r.t):
+                    continue
+                self._serve(reqs[segment : i + 1], plan, tally, stats)
+                resource += self._held(inst, plan) * (r.t - since) / tau
+                self.previous = plan
+                inst, _ = self._instance(r.t, [])
+                t_plan = time.perf_counter()
+                plan = self._plan(inst, k)
+                if counted:
+                    plan_seconds += time.perf_counter() - t_plan
+                self._apply(plan, r.t, tally)
+                since, segment, replans = r.t, i + 1, replans + 1
+            self._serve(reqs[segment:], plan, tally, stats)
+            resource += self._held(inst, plan) * (t0 + tau - since) / tau
+            self._observe_pool(stats)
             cost = CostBreakdown(
                 delay=tally.delay,
                 resource=resource,
@@ -902,17 +967,26 @@ class _PlannedSim:
                     assignment={m: str(o) for m, o in plan.assignment.items()},
                     split={m: {str(o): x for o, x in fr.items()} for m, fr in plan.split.items()},
                     served=tally.served,
+                    replans=replans,
                 )
             )
             tallies.append(tally)
             self.previous = plan
-            for r in reqs:  # only now does the estimator learn this slot's arrivals
-                self.estimator.observe(r.model, 1, at=r.t)
+            if not replan:  # only now does the estimator learn this slot's arrivals
+                for r in reqs:
+                    self.estimator.observe(r.model, 1, at=r.t)
         peaks = {e: round(h.gpu.peak()) for e, h in self.hosts.items()}
         return _finish(self.name, tallies, records, peaks, plan_seconds, self.cfg.warmup_slots)
 
+    def _held(self, inst: Instance, plan: Plan) -> float:
+        """The resource term of a whole slot under `plan`: the bytes the decision holds,
+        plus the disk bytes retained beyond it (they change only when a plan is applied)."""
+        retained = sum(h.retained_bytes() for h in self.hosts.values())
+        return _resource(inst, plan.levels) + self.base.prices.disk_per_GB * retained / GB
+
     def _instance(self, t0: float, reqs: list[Request]) -> tuple[Instance, dict[str, float]]:
-        """The slot's decision problem: estimated (or, for hindsight, true) rates, π, state."""
+        """The decision problem at t0 (a slot's start, or a surge within it): estimated
+        (or, for hindsight, true) rates, π, state."""
         self.estimator.roll(now=t0)
         known = self.estimator.rates()
         rates = {m: known.get(m, 0.0) for m in self.model_ids}
@@ -970,16 +1044,27 @@ class _PlannedSim:
         chooser = self.choosers.setdefault(r.model, SmoothWeighted())
         return chooser.pick(weights)
 
-    def _serve(self, reqs: list[Request], plan: Plan, tally: _Tally) -> None:
+    def _serve(
+        self,
+        reqs: list[Request],
+        plan: Plan,
+        tally: _Tally,
+        stats: dict[tuple[str, str], list[int]],
+    ) -> None:
         """Every request picked in arrival order; cloud requests at once, edge requests
         routed in order of eligibility (with the live-queue correction when overflow is on)
         and served by their host's server as it frees (`_PlannedHost`); every host drains
-        its queue before the next slot's requests."""
+        its queue before the next plan's requests. Pool hits and misses per (model, host)
+        are added to `stats`."""
         w = self.base.prices.delay_weight
         queue: list[tuple[float, float, int, Request, str]] = []
+        on_demand = self.cfg.overflow and self.cfg.on_demand
         for i, r in enumerate(reqs):
             e = self._pick(r, plan)
-            if e is None:
+            on_disk = any(r.model in h.disk_ready for h in self.hosts.values())
+            if e is None and on_demand and on_disk:
+                queue.append((r.t, r.t, i, r, ""))  # the cloud, or an idle host on demand
+            elif e is None:
                 tally.serve(_cloud_latency(self.base, r), True, w, r.model, "cloud")
             else:
                 ready = self.hosts[e].eligible(r.model, r.t)
@@ -989,7 +1074,18 @@ class _PlannedSim:
         for ticket, (ready, _, _, r, e) in enumerate(queue):
             for h in self.hosts.values():
                 served += h.advance(ready)
-            if self.cfg.overflow:
+            if not e:
+                cloud_s = _cloud_latency(self.base, r)
+                idle = [
+                    (h.finish(r.model, r.t, r.work), h.spec.id)
+                    for h in self.hosts.values()
+                    if h.takes_on_demand(r.model, r.t)
+                ]
+                if not idle or min(idle)[0] > r.t + cloud_s:
+                    tally.serve(cloud_s, True, w, r.model, "cloud")
+                    continue
+                e = min(idle)[1]
+            elif self.cfg.overflow:
                 # the pick chose the edge; the planned ready host that finishes first serves
                 cloud_s = _cloud_latency(self.base, r)
                 first = self._fastest(r, plan, e)
@@ -1000,13 +1096,15 @@ class _PlannedSim:
             self.hosts[e].enqueue(ticket, r, ready)
         for h in self.hosts.values():
             served += h.advance(math.inf)
-        stats: dict[tuple[str, str], list[int]] = {}
         for done in served:
             tally.serve(done.latency, False, w, done.request.model, done.host)
             if done.hit is not None:
                 hm = stats.setdefault((done.request.model, done.host), [0, 0])
                 hm[0 if done.hit else 1] += 1
                 tally.pool_loads += not done.hit
+
+    def _observe_pool(self, stats: Mapping[tuple[str, str], list[int]]) -> None:
+        """A slot's pool hits and misses into `PoolStats` (aged once per slot)."""
         self.pool.roll()
         for (m, e), (hits, misses) in sorted(stats.items()):
             self.pool.observe(m, e, hits, misses)

@@ -309,3 +309,23 @@ def test_the_gateway_gets_no_edge_route_until_the_host_has_the_model_ready(
     assert route_of(held("big", "absent", state="fetching", target_level="resident")) == []
     assert route_of(held("big", "stored", state="loading", target_level="resident")) == []
     assert route_of(held("big", "resident", origin="fetched")) == ["e1"]
+
+
+def test_models_on_disk_outside_the_plan_are_on_demand_where_the_planned_pool_holds_them(
+    fleet: Fleet,
+) -> None:
+    def on_disk(m: str, vram: int, placed: bool) -> ModelStatus:
+        return held(m, profile=profile(m, peak_bytes=vram, resident_bytes=vram), placed=placed)
+
+    # e1's decision pools p (6 GB): s (3 GB) fits its pool, b (9 GB) does not; e2 has no pool
+    agent(
+        fleet,
+        "e1",
+        on_disk("p", 6 * GB, True),
+        on_disk("s", 3 * GB, False),
+        on_disk("b", 9 * GB, False),
+    )
+    agent(fleet, "e2", on_disk("s", 3 * GB, False))
+    planned = {"p": ModelRoute("e1", "stored", {"e1": 1.0}, 0.0)}
+    got = {(r.model, h.host): h.on_demand for r in route_models(fleet, planned) for h in r.hosts}
+    assert got == {("b", "e1"): False, ("p", "e1"): False, ("s", "e1"): True, ("s", "e2"): False}

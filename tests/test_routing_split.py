@@ -83,3 +83,43 @@ def test_without_a_decision_routes_by_level() -> None:
     entry = RouteModel(model="m", kind="text", hosts=[planned("a", "resident", 0.0)])
     r.update(table([entry]), 0.0)  # cloud_fraction None: no decision yet
     assert [t.backend for t in r.candidates("m", {}, now=0.0)] == ["a", "cloud"]
+
+
+def test_an_idle_host_serves_on_demand_before_the_cloud() -> None:
+    # all-cloud plan; b holds m on disk with a planned pool big enough (on_demand)
+    b = planned("b", "stored", 0.0, preload_s=0.05, infer_s=0.1)
+    b.on_demand = True
+    r = router([b], 1.0)
+    assert [t.backend for t in r.candidates("m", {}, now=0.0)] == ["b", "cloud"]
+    # busy (the gateway's own in-flight request there): the cloud, as planned
+    assert r.candidates("m", {"b": 1}, now=0.0)[0].backend == "cloud"
+
+
+def test_on_demand_only_when_idle_and_quicker_than_the_cloud() -> None:
+    slow = planned("b", "stored", 0.0, preload_s=5.0, infer_s=0.1)
+    slow.on_demand = True
+    r = router([slow], 1.0)  # 5.1 s on demand against 0.3 s in the cloud
+    assert r.candidates("m", {}, now=0.0)[0].backend == "cloud"
+    # another model queued on the same host makes it busy too
+    b = planned("b", "stored", 0.0, preload_s=0.05, infer_s=0.1)
+    b.on_demand = True
+    other = RouteModel(
+        model="x", kind="text", hosts=[planned("b", "resident", 1.0, queued=2)], cloud_fraction=0
+    )
+    r = Router(cloud=CloudBackend("cloud", "http://cloud"))
+    mine = RouteModel(model="m", kind="text", hosts=[b], cloud_fraction=1.0)
+    r.update(table([mine, other], wan_rtt_s=0.2), 0.0)
+    assert r.candidates("m", {}, now=0.0)[0].backend == "cloud"
+    r.update(table([mine], wan_rtt_s=0.2), 0.0)
+    assert r.candidates("m", {}, now=0.0)[0].backend == "b"
+    # not on demand (the plan's pool is too small, or no pool): a late fallback only
+    b.on_demand = False
+    assert r.candidates("m", {}, now=0.0)[0].backend == "cloud"
+
+
+def test_a_planned_edge_pick_is_not_replaced_by_on_demand() -> None:
+    a = planned("a", "resident", 1.0, infer_s=0.1)
+    b = planned("b", "stored", 0.0, preload_s=0.01, infer_s=0.01)
+    b.on_demand = True
+    r = router([a, b], 0.0)
+    assert r.candidates("m", {}, now=0.0)[0].backend == "a"

@@ -117,6 +117,47 @@ def test_overflow_sends_a_request_past_a_long_queue() -> None:
     assert r.slots[0].served == {"B": {"e": 2, "cloud": 2}}
 
 
+@pytest.mark.parametrize(
+    ("on_demand", "trace", "latencies", "cloud"),
+    [
+        # B is on e's disk but planned to the cloud; e's planned pool (A, 2 GB) can hold B
+        # (1 GB) and e is idle at 1: a pool load (2 s) and 2 s of work, 4 s < 5.1 s
+        (True, [Request(1.0, "B")], [4.0], 0),
+        (False, [Request(1.0, "B")], [5.1], 1),
+        # A@0.5 keeps e busy until 4.5 (load 3 s, run 1 s): B@1 goes to the cloud
+        (True, [Request(0.5, "A"), Request(1.0, "B")], [5.1, 4.0], 1),
+    ],
+)
+def test_an_idle_host_serves_a_model_on_its_disk_on_demand(
+    on_demand: bool, trace: list[Request], latencies: list[float], cloud: int
+) -> None:
+    start = replace(tiny(), current={("A", "e"): "stored", ("B", "e"): "stored"})
+    plan = {"A": Option("e", "stored"), "B": CLOUD}
+    cfg = SimConfig(overflow=True, start_s=0.0, on_demand=on_demand)
+    r = simulate(start, trace, lambda i, k: plan, cfg)
+    assert r.latencies == pytest.approx(latencies)
+    assert r.cloud_requests == cloud
+
+
+def test_a_surge_within_a_slot_plans_again_at_once() -> None:
+    # one 60-s slot; A comes at 1/s from 20 s: at 24 s its 5th request makes a surge
+    # (5 in 24 s > 3 x 0), and the orchestrator (and so the simulator) plans again there
+    seen: list[float] = []
+
+    def cloud_plan(inst: Instance, slot: int) -> Mapping[str, Option]:
+        seen.append(inst.rates.get("A", 0.0))
+        return {"A": CLOUD, "B": CLOUD}
+
+    reqs = [Request(20.0 + i, "A") for i in range(10)]
+    r = simulate(tiny(slot_s=60.0), reqs, cloud_plan, SimConfig(start_s=0.0, n_slots=1))
+    assert seen == pytest.approx([0.0, 5 / 24])
+    assert r.slots[0].replans == 1 and r.replans == 1
+    seen.clear()
+    cfg = SimConfig(start_s=0.0, n_slots=1, replan_on_surge=False)
+    assert simulate(tiny(slot_s=60.0), reqs, cloud_plan, cfg).replans == 0
+    assert seen == [0.0]
+
+
 def both_pooled(inst: Instance, slot: int) -> Mapping[str, Option]:
     """A and B both stored (pooled from disk) on the one host: they share its swap pool."""
     return {"A": Option("e", "stored"), "B": Option("e", "stored")}

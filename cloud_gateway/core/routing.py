@@ -7,6 +7,10 @@ whether a request goes to the edge or the cloud; an edge request goes to the pla
 that would answer it first (its queue ahead times the measured inference, plus a preload
 when the pool does not hold the model), and when even that one would answer later than the
 cloud, behind the cloud: the live-queue correction of the plan.
+When the cloud would go first (picked, or every planned host slower), an idle host that may
+serve the model on demand (`RouteHost.on_demand`: on its disk, not planned there, its
+planned swap pool big enough; idle: nothing in flight or queued there, for any model) and
+would answer before the cloud goes first instead, as Ollama-style load-on-demand would.
 The rest follow as fallbacks: the other planned hosts that beat the cloud, the cloud, the
 slower ones, then unplanned hosts that hold the model.
 
@@ -68,6 +72,7 @@ class Router:
         self.table: RoutingTable | None = None
         self.fetched_at: float | None = None
         self._models: dict[str, RouteModel] = {}
+        self._host_queued: dict[str, int] = {}  # host -> its requests, every model, last reported
         self._suspect: dict[str, float] = {}  # host -> until
         # What earlier tables said, for a table that briefly knows less (an orchestrator
         # restarting, every agent re-registering): such a model is not "unknown" (404), and
@@ -81,6 +86,10 @@ class Router:
         self.table = table
         self.fetched_at = fetched_at
         self._models = {m.model: m for m in table.models}
+        self._host_queued = {}
+        for m in table.models:
+            for h in m.hosts:
+                self._host_queued[h.host] = self._host_queued.get(h.host, 0) + h.queued
         for m in table.models:
             self._seen[m.model] = (m, fetched_at)
         for c in table.cloud:
@@ -177,6 +186,10 @@ class Router:
                 exp, h = min(known, key=lambda t: (t[0], t[1].host != pick, t[1].host))
             if not slower_than_cloud(exp):
                 first = [self._target(h, exp)]
+        if not first or first is cloud:
+            idle = self._on_demand(entry, inflight, now, cloud_s if cloud else None)
+            if idle is not None:
+                first = [idle]
         chosen = {t.backend for t in first}
         edge: list[tuple[float, Target]] = []
         behind: list[tuple[float, Target]] = []
@@ -193,7 +206,9 @@ class Router:
             (
                 h
                 for h in ready
-                if h.host not in planned_ids and (h.level == "resident" or h.in_pool)
+                if h.host not in planned_ids
+                and h.host not in chosen
+                and (h.level == "resident" or h.in_pool)
             ),
             key=lambda h: (inflight.get(h.host, 0) + h.queued, h.host),
         )
@@ -212,6 +227,28 @@ class Router:
             if self._is_suspect(h.host, now)
         ]
         return fresh + stale
+
+    def _on_demand(
+        self,
+        entry: RouteModel,
+        inflight: Mapping[str, int],
+        now: float,
+        cloud_s: float | None,
+    ) -> Target | None:
+        """An idle host that may serve the model on demand (`RouteHost.on_demand`) and would
+        answer before the cloud, the quickest; None when there is none."""
+        best: tuple[float, str, RouteHost] | None = None
+        for h in entry.hosts:
+            if not h.on_demand or h.state != "ready" or self._is_suspect(h.host, now):
+                continue
+            if inflight.get(h.host, 0) + self._host_queued.get(h.host, 0) > 0:
+                continue  # busy: serving it here would delay the planned traffic
+            exp = self._expected(h, inflight)
+            if exp is None or (cloud_s is not None and exp >= cloud_s):
+                continue
+            if best is None or (exp, h.host) < best[:2]:
+                best = (exp, h.host, h)
+        return None if best is None else self._target(best[2], best[0])
 
     def _by_level(
         self, entry: RouteModel, cloud: list[Target], inflight: Mapping[str, int], now: float
