@@ -50,6 +50,7 @@ class Demand:
             half_life_s=settings.rate_half_life_s,
             surge_factor=settings.surge_factor,
             surge_min_count=settings.surge_min_count,
+            surge_alpha=settings.surge_alpha,
             clock=clock,
         )
         self.rates = RateEstimator.restore(snap, **kw) if snap else RateEstimator(**kw)  # type: ignore[arg-type]

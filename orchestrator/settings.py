@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from genedge.auth import Credentials, check_distinct, check_token_setting, read_credential
 from genedge.contract import ModelId, Priority, TargetLevel
 from genedge.limits import ServerLimits
+from orchestrator.core.rates import DEFAULT_SURGE_ALPHA
 
 
 class OrchestratorSettings(ServerLimits):
@@ -49,6 +50,12 @@ class OrchestratorSettings(ServerLimits):
     rate_half_life_s: float = Field(default=300.0, gt=0, description="EWMA half-life of rates.")
     surge_factor: float = Field(default=3.0, gt=1, description="Observed/estimate ratio = surge.")
     surge_min_count: int = Field(default=5, ge=1)
+    surge_alpha: float = Field(
+        default=DEFAULT_SURGE_ALPHA,
+        gt=0,
+        le=1,
+        description="A surge must be less likely than this at the current estimate (Poisson tail).",
+    )
 
     # Decisions
     algorithm: str = "mlds"

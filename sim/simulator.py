@@ -186,7 +186,7 @@ from orchestrator.core.placement import (
     split_of_assignment,
     violations_split,
 )
-from orchestrator.core.rates import PoolStats, RateEstimator
+from orchestrator.core.rates import DEFAULT_SURGE_ALPHA, PoolStats, RateEstimator
 
 __all__ = [
     "HINDSIGHT",
@@ -330,6 +330,7 @@ class SimConfig:
     half_life_s: float = 300.0
     surge_factor: float = 3.0
     surge_min_count: int = 5
+    surge_alpha: float = DEFAULT_SURGE_ALPHA
     pool_half_life_slots: float = 5.0
     keep_alive_s: float = 300.0
     max_loaded_per_gpu: int = 3
@@ -900,6 +901,7 @@ class _PlannedSim:
             half_life_s=self.cfg.half_life_s,
             surge_factor=self.cfg.surge_factor,
             surge_min_count=self.cfg.surge_min_count,
+            surge_alpha=self.cfg.surge_alpha,
             clock=lambda: first_slot,
         )
 

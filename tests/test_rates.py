@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from orchestrator.core.rates import PoolStats, RateEstimator
+from orchestrator.core.rates import PoolStats, RateEstimator, poisson_tail
 
 
 class FakeClock:
@@ -141,6 +141,41 @@ def test_surge_is_detected_within_the_slot_and_reported_once() -> None:
     # Next slot at the same high rate: the new normal, no surge, no change.
     steady(est, clock, "m", 60, 1)
     assert est.rate("m") == pytest.approx(1.0)
+
+
+def test_poisson_tail() -> None:
+    # P(N >= 5) at mean 1.5: 1 - e^-1.5 (1 + 1.5 + 1.5^2/2 + 1.5^3/6 + 1.5^4/24)
+    head = math.exp(-1.5) * sum(1.5**k / math.factorial(k) for k in range(5))
+    assert poisson_tail(5, 1.5) == pytest.approx(1 - head)
+    assert poisson_tail(0, 3.0) == 1.0 and poisson_tail(1, 0.0) == 0.0
+    assert poisson_tail(1, 2.0) == pytest.approx(1 - math.exp(-2.0))
+    assert poisson_tail(3000, 1000.0) == pytest.approx(0.0, abs=1e-12)  # no overflow
+    assert poisson_tail(1000, 1000.0) == pytest.approx(0.5, abs=0.02)
+
+
+def test_noise_at_a_steady_rate_is_not_a_surge() -> None:
+    # 0.15 req/s: 5 arrivals in the first 10 s of a slot (1.5 expected) happen about once
+    # in 54 checks (P = 0.019); the ratio test alone calls it a surge, the tail test not
+    def five_early(alpha: float) -> list[str]:
+        clock = FakeClock(0.0)
+        est = RateEstimator(slot_s=60, clock=clock, surge_alpha=alpha)
+        steady(est, clock, "m", 9, 30)
+        t0 = est.slot_start
+        est.observe("m", 5, at=t0 + 10)
+        return est.check_surges(now=t0 + 10)
+
+    assert five_early(alpha=1.0) == ["m"]
+    assert five_early(alpha=1e-4) == []
+    # a model never seen before: any 5 arrivals are a surge (nothing was expected)
+    clock = FakeClock(0.0)
+    est = RateEstimator(slot_s=60, clock=clock)
+    est.observe("new", 5, at=10.0)
+    assert est.check_surges(now=10.0) == ["new"]
+    # and 30 in 10 s against 1.5 expected is one too
+    est = RateEstimator(slot_s=60, clock=clock)
+    steady(est, clock, "m", 9, 30)
+    est.observe("m", 30, at=est.slot_start + 10)
+    assert est.check_surges(now=est.slot_start + 10) == ["m"]
 
 
 def test_surge_seen_only_when_the_slot_closes_is_reported_by_roll() -> None:

@@ -16,7 +16,11 @@ Pure Python with an injected clock, so a trace can be replayed with a fake clock
   separately: when a model's rate in the still-open slot (its count divided by the elapsed
   time, once at least ``min(slot_s, 10 s)`` have elapsed, to avoid noise) exceeds
   ``surge_factor`` times its estimate at the start of the slot, and its count is at least
-  ``surge_min_count``, the estimate jumps to the observed rate at once. The same test is
+  ``surge_min_count``, and so many arrivals are unlikely at the estimate (a Poisson tail
+  below ``surge_alpha``, 1e-4: without it, noise in the first seconds of a slot of a
+  model at a steady rate passed the ratio test several times an hour on the Azure trace,
+  and each false surge made the orchestrator plan again), the estimate jumps to the
+  observed rate at once. The same test is
   applied to a whole slot when it closes (a surge nobody polled for is still caught); a model
   seen for the first time with enough requests therefore gets its real rate immediately
   instead of ramping up from zero.
@@ -34,9 +38,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PoolStats", "RateEstimator"]
+__all__ = ["DEFAULT_SURGE_ALPHA", "PoolStats", "RateEstimator", "poisson_tail"]
 
 SNAPSHOT_VERSION = 1
+
+DEFAULT_SURGE_ALPHA = 1e-4
+"""A surge must be this unlikely under the current estimate (Poisson arrivals): checked at
+every arrival report, about once a second, so at 1e-4 a model whose rate has not changed
+raises a false surge about once in 10,000 checks (for a model at 1 req/s, once in some
+three hours of slots) instead of several times an hour with the ratio test alone."""
 
 # Below this the open-slot rate is too noisy to call a surge (also capped by the slot length).
 _MIN_SURGE_ELAPSED_S = 10.0
@@ -76,6 +86,7 @@ class RateEstimator:
         surge_factor: float = 3.0,
         surge_min_count: int = 5,
         clock: Callable[[], float] = time.time,
+        surge_alpha: float = DEFAULT_SURGE_ALPHA,
     ) -> None:
         if not (slot_s > 0 and math.isfinite(slot_s)):
             raise ValueError("slot_s must be a positive number of seconds")
@@ -90,7 +101,10 @@ class RateEstimator:
         self.slot_s = float(slot_s)
         self.half_life_s = float(half_life_s)
         self.surge_factor = float(surge_factor)
+        if not 0 < surge_alpha <= 1:
+            raise ValueError("surge_alpha must be in (0, 1]")
         self.surge_min_count = surge_min_count
+        self.surge_alpha = float(surge_alpha)
         self.clock = clock
         self.alpha = 1.0 - 2.0 ** (-self.slot_s / self.half_life_s)
         self._lock = threading.Lock()
@@ -177,6 +191,7 @@ class RateEstimator:
                 "half_life_s": self.half_life_s,
                 "surge_factor": self.surge_factor,
                 "surge_min_count": self.surge_min_count,
+                "surge_alpha": self.surge_alpha,
                 "slot_start": self._slot_start,
                 "rates": dict(self._rate),
                 "base": dict(self._base),
@@ -200,7 +215,7 @@ class RateEstimator:
             raise ValueError(f"unsupported rate snapshot version {version!r}")
         params: dict[str, Any] = {
             k: snapshot[k]
-            for k in ("slot_s", "half_life_s", "surge_factor", "surge_min_count")
+            for k in ("slot_s", "half_life_s", "surge_factor", "surge_min_count", "surge_alpha")
             if k in snapshot
         }
         params.update(kwargs)
@@ -255,7 +270,7 @@ class RateEstimator:
             count = self._counts.get(m, 0)
             observed = count / self.slot_s
             base = self._base.get(m, 0.0)
-            if self._is_surge(count, observed, base):
+            if self._is_surge(count, observed, base, self.slot_s):
                 new = observed
                 if m not in self._surged:
                     self._surged.add(m)
@@ -275,7 +290,7 @@ class RateEstimator:
             return
         for m, count in self._counts.items():
             observed = count / elapsed
-            if not self._is_surge(count, observed, self._base.get(m, 0.0)):
+            if not self._is_surge(count, observed, self._base.get(m, 0.0), elapsed):
                 continue
             # Keep following a surge that is still growing, but report it only once.
             self._rate[m] = max(self._rate.get(m, 0.0), observed)
@@ -283,13 +298,34 @@ class RateEstimator:
                 self._surged.add(m)
                 self._pending.append(m)
 
-    def _is_surge(self, count: int, observed: float, base: float) -> bool:
-        return count >= self.surge_min_count and observed > self.surge_factor * base
+    def _is_surge(self, count: int, observed: float, base: float, elapsed: float) -> bool:
+        """`count` arrivals in `elapsed` seconds are a surge over the estimate `base`: at
+        least `surge_min_count`, above `surge_factor` times it, and unlikely at it
+        (`poisson_tail(count, base * elapsed) < surge_alpha`)."""
+        return (
+            count >= self.surge_min_count
+            and observed > self.surge_factor * base
+            and poisson_tail(count, base * elapsed) < self.surge_alpha
+        )
 
     def _take_pending(self) -> list[str]:
         out = sorted(set(self._pending))
         self._pending = []
         return out
+
+
+def poisson_tail(count: int, mean: float) -> float:
+    """P(N >= count) for N ~ Poisson(mean): the chance of at least `count` arrivals where
+    `mean` are expected (1 for count <= 0; 0 for mean 0 and count >= 1)."""
+    if count <= 0:
+        return 1.0
+    if mean <= 0:
+        return 0.0
+    # the terms k < count in log space (no overflow for large counts or means)
+    log_terms = [k * math.log(mean) - mean - math.lgamma(k + 1) for k in range(count)]
+    top = max(log_terms)
+    below = math.exp(top) * math.fsum(math.exp(t - top) for t in log_terms)
+    return max(0.0, 1.0 - below)
 
 
 class PoolStats:
