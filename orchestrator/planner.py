@@ -38,6 +38,10 @@ from orchestrator.settings import OrchestratorSettings
 
 log = logging.getLogger("orchestrator")
 
+SURGE_TRIGGER = "rate surge of"
+"""How a mid-slot plan on a rate surge is named (the models follow): such a plan keeps every
+level of the last decision (`placement.keeping`)."""
+
 _DEFAULT_INFER_S = 1.0
 _DEFAULT_DISK_GBPS = 1.0
 _DEFAULT_H2D_GBPS = 5.0

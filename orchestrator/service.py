@@ -47,14 +47,21 @@ from orchestrator import views
 from orchestrator.adapters.agent_commands import AgentCommands
 from orchestrator.adapters.registry import Registry
 from orchestrator.controls import ControlsStore
-from orchestrator.core.placement import Instance, Option
+from orchestrator.core.placement import Instance, Option, keeping
 from orchestrator.core.rates import RateEstimator
 from orchestrator.core.reconcile import Command
 from orchestrator.demand import ArrivalResult, Demand
 from orchestrator.errors import DoesNotFit, NotFound
 from orchestrator.fleet import Fleet
 from orchestrator.liveness import Liveness
-from orchestrator.planner import Plan, Planner, build_instance, solve, summary
+from orchestrator.planner import (
+    SURGE_TRIGGER,
+    Plan,
+    Planner,
+    build_instance,
+    solve,
+    summary,
+)
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import OrchestratorSettings
 
@@ -231,7 +238,7 @@ class Orchestrator:
     def _check_surges(self) -> None:
         surged = self.demand.surges()
         if surged:
-            self.request_replan(f"rate surge of {', '.join(surged)}")
+            self.request_replan(f"{SURGE_TRIGGER} {', '.join(surged)}")
 
     def known_models(self) -> set[str]:
         """Every model some registered agent (up or down) holds: the only names whose rates
@@ -264,12 +271,18 @@ class Orchestrator:
         return build_instance(self.settings, self.fleet, rates, self.demand.pool, self.controls)
 
     async def _plan(
-        self, trigger: str, rates: Mapping[str, float] | None, algorithm: str | None
+        self,
+        trigger: str,
+        rates: Mapping[str, float] | None,
+        algorithm: str | None,
+        keep: Mapping[tuple[str, str], str] | None = None,
     ) -> Plan:
         # off the event loop (heartbeats keep being answered): the estimator, the pool
         # statistics and the registry are thread-safe, the fleet's statuses are replaced
         # whole per agent
         instance, kinds = await asyncio.to_thread(self.build_instance, rates)
+        if keep:  # a mid-slot surge: add to the last decision, take nothing away
+            instance = keeping(instance, keep)
         decision = await asyncio.to_thread(solve, self.settings, instance, algorithm)
         return Plan(decision, instance, self.clock(), trigger, kinds)
 
@@ -278,7 +291,10 @@ class Orchestrator:
         fleet to it."""
         async with self._plan_lock:
             self.demand.roll(slot=trigger == "slot")
-            plan = self.last = await self._plan(trigger, None, None)
+            keep = None
+            if trigger.startswith(SURGE_TRIGGER) and self.last is not None:
+                keep = dict(self.last.decision.levels)
+            plan = self.last = await self._plan(trigger, None, None, keep)
             # the view's costs and whys take a while on a large fleet: off the event loop
             stored = await asyncio.to_thread(self.placement)
             self.registry.save_decision(stored, plan.computed_at)

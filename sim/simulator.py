@@ -27,8 +27,10 @@ What a planning policy sees (never the slot it plans)
   orchestrator does, at once within a slot when the estimator reports a surge
   (`RateEstimator.check_surges`, called at each arrival as the gateway's arrival reports
   reach the orchestrator): the arrivals up to the surge are counted, the requests before it
-  are served with the plan they were routed by, and the new plan is carried out from the
-  surge's instant (its transitions as at a slot boundary, below); the slot's resource cost
+  are served with the plan they were routed by, and the new plan, which keeps every level
+  of the one before (`placement.keeping`, as the orchestrator plans on a surge: it adds
+  levels and shifts traffic, and takes nothing away), is carried out from the surge's
+  instant (its transitions as at a slot boundary, below); the slot's resource cost
   is the time-weighted sum of its plans'. `exact-hindsight` plans once a slot (its rates
   are already the slot's true ones).
 - `exact-hindsight` (`HINDSIGHT`), the yardstick, is the exact MILP given the *true* rates
@@ -181,6 +183,7 @@ from orchestrator.core.placement import (
     Level,
     Option,
     Perf,
+    keeping,
     levels_of_split,
     routing_weights,
     split_of_assignment,
@@ -943,6 +946,7 @@ class _PlannedSim:
                 resource += self._held(inst, plan) * (r.t - since) / tau
                 self.previous = plan
                 inst, _ = self._instance(r.t, [])
+                inst = keeping(inst, plan.levels)  # as the orchestrator: add, never take
                 t_plan = time.perf_counter()
                 plan = self._plan(inst, k)
                 if counted:

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from genedge.contract import AgentRegistration, Heartbeat
+from orchestrator.planner import SURGE_TRIGGER
 from tests.conftest import AGENT_TOKEN, GATEWAY_TOKEN, bearer
 from tests.test_orchestrator_system import orch_settings, serve_orchestrator
 from tests.test_registry import facts, model_doc, profile
@@ -126,3 +127,22 @@ async def test_a_pin_larger_than_its_host_is_refused(tmp_path: Path) -> None:
             assert r.json()["error"]["type"] == "does_not_fit"
             assert what in r.json()["error"]["message"]
         assert (await o.put("/v1/pins/small/m1", json={"level": "stored"})).status_code == 200
+
+
+async def test_a_surge_plan_keeps_every_level_of_the_last_decision(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        o, orch, _ = await serve_orchestrator(stack, orch_settings(tmp_path, command_retries=0))
+        await register(o, "e1", "m1", "m2")
+        assert (await o.put("/v1/pins/e1/m1", json={"level": "resident"})).status_code == 200
+        first = await orch.plan_now("test")
+        assert first.decision.levels[("m1", "e1")] == "resident"
+        # the pin goes: a slot plan at zero rates drops m1, a surge plan holds every level
+        # the last decision held
+        assert (await o.delete("/v1/pins/e1/m1")).status_code == 200
+        surge = await orch.plan_now(f"{SURGE_TRIGGER} m2")
+        for pair, level in first.decision.levels.items():
+            assert surge.instance.pins[pair] == level
+            assert surge.decision.levels[pair] == level
+        slot = await orch.plan_now("slot")
+        assert not slot.instance.pins
+        assert ("m1", "e1") not in slot.decision.levels

@@ -142,15 +142,19 @@ def test_an_idle_host_serves_a_model_on_its_disk_on_demand(
 def test_a_surge_within_a_slot_plans_again_at_once() -> None:
     # one 60-s slot; A comes at 1/s from 20 s: at 24 s its 5th request makes a surge
     # (5 in 24 s > 3 x 0), and the orchestrator (and so the simulator) plans again there
+    # (holding every level of the plan before it: here B stored on e)
     seen: list[float] = []
+    pins: list[object] = []
 
     def cloud_plan(inst: Instance, slot: int) -> Mapping[str, Option]:
         seen.append(inst.rates.get("A", 0.0))
-        return {"A": CLOUD, "B": CLOUD}
+        pins.append(dict(inst.pins))
+        return {"A": CLOUD, "B": Option("e", "stored")}
 
     reqs = [Request(20.0 + i, "A") for i in range(10)]
     r = simulate(tiny(slot_s=60.0), reqs, cloud_plan, SimConfig(start_s=0.0, n_slots=1))
     assert seen == pytest.approx([0.0, 5 / 24])
+    assert pins == [{}, {("B", "e"): "stored"}]
     assert r.slots[0].replans == 1 and r.replans == 1
     seen.clear()
     cfg = SimConfig(start_s=0.0, n_slots=1, replan_on_surge=False)

@@ -66,7 +66,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from genedge.pool_schedule import DEFAULT_MAX_WAIT_S
 
@@ -633,6 +633,19 @@ class OptionCost:
     @property
     def breakdown(self) -> CostBreakdown:
         return CostBreakdown(self.delay, self.resource, self.cloud, self.transition, self.wait)
+
+
+def keeping(instance: Instance, levels: Mapping[tuple[str, str], str]) -> Instance:
+    """`instance` with every level of `levels` (a decision's) held as a pin, the operator's
+    own pins first: the plan may add levels and shift traffic, and takes nothing away.
+
+    The planner solves this on a mid-slot surge: a surge is evidence of more demand for
+    one model, not of less for the others, so their levels wait for the slot boundary,
+    where every rate is updated (docs/decisions.md, "When it plans")."""
+    held: dict[tuple[str, str], LevelName] = {
+        k: cast(LevelName, v) for k, v in levels.items() if k in instance.perf
+    }
+    return replace(instance, pins={**held, **instance.pins})
 
 
 def pinned_instance(
