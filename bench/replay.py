@@ -474,6 +474,7 @@ def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
         grouped_pi=args.grouped_pi,
         replan_on_surge=not args.no_surge_replan,
         on_demand=not args.no_on_demand,
+        hysteresis=not args.no_hysteresis,
     )
 
 
@@ -601,6 +602,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="no serving on demand (default: an idle host serves a model it holds on disk "
         "but is not planned for, when it beats the cloud, as the gateway routes)",
+    )
+    ap.add_argument(
+        "--no-hysteresis",
+        action="store_true",
+        help="carry out every decision as solved (default: keep the last levels unless the "
+        "new ones pay for the switch there and back, as the orchestrator does)",
     )
     ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per MILP")
     ap.add_argument("--seed", type=int, default=0)

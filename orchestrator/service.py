@@ -47,6 +47,7 @@ from orchestrator import views
 from orchestrator.adapters.agent_commands import AgentCommands
 from orchestrator.adapters.registry import Registry
 from orchestrator.controls import ControlsStore
+from orchestrator.core.hysteresis import settle
 from orchestrator.core.placement import Instance, Option, keeping
 from orchestrator.core.rates import RateEstimator
 from orchestrator.core.reconcile import Command
@@ -93,6 +94,7 @@ class Orchestrator:
         self.controls = ControlsStore(settings, registry)
         self.entries = views.EntriesCache()
         self.last: Plan | None = None
+        self._regret = 0.0  # what keeping the last levels has cost more so far (`settle`)
         saved = registry.last_decision()
         self.restored: Placement | None = None if saved is None else saved.placement
         self.routing_served_at: float | None = None  # a gateway last fetched the table
@@ -292,9 +294,15 @@ class Orchestrator:
         async with self._plan_lock:
             self.demand.roll(slot=trigger == "slot")
             keep = None
-            if trigger.startswith(SURGE_TRIGGER) and self.last is not None:
-                keep = dict(self.last.decision.levels)
-            plan = self.last = await self._plan(trigger, None, None, keep)
+            last = self.last
+            if trigger.startswith(SURGE_TRIGGER) and last is not None:
+                keep = dict(last.decision.levels)
+            plan = await self._plan(trigger, None, None, keep)
+            if last is not None:  # switch only when it pays for the way there and back
+                plan.decision, self._regret = settle(
+                    plan.instance, plan.decision, last.decision.levels, self._regret
+                )
+            self.last = plan
             # the view's costs and whys take a while on a large fleet: off the event loop
             stored = await asyncio.to_thread(self.placement)
             self.registry.save_decision(stored, plan.computed_at)

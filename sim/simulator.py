@@ -33,6 +33,11 @@ What a planning policy sees (never the slot it plans)
   instant (its transitions as at a slot boundary, below); the slot's resource cost
   is the time-weighted sum of its plans'. `exact-hindsight` plans once a slot (its rates
   are already the slot's true ones).
+- what is carried out (`SimConfig.hysteresis`, on by default): as in the orchestrator, a
+  named policy's decision replaces the levels the last one held only once what keeping
+  them (re-split at the new rates) cost more, summed over the slots it kept them, reaches
+  the new decision's transitions plus the loads of coming back (`hysteresis.settle`);
+  `exact-hindsight` carries out its decisions as solved.
 - `exact-hindsight` (`HINDSIGHT`), the yardstick, is the exact MILP given the *true* rates
   of the slot it plans (its arrival count / slot length); everything else is the same.
 
@@ -175,6 +180,7 @@ from genedge.pool_schedule import DEFAULT_MAX_WAIT_S, Waiter, next_model
 from genedge.weighted import SmoothWeighted
 from orchestrator.core import placement
 from orchestrator.core.algorithms import ALGORITHMS, solve
+from orchestrator.core.hysteresis import settle
 from orchestrator.core.placement import (
     GB,
     CostBreakdown,
@@ -316,6 +322,9 @@ class SimConfig:
     agent grouped its pool). `replan_on_surge`: plan again within a slot as soon as a
     model's rate surges, as the orchestrator does (see the module docstring); off: plans at
     slot boundaries only (the simulator before it followed the orchestrator there).
+    `hysteresis`: a named policy's new decision replaces the last one's levels only when
+    it pays for the switch there and back (`hysteresis.settle`, as the orchestrator does;
+    not for `exact-hindsight`); off: every decision is carried out as solved.
     `on_demand`: idle hosts serve models on their disk that the decision sends to the cloud
     (see the module docstring); off: such requests go to the cloud.
     `grouped_pi`: derive the decision's π for the pool grouped
@@ -341,6 +350,7 @@ class SimConfig:
     grouped_pi: bool = False
     replan_on_surge: bool = True
     on_demand: bool = True
+    hysteresis: bool = True
 
 
 @dataclass(frozen=True)
@@ -896,6 +906,7 @@ class _PlannedSim:
         self.pool = PoolStats(half_life_slots=cfg.pool_half_life_slots)
         self.choosers: dict[str, SmoothWeighted[str | None]] = {}  # per model; None: cloud
         self.previous: Plan | None = None
+        self.regret = 0.0  # what keeping the last levels has cost more so far (`settle`)
 
     def _estimator(self, first_slot: float) -> RateEstimator:
         """The orchestrator's estimator on a fake clock whose first slot starts then."""
@@ -1027,7 +1038,11 @@ class _PlannedSim:
         else:
             name = "exact" if self.policy == HINDSIGHT else self.policy
             seed = self.cfg.seed + k
-            plan = Plan.of(solve(name, inst, seed=seed, time_limit_s=self.cfg.time_limit_s))
+            decision = solve(name, inst, seed=seed, time_limit_s=self.cfg.time_limit_s)
+            if self.cfg.hysteresis and self.policy != HINDSIGHT and self.previous is not None:
+                # as the orchestrator: switch only when it pays for the way there and back
+                decision, self.regret = settle(inst, decision, self.previous.levels, self.regret)
+            plan = Plan.of(decision)
         problems = violations_split(inst, plan.split, plan.levels)
         if problems:
             raise SimulationError(f"{self.name}: infeasible decision in slot {k}: {problems}")

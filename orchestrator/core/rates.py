@@ -17,10 +17,11 @@ Pure Python with an injected clock, so a trace can be replayed with a fake clock
   time, once at least ``min(slot_s, 10 s)`` have elapsed, to avoid noise) exceeds
   ``surge_factor`` times its estimate at the start of the slot, and its count is at least
   ``surge_min_count``, and so many arrivals are unlikely at the estimate (a Poisson tail
-  below ``surge_alpha``, 1e-4: without it, noise in the first seconds of a slot of a
-  model at a steady rate passed the ratio test several times an hour on the Azure trace,
-  and each false surge made the orchestrator plan again), the estimate jumps to the
-  observed rate at once. The same test is
+  below ``surge_alpha``, 1e-4: the open slot is checked at every arrival report, and
+  without it noise in the first seconds of a slot of a model at a steady rate passed the
+  ratio test several times an hour on the Azure trace, each false surge a plan), the
+  estimate jumps to the observed rate at once. The ratio and count tests (not the tail
+  test: one check per slot, not one per arrival report) are
   applied to a whole slot when it closes (a surge nobody polled for is still caught); a model
   seen for the first time with enough requests therefore gets its real rate immediately
   instead of ramping up from zero.
@@ -270,7 +271,7 @@ class RateEstimator:
             count = self._counts.get(m, 0)
             observed = count / self.slot_s
             base = self._base.get(m, 0.0)
-            if self._is_surge(count, observed, base, self.slot_s):
+            if self._is_surge(count, observed, base):
                 new = observed
                 if m not in self._surged:
                     self._surged.add(m)
@@ -298,15 +299,17 @@ class RateEstimator:
                 self._surged.add(m)
                 self._pending.append(m)
 
-    def _is_surge(self, count: int, observed: float, base: float, elapsed: float) -> bool:
-        """`count` arrivals in `elapsed` seconds are a surge over the estimate `base`: at
-        least `surge_min_count`, above `surge_factor` times it, and unlikely at it
-        (`poisson_tail(count, base * elapsed) < surge_alpha`)."""
-        return (
-            count >= self.surge_min_count
-            and observed > self.surge_factor * base
-            and poisson_tail(count, base * elapsed) < self.surge_alpha
-        )
+    def _is_surge(
+        self, count: int, observed: float, base: float, elapsed: float | None = None
+    ) -> bool:
+        """`count` arrivals are a surge over the estimate `base`: at least
+        `surge_min_count` and above `surge_factor` times it; in the open slot (`elapsed`
+        seconds of it, checked at every arrival report) also unlikely at the estimate
+        (`poisson_tail(count, base * elapsed) < surge_alpha`). A closed slot is tested once,
+        on its whole count, by the first two alone."""
+        if count < self.surge_min_count or observed <= self.surge_factor * base:
+            return False
+        return elapsed is None or poisson_tail(count, base * elapsed) < self.surge_alpha
 
     def _take_pending(self) -> list[str]:
         out = sorted(set(self._pending))
