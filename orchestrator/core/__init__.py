@@ -13,6 +13,7 @@
 - `queueing`: a host's expected wait as a convex function of its utilisation (M/G/1, and
   the curve of a host that sheds to the cloud), linearised for the MILP.
 - `rates`: request-rate estimation per model and the pool-miss probability per host.
+- `hysteresis`: when a new decision replaces the levels held (the break-even rule).
 - `reconcile`: a decision's difference from the actual levels, as ordered `PUT level`
   commands; `describe`: the per-model cost and one-line why; `recent`: ids of arrivals
   batches already counted.
