@@ -1,6 +1,7 @@
 """Request-rate estimation per model, and the pool-miss probability π per (model, host).
 
-Pure Python with an injected clock, so a trace can be replayed with a fake clock.
+No I/O, and an injected clock, so a trace can be replayed with a fake clock (the Poisson tail
+of the surge test is scipy's `pdtrc`).
 
 `RateEstimator` turns arrivals (the gateway's batches, the agents' counters) into a rate
 λ_m in requests per second:
@@ -38,6 +39,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from scipy.special import pdtrc
 
 __all__ = ["DEFAULT_SURGE_ALPHA", "PoolStats", "RateEstimator", "poisson_tail"]
 
@@ -324,11 +327,7 @@ def poisson_tail(count: int, mean: float) -> float:
         return 1.0
     if mean <= 0:
         return 0.0
-    # the terms k < count in log space (no overflow for large counts or means)
-    log_terms = [k * math.log(mean) - mean - math.lgamma(k + 1) for k in range(count)]
-    top = max(log_terms)
-    below = math.exp(top) * math.fsum(math.exp(t - top) for t in log_terms)
-    return max(0.0, 1.0 - below)
+    return float(pdtrc(count - 1, mean))  # P(N > count - 1)
 
 
 class PoolStats:
