@@ -159,6 +159,12 @@ def build_instance(
     return instance, kinds
 
 
+def profile_vram(p: ModelProfile) -> int:
+    """A model's measured device memory: the larger of what it holds after loading and its
+    peak during one generation (its batch's KV cache is counted apart)."""
+    return max(p.peak_bytes, p.resident_bytes)
+
+
 def _perf(
     p: ModelProfile | None, m: ModelStatus, disk_Bps: float, h2d_Bps: float, rate: float = 0.0
 ) -> Perf:
@@ -176,7 +182,7 @@ def _perf(
     if p is not None:
         t = planned_time(p.generation_s, p.throughput, rate)
         return Perf(
-            vram_bytes=max(p.peak_bytes, p.resident_bytes) + cache,
+            vram_bytes=profile_vram(p) + cache,
             load_disk_s=p.load_cold_s,
             load_ram_s=p.load_ram_s,
             infer_s=t.service_s,

@@ -20,7 +20,6 @@ from genedge.contract import (
     CostTerms,
     Explanation,
     Level,
-    ModelProfile,
     OptionCostDoc,
     Placement,
     PlacementEntry,
@@ -33,9 +32,7 @@ from orchestrator.adapters.registry import StoredDecision
 from orchestrator.core import describe, placement
 from orchestrator.core.placement import CostBreakdown, Decision, Instance, Option
 from orchestrator.fleet import PLACEABLE, Fleet, settled
-from orchestrator.planner import Plan
-
-POOLED_LEVELS = ("stored", "cached")  # served through the swap pool
+from orchestrator.planner import Plan, profile_vram
 
 
 def terms(c: CostBreakdown) -> CostTerms:
@@ -270,9 +267,9 @@ def route_models(fleet: Fleet, targets: Mapping[str, ModelRoute]) -> list[RouteM
                     infer_s=None if p is None else p.generation_s,
                     queued=m.in_flight + m.queued,
                     on_demand=weight <= 0
-                    and level in POOLED_LEVELS
+                    and level in placement.Level.POOLED
                     and p is not None
-                    and _vram(p) <= pool_bytes,
+                    and profile_vram(p) <= pool_bytes,
                 )
             )
     for a in fleet.live("cloud"):
@@ -285,18 +282,14 @@ def route_models(fleet: Fleet, targets: Mapping[str, ModelRoute]) -> list[RouteM
     return sorted(models.values(), key=lambda e: e.model)
 
 
-def _vram(p: ModelProfile) -> int:
-    return max(p.peak_bytes, p.resident_bytes)
-
-
 def _planned_pool_bytes(fleet: Fleet, host_id: str) -> int:
     """The swap pool the decision holds on a host: its largest member's measured memory
     (members: models placed there at a pooled level; 0 without one)."""
     sizes = [
-        _vram(p)
+        profile_vram(p)
         for m in fleet.models_of(host_id)
         if m.placed
-        and settled(m) in POOLED_LEVELS
+        and settled(m) in placement.Level.POOLED
         and (p := fleet.profile_of(host_id, m)) is not None
     ]
     return max(sizes, default=0)
