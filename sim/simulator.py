@@ -945,11 +945,9 @@ class _PlannedSim:
             stats: dict[tuple[str, str], list[int]] = {}
             resource = 0.0
             since, segment, replans = t0, 0, 0
-            for i, r in enumerate(reqs):
-                if not replan:
-                    continue
-                # the orchestrator counts arrivals as the gateway reports them and plans
-                # at once when a rate surges (`Orchestrator._check_surges`)
+            # the orchestrator counts arrivals as the gateway reports them and plans at
+            # once when a rate surges (`Orchestrator._check_surges`)
+            for i, r in enumerate(reqs if replan else []):
                 self.estimator.observe(r.model, 1, at=r.t)
                 if not self.estimator.check_surges(now=r.t):
                     continue
@@ -1080,10 +1078,10 @@ class _PlannedSim:
         w = self.base.prices.delay_weight
         queue: list[tuple[float, float, int, Request, str]] = []
         on_demand = self.cfg.overflow and self.cfg.on_demand
+        hosts = self.hosts.values()
         for i, r in enumerate(reqs):
             e = self._pick(r, plan)
-            on_disk = any(r.model in h.disk_ready for h in self.hosts.values())
-            if e is None and on_demand and on_disk:
+            if e is None and on_demand and any(r.model in h.disk_ready for h in hosts):
                 queue.append((r.t, r.t, i, r, ""))  # the cloud, or an idle host on demand
             elif e is None:
                 tally.serve(_cloud_latency(self.base, r), True, w, r.model, "cloud")

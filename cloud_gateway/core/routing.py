@@ -88,10 +88,9 @@ class Router:
         self._models = {m.model: m for m in table.models}
         self._host_queued = {}
         for m in table.models:
+            self._seen[m.model] = (m, fetched_at)
             for h in m.hosts:
                 self._host_queued[h.host] = self._host_queued.get(h.host, 0) + h.queued
-        for m in table.models:
-            self._seen[m.model] = (m, fetched_at)
         for c in table.cloud:
             self._clouds[c.id] = (c, fetched_at)
 
