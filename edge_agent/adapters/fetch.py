@@ -371,23 +371,22 @@ class Fetcher:
     async def _check_space(self, model_id: str, need: int, make_room: MakeRoom) -> None:
         """Refuse before any byte when the disk cannot take what is still needed, after
         evicting what may be evicted."""
+        want = need + self.reserve_bytes
         free = await asyncio.to_thread(self.disk_free, self.fetch_dir)
-        if need + self.reserve_bytes + self._others(model_id) <= free:
-            self._promised[model_id] = lambda: need  # no await since the comparison
-            return
-        freed = await make_room(need + self.reserve_bytes + self._others(model_id) - free, model_id)
-        free = await asyncio.to_thread(self.disk_free, self.fetch_dir)
-        others = self._others(model_id)
-        if need + self.reserve_bytes + others > free:
-            raise FetchFailed(
-                f"needs {_gb(need)} GB (plus a {_gb(self.reserve_bytes)} GB reserve) on "
-                f"{self.fetch_dir}, {_gb(free)} GB free"
-                + (f", {_gb(others)} GB of it promised to fetches under way" if others else "")
-                + (f" after evicting {_gb(freed)} GB" if freed else " and nothing evictable")
-                + "; nothing was written",
-                model=model_id,
-            )
-        self._promised[model_id] = lambda: need
+        if want + self._others(model_id) > free:
+            freed = await make_room(want + self._others(model_id) - free, model_id)
+            free = await asyncio.to_thread(self.disk_free, self.fetch_dir)
+            others = self._others(model_id)  # again: other fetches moved while we waited
+            if want + others > free:
+                raise FetchFailed(
+                    f"needs {_gb(need)} GB (plus a {_gb(self.reserve_bytes)} GB reserve) on "
+                    f"{self.fetch_dir}, {_gb(free)} GB free"
+                    + (f", {_gb(others)} GB of it promised to fetches under way" if others else "")
+                    + (f" after evicting {_gb(freed)} GB" if freed else " and nothing evictable")
+                    + "; nothing was written",
+                    model=model_id,
+                )
+        self._promised[model_id] = lambda: need  # no await since the last comparison
 
     def _others(self, model_id: str) -> int:
         """Bytes the fetches under way other than `model_id`'s have still to write."""
