@@ -78,6 +78,7 @@ from orchestrator.core.placement import (  # noqa: E402
     Perf,
     Prices,
 )
+from orchestrator.core.rates import DEFAULT_HALF_LIVES_S  # noqa: E402
 from sim.scenarios import MeasuredModel, load_measured  # noqa: E402
 from sim.simulator import (  # noqa: E402
     POLICIES,
@@ -474,6 +475,7 @@ def sim_config(args: argparse.Namespace, n_slots: int) -> SimConfig:
         grouped_pi=args.grouped_pi,
         replan_on_surge=not args.no_surge_replan,
         on_demand=not args.no_on_demand,
+        half_lives_s=() if args.fixed_half_life else DEFAULT_HALF_LIVES_S,
         hysteresis=not args.no_hysteresis,
     )
 
@@ -602,6 +604,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="no serving on demand (default: an idle host serves a model it holds on disk "
         "but is not planned for, when it beats the cloud, as the gateway routes)",
+    )
+    ap.add_argument(
+        "--fixed-half-life",
+        action="store_true",
+        help="one EWMA of 300 s for every model's rate (default: per model the best "
+        "predicting of 60, 300 and 1,800 s, as the orchestrator estimates)",
     )
     ap.add_argument(
         "--no-hysteresis",

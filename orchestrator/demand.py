@@ -48,6 +48,7 @@ class Demand:
         kw = dict(
             slot_s=settings.slot_s,
             half_life_s=settings.rate_half_life_s,
+            half_lives_s=tuple(settings.rate_half_lives_s),
             surge_factor=settings.surge_factor,
             surge_min_count=settings.surge_min_count,
             surge_alpha=settings.surge_alpha,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -10,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from genedge.auth import Credentials, check_distinct, check_token_setting, read_credential
 from genedge.contract import ModelId, Priority, TargetLevel
 from genedge.limits import ServerLimits
-from orchestrator.core.rates import DEFAULT_SURGE_ALPHA
+from orchestrator.core.rates import DEFAULT_HALF_LIVES_S, DEFAULT_SURGE_ALPHA
 
 
 class OrchestratorSettings(ServerLimits):
@@ -47,7 +48,15 @@ class OrchestratorSettings(ServerLimits):
 
     # Rates
     slot_s: float = Field(default=60.0, gt=0, description="Planning slot τ.")
-    rate_half_life_s: float = Field(default=300.0, gt=0, description="EWMA half-life of rates.")
+    rate_half_life_s: float = Field(
+        default=300.0, gt=0, description="EWMA half-life of rates (the tie-break candidate)."
+    )
+    rate_half_lives_s: list[Annotated[float, Field(gt=0, le=86400)]] = Field(
+        default_factory=lambda: list(DEFAULT_HALF_LIVES_S),
+        max_length=8,
+        description="Candidate EWMA half-lives; per model the one that has predicted its "
+        "recent slots best gives its rate (JSON list; [] for the one fixed half-life).",
+    )
     surge_factor: float = Field(default=3.0, gt=1, description="Observed/estimate ratio = surge.")
     surge_min_count: int = Field(default=5, ge=1)
     surge_alpha: float = Field(

@@ -195,7 +195,12 @@ from orchestrator.core.placement import (
     split_of_assignment,
     violations_split,
 )
-from orchestrator.core.rates import DEFAULT_SURGE_ALPHA, PoolStats, RateEstimator
+from orchestrator.core.rates import (
+    DEFAULT_HALF_LIVES_S,
+    DEFAULT_SURGE_ALPHA,
+    PoolStats,
+    RateEstimator,
+)
 
 __all__ = [
     "HINDSIGHT",
@@ -314,7 +319,8 @@ class SimConfig:
     request). `warmup_slots`: played but left out of the totals. `overflow`: the gateway's
     live-queue correction and readiness rule (a request goes past a host that would finish
     it later than the cloud; see the module docstring). The estimator settings are the
-    orchestrator's defaults; `time_limit_s` bounds each solve; `seed + slot` seeds it.
+    orchestrator's defaults (`half_lives_s`: the candidate half-lives, `()` for the one fixed
+    `half_life_s`); `time_limit_s` bounds each solve; `seed + slot` seeds it.
     `keep_alive_s`, `max_loaded_per_gpu`: the `keep-alive` baseline's (Ollama's defaults).
     `pool_max_wait_s`: the swap pool's starvation bound, as the agent's
     `EDGE_POOL_MAX_WAIT_S` (30 s): a planned host's pool serves its waiting requests by
@@ -340,6 +346,7 @@ class SimConfig:
     seed: int = 0
     time_limit_s: float = 10.0
     half_life_s: float = 300.0
+    half_lives_s: tuple[float, ...] = DEFAULT_HALF_LIVES_S
     surge_factor: float = 3.0
     surge_min_count: int = 5
     surge_alpha: float = DEFAULT_SURGE_ALPHA
@@ -913,6 +920,7 @@ class _PlannedSim:
         return RateEstimator(
             slot_s=self.base.slot_s,
             half_life_s=self.cfg.half_life_s,
+            half_lives_s=self.cfg.half_lives_s,
             surge_factor=self.cfg.surge_factor,
             surge_min_count=self.cfg.surge_min_count,
             surge_alpha=self.cfg.surge_alpha,

@@ -141,6 +141,10 @@ async def test_placement_follows_rates_and_survives_faults(
         assert entries["tiny-llama"]["target_host"] in ("edge-a", "edge-b")
         assert entries["tiny-llama"]["rate_rps"] > 0.5
         assert p["cost"]["total"] > 0 and p["algorithm"] == "mlds"
+        listed = {m["id"]: m for m in (await o.get("/v1/models")).json()["data"]}
+        assert listed["tiny-llama"]["rate_rps"] > 0
+        lives = (settings.rate_half_life_s, *settings.rate_half_lives_s)
+        assert listed["tiny-llama"]["rate_half_life_s"] in lives
         llama_host, llama_level = (
             entries["tiny-llama"]["target_host"],
             entries["tiny-llama"]["target_level"],

@@ -83,7 +83,7 @@ def test_a_new_model_gets_its_rate_at_once_and_is_reported_as_surged() -> None:
 
 def test_rate_drop_decays_with_the_half_life() -> None:
     clock = FakeClock(0.0)
-    est = RateEstimator(slot_s=60, half_life_s=300, clock=clock)
+    est = RateEstimator(slot_s=60, half_life_s=300, clock=clock, half_lives_s=None)
     steady(est, clock, "m", 60, 10)  # 1 req/s
     assert est.rate("m") == pytest.approx(1.0)
     steady(est, clock, "m", 12, 5)  # 0.2 req/s for one half-life (300 s)
@@ -95,7 +95,7 @@ def test_rate_drop_decays_with_the_half_life() -> None:
 
 def test_empty_slots_decay_even_when_time_jumps() -> None:
     clock = FakeClock(0.0)
-    est = RateEstimator(slot_s=60, half_life_s=300, clock=clock)
+    est = RateEstimator(slot_s=60, half_life_s=300, clock=clock, half_lives_s=None)
     steady(est, clock, "m", 60, 3)
     assert est.rate("m") == pytest.approx(1.0)
     start = est.slot_start
@@ -105,7 +105,7 @@ def test_empty_slots_decay_even_when_time_jumps() -> None:
     assert est.slot_start == pytest.approx(start + 5 * 60)
     # Closing them one by one gives the same number.
     clock2 = FakeClock(0.0)
-    est2 = RateEstimator(slot_s=60, half_life_s=300, clock=clock2)
+    est2 = RateEstimator(slot_s=60, half_life_s=300, clock=clock2, half_lives_s=None)
     steady(est2, clock2, "m", 60, 3)
     for _ in range(5):
         est2.roll(now=est2.slot_start + 60)
@@ -255,6 +255,81 @@ def test_snapshot_restore_round_trips_through_json() -> None:
         RateEstimator.restore({"version": 99}, clock=clock)
 
 
+def _play(est: RateEstimator, clock: FakeClock, counts: list[int]) -> None:
+    """One slot per entry of `counts`, its arrivals in the middle of the slot."""
+    for c in counts:
+        start = est.slot_start
+        if c:
+            est.observe("m", c, at=start + est.slot_s / 2)
+        clock.t = start + est.slot_s
+        est.roll()
+
+
+def test_a_model_used_in_sessions_is_followed_by_the_fast_half_life() -> None:
+    # Sessions of 10 slots at 6 requests a slot, then 30 silent slots, four times: the
+    # one-slot EWMA predicts both the sessions (after their first slot) and the silences
+    # best, so the estimate falls within minutes of a session's end, where the fixed 300-s
+    # EWMA keeps much of its rate for many slots. (Isolated one-slot bursts are another
+    # matter: there the long-run average predicts best, and the slow EWMA is chosen.)
+    sessions = ([6] * 10 + [0] * 30) * 4
+    clock, fixed_clock = FakeClock(0.0), FakeClock(0.0)
+    est = RateEstimator(slot_s=60, surge_min_count=100, clock=clock)
+    fixed = RateEstimator(slot_s=60, surge_min_count=100, clock=fixed_clock, half_lives_s=None)
+    _play(est, clock, sessions + [6] * 10 + [0] * 4)
+    _play(fixed, fixed_clock, sessions + [6] * 10 + [0] * 4)
+    assert est.half_lives_s == (300.0, 60.0, 1800.0)
+    assert est.half_life_of("m") == 60.0
+    assert est.rate("m") == pytest.approx(0.1 * (1 - 0.5**10) / 16)  # halved 4 times
+    assert fixed.rate("m") > 4 * est.rate("m")
+
+
+def test_a_steady_model_keeps_a_slow_half_life() -> None:
+    # Poisson arrivals at 0.1 req/s: the noise of one slot is no news, the slow EWMAs
+    # predict best and the estimate stays near the rate.
+    rng = random.Random(3)
+    counts = [sum(rng.random() < 0.1 for _ in range(60)) for _ in range(240)]
+    clock = FakeClock(0.0)
+    est = RateEstimator(slot_s=60, surge_min_count=100, clock=clock)
+    _play(est, clock, counts)
+    assert est.half_life_of("m") in (300.0, 1800.0)
+    assert est.rate("m") == pytest.approx(0.1, rel=0.25)
+
+
+def test_silent_slots_in_one_jump_score_as_one_by_one() -> None:
+    a_clock, b_clock = FakeClock(0.0), FakeClock(0.0)
+    a = RateEstimator(slot_s=60, surge_min_count=100, clock=a_clock)
+    b = RateEstimator(slot_s=60, surge_min_count=100, clock=b_clock)
+    for est, clock in ((a, a_clock), (b, b_clock)):
+        _play(est, clock, [6, 0, 5, 7, 0, 0, 4])
+    a.roll(now=a.slot_start + 7 * 60 + 1)
+    for _ in range(7):
+        b.roll(now=b.slot_start + 60)
+    sa, sb = a.snapshot(), b.snapshot()
+    assert sa["bank"]["m"] == pytest.approx(sb["bank"]["m"])
+    assert sa["scores"]["m"] == pytest.approx(sb["scores"]["m"])
+    assert a.rate("m") == pytest.approx(b.rate("m"))
+    assert a.half_life_of("m") == b.half_life_of("m")
+
+
+def test_the_candidates_survive_a_restart_and_version_1_restores() -> None:
+    clock = FakeClock(0.0)
+    est = RateEstimator(slot_s=60, surge_min_count=100, clock=clock)
+    _play(est, clock, ([3] + [0] * 4) * 10)
+    snap = json.loads(json.dumps(est.snapshot()))
+    assert snap["version"] == 2
+    back = RateEstimator.restore(snap, clock=FakeClock(clock.t + 1))
+    assert back.snapshot()["bank"] == snap["bank"]
+    assert back.snapshot()["scores"] == snap["scores"]
+    assert back.half_life_of("m") == est.half_life_of("m")
+    # a version-1 snapshot (one EWMA): every candidate starts from its rate, scores even
+    old = {k: v for k, v in snap.items() if k not in ("bank", "scores", "half_lives_s")}
+    old["version"] = 1
+    v1 = RateEstimator.restore(old, clock=FakeClock(clock.t + 1))
+    assert v1.rate("m") == pytest.approx(est.rate("m"))
+    assert v1.snapshot()["bank"]["m"] == pytest.approx([est.rate("m")] * 3)
+    assert v1.half_life_of("m") == 300.0
+
+
 def test_invalid_inputs_are_refused() -> None:
     est = RateEstimator(clock=FakeClock())
     with pytest.raises(ValueError):
@@ -271,6 +346,10 @@ def test_invalid_inputs_are_refused() -> None:
         RateEstimator(half_life_s=math.inf)
     with pytest.raises(ValueError):
         RateEstimator(surge_min_count=0)
+    with pytest.raises(ValueError):
+        RateEstimator(half_lives_s=(60.0, -1.0))
+    with pytest.raises(ValueError):
+        RateEstimator(score_half_life_slots=0)
 
 
 # ------------------------------------------------------------------------- PoolStats

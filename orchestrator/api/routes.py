@@ -63,7 +63,8 @@ async def agents(request: Request) -> AgentList:
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    """Every model on any registered agent, with where it is and its estimated rate."""
+    """Every model on any registered agent, with where it is, its estimated rate and the
+    half-life of the EWMA that gives it (`core/rates.py`)."""
     o = _orch(request)
     rates = o.rates.rates()
     out: dict[str, dict[str, Any]] = {}
@@ -71,7 +72,13 @@ async def models(request: Request) -> dict[str, Any]:
         for m in a.models:
             e = out.setdefault(
                 m.id,
-                {"id": m.id, "kind": m.kind.value, "rate_rps": rates.get(m.id, 0.0), "hosts": {}},
+                {
+                    "id": m.id,
+                    "kind": m.kind.value,
+                    "rate_rps": rates.get(m.id, 0.0),
+                    "rate_half_life_s": o.rates.half_life_of(m.id),
+                    "hosts": {},
+                },
             )
             e["hosts"][a.id] = {
                 "level": m.level.value,

@@ -13,10 +13,22 @@ of the surge test is scipy's `pdtrc`).
   changes from r1 to r2, the gap ``estimate - r2`` halves every ``half_life_s`` (exactly, at
   slot boundaries), and a model that stops being requested decays to half its rate after
   ``half_life_s`` of empty slots.
-- The EWMA is slow on purpose (it keeps the placement from thrashing), so *surges* are handled
-  separately: when a model's rate in the still-open slot (its count divided by the elapsed
-  time, once at least ``min(slot_s, 10 s)`` have elapsed, to avoid noise) exceeds
-  ``surge_factor`` times its estimate at the start of the slot, and its count is at least
+- *Which* half-life fits a model is measured, not assumed (`half_lives_s`, default 60, 300
+  and 1,800 s): one EWMA per candidate is kept for every model, each is scored at every
+  slot close by how well it predicted that slot's count (the Poisson log-likelihood of the
+  count at the candidate's estimate from before the slot, the scores forgetting with a
+  half-life of `score_half_life_slots`, 60 slots), and the model's estimate is the
+  best-scored candidate's (the `half_life_s` one on a tie, e.g. a new model). A model
+  used in sessions (busy for several slots, then silent) is then followed by a fast EWMA,
+  whose estimate falls within minutes of a session's end; a steady one, or one whose
+  bursts are single slots at random times (where the long-run average predicts best),
+  keeps a slow, less noisy EWMA. (Before, one slow EWMA for every model also kept the
+  placement from thrashing; the orchestrator's hysteresis does that now,
+  `core/hysteresis.py`.) `half_lives_s = ()` is the single fixed `half_life_s` EWMA.
+- A slow EWMA lags a rise, so *surges* are handled separately: when a model's rate in the
+  still-open slot (its count divided by the elapsed time, once at least
+  ``min(slot_s, 10 s)`` have elapsed, to avoid noise) exceeds ``surge_factor`` times
+  its estimate at the start of the slot, and its count is at least
   ``surge_min_count``, and so many arrivals are unlikely at the estimate (a Poisson tail
   below ``surge_alpha``, 1e-4: the open slot is checked at every arrival report, and
   without it noise in the first seconds of a slot of a model at a steady rate passed the
@@ -44,7 +56,21 @@ from scipy.special import pdtrc
 
 __all__ = ["DEFAULT_SURGE_ALPHA", "PoolStats", "RateEstimator", "poisson_tail"]
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+"""Version 2 added the per-candidate EWMAs and their scores; version 1 snapshots (one EWMA)
+still restore, every candidate starting from the one rate."""
+
+DEFAULT_HALF_LIVES_S = (60.0, 300.0, 1800.0)
+"""The candidate half-lives: one slot (a burst forgotten within minutes), five slots (the
+previous fixed default), half an hour (a steady model's noise averaged out)."""
+
+DEFAULT_SCORE_HALF_LIFE_SLOTS = 60.0
+"""The candidates' scores forget with this half-life (an hour of 60-s slots): dozens of
+slots of evidence per model, while a change of regime is followed within hours."""
+
+_MIN_PREDICTED = 1e-3
+"""A candidate predicting fewer arrivals in a slot is scored as predicting this many (so one
+arrival where none was predicted costs log(1e3) ≈ 6.9, not an infinite loss)."""
 
 DEFAULT_SURGE_ALPHA = 1e-4
 """A surge must be this unlikely under the current estimate (Poisson arrivals): checked at
@@ -91,6 +117,8 @@ class RateEstimator:
         surge_min_count: int = 5,
         clock: Callable[[], float] = time.time,
         surge_alpha: float = DEFAULT_SURGE_ALPHA,
+        half_lives_s: tuple[float, ...] | None = DEFAULT_HALF_LIVES_S,
+        score_half_life_slots: float = DEFAULT_SCORE_HALF_LIFE_SLOTS,
     ) -> None:
         if not (slot_s > 0 and math.isfinite(slot_s)):
             raise ValueError("slot_s must be a positive number of seconds")
@@ -110,8 +138,20 @@ class RateEstimator:
         self.surge_min_count = surge_min_count
         self.surge_alpha = float(surge_alpha)
         self.clock = clock
-        self.alpha = 1.0 - 2.0 ** (-self.slot_s / self.half_life_s)
+        lives = tuple(float(h) for h in (half_lives_s or ()))
+        if any(not (h > 0 and math.isfinite(h)) for h in lives):
+            raise ValueError("half_lives_s must be positive numbers of seconds")
+        if not (score_half_life_slots > 0 and math.isfinite(score_half_life_slots)):
+            raise ValueError("score_half_life_slots must be positive")
+        # the configured half-life is always a candidate, the first (it wins ties)
+        self.half_lives_s = (self.half_life_s, *sorted(set(lives) - {self.half_life_s}))
+        self.score_half_life_slots = float(score_half_life_slots)
+        self._alphas = [1.0 - 2.0 ** (-self.slot_s / h) for h in self.half_lives_s]
+        self._score_keep = 2.0 ** (-1.0 / self.score_half_life_slots)
+        self.alpha = self._alphas[0]
         self._lock = threading.Lock()
+        self._bank: dict[str, list[float]] = {}  # per model: one EWMA per candidate
+        self._score: dict[str, list[float]] = {}  # per model: each candidate's score
         self._slot_start = float(clock())
         self._rate: dict[str, float] = {}  # current estimate (may have jumped in this slot)
         self._base: dict[str, float] = {}  # estimate when the open slot began
@@ -135,6 +175,9 @@ class RateEstimator:
             self._counts[model_id] = self._counts.get(model_id, 0) + count
             self._rate.setdefault(model_id, 0.0)
             self._base.setdefault(model_id, 0.0)
+            if model_id not in self._bank:
+                self._bank[model_id] = [0.0] * len(self.half_lives_s)
+                self._score[model_id] = [0.0] * len(self.half_lives_s)
 
     def roll(self, now: float | None = None) -> list[str]:
         """Close every slot that has ended by ``now`` and update the rates.
@@ -168,6 +211,11 @@ class RateEstimator:
         with self._lock:
             return dict(self._rate)
 
+    def half_life_of(self, model_id: str) -> float:
+        """The candidate half-life (s) whose EWMA gives ``model_id``'s estimate now."""
+        with self._lock:
+            return self.half_lives_s[self._best(model_id)]
+
     def counts_in_slot(self) -> dict[str, int]:
         """Arrivals per model in the open slot (models with none are left out)."""
         with self._lock:
@@ -193,6 +241,8 @@ class RateEstimator:
                 "version": SNAPSHOT_VERSION,
                 "slot_s": self.slot_s,
                 "half_life_s": self.half_life_s,
+                "half_lives_s": list(self.half_lives_s),
+                "score_half_life_slots": self.score_half_life_slots,
                 "surge_factor": self.surge_factor,
                 "surge_min_count": self.surge_min_count,
                 "surge_alpha": self.surge_alpha,
@@ -202,6 +252,8 @@ class RateEstimator:
                 "counts": dict(self._counts),
                 "surged": sorted(self._surged),
                 "pending": list(self._pending),
+                "bank": {m: list(v) for m, v in self._bank.items()},
+                "scores": {m: list(v) for m, v in self._score.items()},
             }
 
     @classmethod
@@ -215,13 +267,19 @@ class RateEstimator:
         and the partial slot's counts are dropped (their duration is unknown).
         """
         version = snapshot.get("version")
-        if version != SNAPSHOT_VERSION:
+        if version not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"unsupported rate snapshot version {version!r}")
-        params: dict[str, Any] = {
-            k: snapshot[k]
-            for k in ("slot_s", "half_life_s", "surge_factor", "surge_min_count", "surge_alpha")
-            if k in snapshot
-        }
+        keys = (
+            "slot_s",
+            "half_life_s",
+            "surge_factor",
+            "surge_min_count",
+            "surge_alpha",
+            "score_half_life_slots",
+        )
+        params: dict[str, Any] = {k: snapshot[k] for k in keys if k in snapshot}
+        if "half_lives_s" in snapshot:
+            params["half_lives_s"] = tuple(float(h) for h in snapshot["half_lives_s"])
         params.update(kwargs)
         est = cls(**params)
         rates = {str(m): float(r) for m, r in snapshot.get("rates", {}).items()}
@@ -233,6 +291,20 @@ class RateEstimator:
             for m in set(rates) | set(base) | set(counts):
                 est._rate[m] = rates.get(m, base.get(m, 0.0))
                 est._base[m] = base.get(m, est._rate[m])
+            # The candidates carry over when the snapshot had the same ones; otherwise
+            # (version 1, other settings) every candidate starts from the base rate.
+            same = list(snapshot.get("half_lives_s", [])) == list(est.half_lives_s)
+            bank = snapshot.get("bank", {}) if same else {}
+            scores = snapshot.get("scores", {}) if same else {}
+            n = len(est.half_lives_s)
+            for m in est._rate:
+                b, sc = bank.get(m), scores.get(m)
+                if isinstance(b, list) and isinstance(sc, list) and len(b) == len(sc) == n:
+                    est._bank[m] = [float(x) for x in b]
+                    est._score[m] = [float(x) for x in sc]
+                else:
+                    est._bank[m] = [est._base[m]] * n
+                    est._score[m] = [0.0] * n
             if slot_start <= now < slot_start + est.slot_s:
                 est._slot_start = slot_start
                 est._counts = counts
@@ -262,26 +334,61 @@ class RateEstimator:
         # The remaining whole slots are empty: decay in closed form, whatever the gap.
         empty = int((now - self._slot_start) // self.slot_s)
         if empty > 0:
-            keep = (1.0 - self.alpha) ** empty
-            for m in self._rate:
-                self._rate[m] *= keep
+            self._skip_empty(empty)
             self._base = dict(self._rate)
             self._slot_start += empty * self.slot_s
 
+    def _best(self, m: str) -> int:
+        """The index of m's best-scored candidate (the first, `half_life_s`, on a tie)."""
+        scores = self._score.get(m)
+        if not scores:
+            return 0
+        return max(range(len(scores)), key=lambda j: (scores[j], -j))
+
+    def _skip_empty(self, n: int) -> None:
+        """n whole slots without arrivals (lock held): every candidate decays n times and is
+        scored on n zero counts in closed form (log P(0) = −μ; the sum of γ^(n−1−i)·μ·k^i
+        over i < n, μ the candidate's expected count, k its keep per slot, γ the score's)."""
+        g = self._score_keep
+        gn = g**n
+        for m, bank in self._bank.items():
+            scores = self._score[m]
+            for j, a in enumerate(self._alphas):
+                k = 1.0 - a
+                mu = bank[j] * self.slot_s
+                kn = k**n
+                geo = n * g ** (n - 1) if abs(g - k) < 1e-12 else (gn - kn) / (g - k)
+                scores[j] = gn * scores[j] - mu * geo
+                bank[j] *= kn
+            self._rate[m] = bank[self._best(m)]
+
+    def _score_slot(self, m: str, count: int) -> None:
+        """Score m's candidates on a closed slot's count, then fold it into each (lock held)."""
+        bank = self._bank.setdefault(m, [self._base.get(m, 0.0)] * len(self._alphas))
+        scores = self._score.setdefault(m, [0.0] * len(self._alphas))
+        observed = count / self.slot_s
+        log_fact = math.lgamma(count + 1)
+        for j, a in enumerate(self._alphas):
+            mu = max(bank[j] * self.slot_s, _MIN_PREDICTED)
+            scores[j] = self._score_keep * scores[j] + count * math.log(mu) - mu - log_fact
+            bank[j] += a * (observed - bank[j])
+
     def _close_slot(self) -> None:
-        """Fold the open slot into the EWMA (lock held)."""
+        """Score and fold the open slot into the EWMAs (lock held)."""
         for m in self._rate:
             count = self._counts.get(m, 0)
             observed = count / self.slot_s
             base = self._base.get(m, 0.0)
+            self._score_slot(m, count)
             if self._is_surge(count, observed, base):
                 new = observed
+                self._bank[m] = [observed] * len(self._alphas)  # every candidate jumps
                 if m not in self._surged:
                     self._surged.add(m)
                     self._pending.append(m)
             else:
                 # A mid-slot jump the whole slot does not confirm is undone here.
-                new = base + self.alpha * (observed - base)
+                new = self._bank[m][self._best(m)]
             self._rate[m] = new
         self._base = dict(self._rate)
         self._counts = {}
