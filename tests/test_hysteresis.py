@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from orchestrator.core.hysteresis import return_cost, settle
+from orchestrator.core.splitting import best_split
 from orchestrator.core.placement import (
     CLOUD,
     GB,
@@ -82,3 +83,33 @@ def test_no_gain_resets_the_regret_and_what_no_longer_fits_is_not_kept() -> None
     got, regret = settle(gone, to_cloud(gone), HELD, regret=20.0)
     assert got.levels == {} and regret == 0.0
     assert settle(busy, to_cloud(busy), None)[0].levels == {}
+
+
+def to_resident(inst: Instance) -> Decision:
+    split = {"A": {Option("e", "resident"): 1.0}}
+    levels = {("A", "e"): "resident"}
+    return Decision(
+        assignment={"A": Option("e", "resident")},
+        cost=evaluate_split(inst, split, levels),
+        algorithm="test",
+        seconds=0.0,
+        split=split,
+        levels=levels,
+    )
+
+
+def test_a_move_that_costs_a_load_pays_for_it_once() -> None:
+    # A is in the cloud (held: nothing here but its files); making it resident costs the
+    # 25-s load now and saves more than that in this slot alone: it is a switch at once,
+    # the load counted in what the switch costs, not again in the slot's gain
+    busy = replace(instance(rate=12 / 60), current={("A", "e"): "stored"})
+    new = to_resident(busy)
+    assert new.cost.transition == 25.0
+    held = {("A", "e"): "stored"}
+    stay = best_split(busy, held)
+    gain = evaluate_split(busy, stay.split, stay.levels).total - (
+        new.cost.total - new.cost.transition
+    )
+    assert 25.0 < gain < 50.0  # above one load, below the two the old rule asked for
+    got, regret = settle(busy, new, held)
+    assert got.levels == new.levels and regret == 0.0

@@ -10,10 +10,14 @@ resident" and "both models pooled" for 25 loads in 60 slots.
 
 `settle` applies the break-even rule of switching under uncertainty (ski rental): keep
 the last decision's levels, with the traffic split anew at this slot's rates, and add up
-what keeping them costs more than the new decision would, slot after slot (`regret`);
-switch once that sum reaches what the switch costs *both ways*: the new decision's own
-transitions plus those of coming back to the held levels (reloading the residents it gives
-up). A decision that is not cheaper than staying resets the sum. A one-slot gain of
+what keeping them costs more than the new decision's levels would, slot after slot, the
+switch itself left out (`regret`); switch once that sum reaches what the switch costs *both
+ways*: the new decision's own transitions plus those of coming back to the held levels
+(reloading the residents it gives up). A decision that is not cheaper than staying resets
+the sum. (Until this was fixed, the gain was taken net of the new decision's transitions,
+so a move that costs a load, such as making a model resident, paid for its load twice:
+once in every slot's gain and once in the sum it had to reach; a gain of 1.5 loads a slot
+waited two slots, one under a load never switched, however long it lasted.) A one-slot gain of
 2 pays for a 30-s reload only after 15 slots; a gain larger than the switch pays at once.
 No new parameter: every cost is the cost model's own. Without held levels, when the held
 levels no longer fit the instance (a host left, a capacity shrank) or break a pin, the new
@@ -68,7 +72,9 @@ def settle(
     if violations_split(instance, stay.split, levels):
         return new, 0.0
     stay_cost = evaluate_split(instance, stay.split, levels)
-    gain = stay_cost.total - new.cost.total
+    # what keeping costs more than the new levels would, the switch itself left out: it is
+    # on the other side, once, with the way back
+    gain = stay_cost.total - (new.cost.total - new.cost.transition)
     switch = new.cost.transition + return_cost(instance, kept, new.levels)
     if gain > 0 and regret + gain >= switch:
         return new, 0.0
