@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from orchestrator.core.hysteresis import return_cost, settle
-from orchestrator.core.splitting import best_split
 from orchestrator.core.placement import (
     CLOUD,
     GB,
@@ -20,6 +19,7 @@ from orchestrator.core.placement import (
     Prices,
     evaluate_split,
 )
+from orchestrator.core.splitting import best_split
 
 G = int(GB)
 HELD = {("A", "e"): "resident"}
