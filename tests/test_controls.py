@@ -130,8 +130,14 @@ async def test_a_pin_larger_than_its_host_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_surge_plan_keeps_every_level_of_the_last_decision(tmp_path: Path) -> None:
+    # Only this test's plans: heartbeats far apart (the host, which does not beat here, must
+    # not go down) and the background planner stopped (a control change requests a plan,
+    # which could otherwise become the "last decision" between the two compared here).
+    settings = orch_settings(tmp_path, command_retries=0, heartbeat_interval_s=30.0)
     async with AsyncExitStack() as stack:
-        o, orch, _ = await serve_orchestrator(stack, orch_settings(tmp_path, command_retries=0))
+        o, orch, _ = await serve_orchestrator(stack, settings)
+        background = next(t for t in orch._tasks if t.get_name() == "planner")
+        background.cancel()
         await register(o, "e1", "m1", "m2")
         assert (await o.put("/v1/pins/e1/m1", json={"level": "resident"})).status_code == 200
         first = await orch.plan_now("test")
