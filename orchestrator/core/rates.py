@@ -363,9 +363,9 @@ class RateEstimator:
             self._rate[m] = bank[self._best(m)]
 
     def _score_slot(self, m: str, count: int) -> None:
-        """Score m's candidates on a closed slot's count, then fold it into each (lock held)."""
-        bank = self._bank.setdefault(m, [self._base.get(m, 0.0)] * len(self._alphas))
-        scores = self._score.setdefault(m, [0.0] * len(self._alphas))
+        """Score m's candidates on a closed slot's count, then fold it into each (lock held;
+        every known model has its candidates: `observe` and `restore` make them)."""
+        bank, scores = self._bank[m], self._score[m]
         observed = count / self.slot_s
         log_fact = math.lgamma(count + 1)
         for j, a in enumerate(self._alphas):
