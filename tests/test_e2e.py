@@ -103,6 +103,8 @@ def system(model_zoo: Path, tmp_path: Path) -> Iterator[System]:
         rate_half_life_s=2.0,
         profile_text_tokens=2,
         log_level="info",
+        # one 2-s EWMA: the candidate half-lives (60-1,800 s) are hundreds of these slots
+        extra_env={"ORCH_RATE_HALF_LIVES_S": "[]"},
     )
     s = System(cfg)
     try:

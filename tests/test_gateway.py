@@ -544,7 +544,10 @@ async def test_placement_follows_demand_through_the_gateway(
     from orchestrator.app import create_app as create_orchestrator
 
     # Many missed heartbeats before "down": every server shares this test's event loop.
-    osettings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0, missed_heartbeats=20)
+    # One 1-s EWMA (no slow candidate half-lives), so the rate follows within the test.
+    osettings = orch_settings(
+        tmp_path, slot_s=1.0, rate_half_life_s=1.0, rate_half_lives_s=[], missed_heartbeats=20
+    )
     oport = free_port()
     ourl = f"http://127.0.0.1:{oport}"
     async with AsyncExitStack() as stack:

@@ -30,6 +30,12 @@ TOKEN = AGENT_TOKEN
 AS_GATEWAY = bearer(GATEWAY_TOKEN)
 
 
+FAST_RATES: dict[str, Any] = dict(slot_s=1.0, rate_half_life_s=1.0, rate_half_lives_s=[])
+"""1-s slots and one 1-s EWMA, so rates follow within the test. Not the candidate
+half-lives (60-1,800 s, i.e. 60-1,800 of these slots): a late arrival report could make a
+slow one predict best and hold the rate down."""
+
+
 def orch_settings(tmp: Path, **kw: Any) -> OrchestratorSettings:
     base: dict[str, Any] = dict(
         db_path=tmp / "orch.sqlite",
@@ -107,7 +113,7 @@ async def test_placement_follows_rates_and_survives_faults(
 ) -> None:
     # Short slots and half-life so rates move within the test; modest rates so the compute
     # cap (rate x measured inference time <= 0.9 of the slot) holds even on a busy CI machine.
-    settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
+    settings = orch_settings(tmp_path, **FAST_RATES)
     async with AsyncExitStack() as stack:
         o, orch, orch_port = await serve_orchestrator(stack, settings)
         a = await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
@@ -284,7 +290,7 @@ async def test_a_model_hotter_than_one_host_is_split_over_two_hosts_and_the_clou
     # requests/s > 0.9 of every second): the plan splits it over both real agents and the
     # cloud, the placement view and the routing table say so, and the reconciler loads
     # the model on both hosts.
-    settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
+    settings = orch_settings(tmp_path, **FAST_RATES)
     async with AsyncExitStack() as stack:
         o, orch, orch_port = await serve_orchestrator(stack, settings)
         await stack.enter_async_context(agent(two_stores[0], tmp_path, "edge-a", orch_port))
@@ -348,7 +354,7 @@ async def test_a_model_no_edge_host_holds_is_fetched_profiled_placed_and_served_
 
     cloud_store = tmp_path / "cloud-store"
     shutil.copytree(model_zoo / "tiny-llama", cloud_store / "tiny-llama")
-    settings = orch_settings(tmp_path, slot_s=1.0, rate_half_life_s=1.0)
+    settings = orch_settings(tmp_path, **FAST_RATES)
     async with AsyncExitStack() as stack:
         o, orch, orch_port = await serve_orchestrator(stack, settings)
         ports = {"cloud": free_port(), "edge": free_port()}
