@@ -60,17 +60,23 @@ Routing (the gateway's rule, `cloud_gateway/core/routing.py`)
   or loading it is left out of the pick, as the gateway skips hosts whose model state is
   not `ready`. Nothing ready and no cloud fraction: the cloud.
 - Live-queue correction (`SimConfig.overflow`, on by default): the pick only decides edge
-  or cloud; an edge request goes to the ready planned host that would finish it first (its
-  queue in arrival order, pool switches included, and the request's work; the picked host
-  on a tie), and to the cloud when even that one would finish it later than the cloud. The
-  estimate is exact for a first-in-first-out pool; with the pool grouped by model the
-  request may finish earlier or later (within the starvation bound).
+  or cloud; an edge request goes to the ready planned host that would finish it first (the
+  picked host on a tie), and to the cloud when even that one would finish it later than the
+  cloud. **The router does not know a request's size**: as the gateway (`infer_s × (1 +
+  queue)`), it estimates every request, the one in service, the queued ones and the new
+  one, at its model's mean inference time I (the instance's, what the planner uses), with
+  the pool switches the queue implies, and the cloud at T^wan + I^cloud; each request is
+  then served at its own work. (Before this was so, the simulator routed with each
+  request's true size: a router that knew which requests were long, which favoured the
+  load-on-demand baselines on the LLM traces.) With the pool grouped by model the order can
+  differ from the estimate's (within the starvation bound).
 - On demand (`SimConfig.on_demand`, on by default, with overflow on): a request the pick
   sends to the cloud goes instead to a host that holds the model on its disk but is not
   planned for it, when that host is idle (nothing served or waiting), its planned swap pool
   is at least the model's GPU memory, and a pool load plus the request would finish before
-  the cloud (the quickest such host); it is served through the pool (a switch, as any pool
-  miss). The gateway does the same with the table's `RouteHost.on_demand`. This is what
+  the cloud (estimated as above; the quickest such host); it is served through the pool
+  (a switch, as any pool miss). The gateway does the same with the table's
+  `RouteHost.on_demand`. This is what
   Ollama-style loading on demand does, within the memory the decision already holds.
 - Overflow off: the pick is over every planned option (ready or not) and the request is
   served there however long it waits (for a fetch or load, then in the host's queue).
@@ -130,16 +136,21 @@ Transitions at a slot boundary t0 (the orchestrator reconciles at once)
 The planner form of `lru` in `algorithms.py` can only say "pooled from disk", which is a
 single-model pool, not an LRU cache. The simulator therefore serves `lru` directly, like
 Ollama or Ray Serve model multiplexing: every request goes to the edge if some host can hold
-the model (else the cloud), to the host that would finish it first (its queue, plus a fetch
-and a load where it lacks the model: a router that knows the queues and the cached models,
-kinder to `lru` than routing by cache affinity alone); a model not loaded is loaded on
+the model (else the cloud), to the host that would finish it first (its backlog, plus a
+fetch and a load where it lacks the model, every request at its model's mean I as above: a
+router that knows the queues and the cached models, kinder to `lru` than routing by cache
+affinity alone); a model not loaded is loaded on
 demand (L^disk, on the request's server, a switch), evicting least recently used models
 until it fits in GPU memory; a model not on disk is fetched on demand (from the request's
 arrival), evicting least recently used models from disk (and from the GPU) until it fits;
 a victim leaves the GPU and the disk once its queued requests have finished, while the new
 download starts at once (so the disk, never the GPU, may briefly hold both).
 No RAM tier, no compute cap, no planning, no idle unloading. With overflow on, a request
-goes to the cloud when the chosen host would finish it later than the cloud.
+goes to the cloud when the chosen host's backlog and the request (at mean I) would finish
+later than the cloud: the overflow sheds a busy server's queue, it does not weigh the
+model's own fetch and load (an Ollama-style server always loads what it is asked for; were
+the load weighed against the cloud, a mean request would never pay a multi-second load on
+the LLM traces and these baselines would become cloud-only).
 
 `keep-alive` (`KEEP_ALIVE`) is Ollama's default scheduler on the same hosts, router and
 overflow: loads on demand as `lru`, but a model idle for `SimConfig.keep_alive_s` (300 s,
@@ -169,7 +180,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -659,7 +670,14 @@ def _over_cap(used: float, cap: float) -> bool:
 
 
 def _cloud_latency(base: Instance, r: Request) -> float:
+    """What the cloud takes to serve `r` (its own work)."""
     return base.cloud.wan_rtt_s + r.work * base.cloud_infer_s(r.model)
+
+
+def _cloud_estimate(base: Instance, m: str) -> float:
+    """The router's estimate of the cloud's latency for a request for m: the round trip and
+    one mean request (the gateway does not know a request's size before it is served)."""
+    return base.cloud.wan_rtt_s + base.cloud_infer_s(m)
 
 
 # ---------------------------------------------------------------------------------------
@@ -704,8 +722,8 @@ class _PlannedHost:
         self.base = base
         self.max_wait_s = max_wait_s
         self.waiting: list[_Waiting] = []
-        self._projection: tuple[float, str | None] | None = None  # FIFO (end, pool model)
         self.busy_until = start
+        self.serving: tuple[str, float] | None = None  # last served: (model, inference start)
         self.levels: dict[str, str] = {}  # what the decision placed here
         self.disk_ready: dict[str, float] = {}  # every model on disk: on disk from then
         self.last_used: dict[str, float] = {}  # on disk: last placed or served (LRU order)
@@ -819,24 +837,27 @@ class _PlannedHost:
     def enqueue(self, ticket: int, r: Request, ready: float) -> None:
         """A request routed here, eligible from `ready` (tickets come in increasing order)."""
         self.waiting.append(_Waiting(ticket, r, ready))
-        if self._projection is not None:
-            self._projection = self._project(self._projection, r.model, ready, r.work)
 
-    def finish(self, m: str, ready: float, work: float) -> float:
-        """When a request for m eligible at `ready` would finish if it joined the queue now:
-        the router's estimate, the queue's work in arrival order (its pool switches
-        included) and then this request's. Exact for a FIFO server; with the pool grouped
-        by model the real finish can come earlier (m is the pool's holder) or later (others
-        go first, up to the bound)."""
-        if self._projection is None:
-            state: tuple[float, str | None] = (self.busy_until, self.pool_model)
-            for w in self.waiting:
-                state = self._project(state, w.request.model, w.ready, w.request.work)
-            self._projection = state
-        return self._project(self._projection, m, ready, work)[0]
+    def finish(self, m: str, ready: float, now: float) -> float:
+        """The router's estimate at `now` of when a request for m eligible at `ready` would
+        finish if it joined this host's queue: the request in service, the queue in arrival
+        order (its pool switches included) and then this request, each (the one in service
+        too, from `now` or from the end of its load) at its model's mean inference time I,
+        as the gateway estimates (`infer_s × (1 + queue)`): it knows how many requests are
+        in flight and queued, not how long each will take. The estimate for requests of
+        mean size; with the pool grouped by model the real order can differ (m is the
+        pool's holder, or others go first, up to the bound)."""
+        end = self.busy_until
+        if self.serving is not None and self.busy_until > now:
+            model, started = self.serving
+            end = max(now, started) + self._perf(model).infer_s
+        state: tuple[float, str | None] = (end, self.pool_model)
+        for w in self.waiting:
+            state = self._project(state, w.request.model, w.ready)
+        return self._project(state, m, ready)[0]
 
     def _project(
-        self, state: tuple[float, str | None], m: str, ready: float, work: float
+        self, state: tuple[float, str | None], m: str, ready: float
     ) -> tuple[float, str | None]:
         end, pool = state
         perf = self._perf(m)
@@ -845,7 +866,7 @@ class _PlannedHost:
         if level in Level.POOLED and pool != m:
             begin += perf.load_ram_s if level == Level.CACHED else perf.load_disk_s
             pool = m
-        return begin + work * perf.infer_s, pool
+        return begin + perf.infer_s, pool
 
     def advance(self, until: float) -> list[_Served]:
         """Serve every waiting request whose turn comes before `until` (all: `math.inf`)."""
@@ -856,7 +877,6 @@ class _PlannedHost:
                 break
             w = self._next(now)
             self.waiting.remove(w)
-            self._projection = None
             r = w.request
             latency, hit = self._serve_one(r.model, r.t, w.ready, r.work)
             served.append(_Served(r, self.spec.id, latency, hit))
@@ -893,6 +913,7 @@ class _PlannedHost:
                 begin += perf.load_ram_s if level == Level.CACHED else perf.load_disk_s
         end = begin + work * perf.infer_s
         self.busy_until = end
+        self.serving = (m, begin)
         self.last_done[m] = end
         self.last_used[m] = end
         return end - t, hit
@@ -1102,22 +1123,22 @@ class _PlannedSim:
             for h in self.hosts.values():
                 served += h.advance(ready)
             if not e:
-                cloud_s = _cloud_latency(self.base, r)
+                cloud_s = _cloud_estimate(self.base, r.model)
                 idle = [
-                    (h.finish(r.model, r.t, r.work), h.spec.id)
+                    (h.finish(r.model, r.t, r.t), h.spec.id)
                     for h in self.hosts.values()
                     if h.takes_on_demand(r.model, r.t)
                 ]
                 if not idle or min(idle)[0] > r.t + cloud_s:
-                    tally.serve(cloud_s, True, w, r.model, "cloud")
+                    tally.serve(_cloud_latency(self.base, r), True, w, r.model, "cloud")
                     continue
                 e = min(idle)[1]
             elif self.cfg.overflow:
                 # the pick chose the edge; the planned ready host that finishes first serves
-                cloud_s = _cloud_latency(self.base, r)
+                cloud_s = _cloud_estimate(self.base, r.model)
                 first = self._fastest(r, plan, e)
                 if first is None or first[0] > r.t + cloud_s:
-                    tally.serve(cloud_s, True, w, r.model, "cloud")
+                    tally.serve(_cloud_latency(self.base, r), True, w, r.model, "cloud")
                     continue
                 e, ready = first[1], first[2]
             self.hosts[e].enqueue(ticket, r, ready)
@@ -1147,7 +1168,7 @@ class _PlannedSim:
             if not host.is_ready(r.model, r.t):
                 continue
             ready = host.eligible(r.model, r.t)
-            cand = (host.finish(r.model, ready, r.work), o.host, ready)
+            cand = (host.finish(r.model, ready, r.t), o.host, ready)
             if best is None or _rank(cand, picked) < _rank(best, picked):
                 best = cand
         return best
@@ -1207,6 +1228,7 @@ class _LruHost:
         self.max_loaded = max_loaded
         self.keep_alive_s = keep_alive_s
         self.busy_until = start
+        self.pending: deque[tuple[str, float, float, float]] = deque()  # see `_backlog_end`
         self.gpu: OrderedDict[str, int] = OrderedDict()  # model -> ledger handle, LRU first
         self.disk: OrderedDict[str, int] = OrderedDict()
         self.disk_ready: dict[str, float] = {}
@@ -1277,16 +1299,39 @@ class _LruHost:
         tally.bytes_fetched += size
         tally.transition += self.base.prices.fetch_weight * fetch_s
 
+    def _backlog_end(self, t: float) -> float:
+        """The router's estimate at t of when this host's server is free: the requests
+        given to it and not finished (`pending`: model, inference start, end, load
+        seconds), each at its model's mean inference time I (the gateway's
+        `infer_s × (1 + queue)`: it knows how many are in flight, not how long each
+        takes), the one in service from t or from the end of its load, the queued ones
+        with their loads."""
+        while self.pending and self.pending[0][2] <= t:
+            self.pending.popleft()
+        end = t
+        for k, (m, started, _, load_s) in enumerate(self.pending):
+            infer_s = self._perf(m).infer_s
+            end = max(t, started) + infer_s if k == 0 else end + load_s + infer_s
+        return end
+
     def expected_finish(self, r: Request) -> float:
-        """When this host would finish `r` if it got it now (the router's estimate)."""
+        """When this host would finish `r` if it got it now (the router's estimate, at mean
+        inference times, `_backlog_end`): the backlog, a fetch and a load where this host
+        lacks the model, then the request."""
         m = r.model
         perf = self._perf(m)
         size = self.base.model(m).storage_bytes
         on_disk = self.disk_ready.get(m, r.t + size / self.spec.backhaul_Bps)
-        begin = max(r.t, self.busy_until, on_disk)
+        begin = max(self._backlog_end(r.t), on_disk)
         if m not in self.gpu:
             begin += perf.load_disk_s
-        return begin + r.work * perf.infer_s
+        return begin + perf.infer_s
+
+    def queue_finish(self, r: Request) -> float:
+        """When `r` would finish here counting the backlog and the request at its mean time
+        but not the fetch and load of its own model: what the overflow of a load-on-demand
+        server sheds (see `_LruSim`)."""
+        return self._backlog_end(r.t) + self._perf(r.model).infer_s
 
     def serve(self, r: Request, tally: _Tally) -> float:
         """Serve one request on this host; returns its latency."""
@@ -1296,16 +1341,19 @@ class _LruHost:
             self._fetch(m, r.t, tally)
         self.disk.move_to_end(m)
         begin = max(r.t, self.busy_until, self.disk_ready[m])
+        load_s = 0.0
         if m not in self.gpu:
             while self.gpu and self._full(perf.vram_bytes):
                 self._unload(next(iter(self.gpu)), begin)
             self.gpu[m] = self.gpu_ledger.hold(begin, perf.vram_bytes)
             self.gpu_used += perf.vram_bytes
-            begin += perf.load_disk_s
+            load_s = perf.load_disk_s
+            begin += load_s
             tally.pool_loads += 1
         self.gpu.move_to_end(m)
         end = begin + r.work * perf.infer_s
         self.busy_until = end
+        self.pending.append((m, begin, end, load_s))
         self.last_done[m] = end
         return end - r.t
 
@@ -1346,9 +1394,10 @@ class _LruSim:
                 for h in self.hosts:
                     h.expire(r.t)
                 host = self._pick(r)
-                cloud_s = _cloud_latency(self.base, r)
-                if host is None or (self.cfg.overflow and host.expected_finish(r) > r.t + cloud_s):
-                    tally.serve(cloud_s, True, pr.delay_weight, r.model, "cloud")
+                cloud_s = _cloud_estimate(self.base, r.model)
+                if host is None or (self.cfg.overflow and host.queue_finish(r) > r.t + cloud_s):
+                    cloud = _cloud_latency(self.base, r)
+                    tally.serve(cloud, True, pr.delay_weight, r.model, "cloud")
                 else:
                     latency = host.serve(r, tally)
                     tally.serve(latency, False, pr.delay_weight, r.model, host.spec.id)

@@ -117,6 +117,30 @@ def test_overflow_sends_a_request_past_a_long_queue() -> None:
     assert r.slots[0].served == {"B": {"e": 2, "cloud": 2}}
 
 
+def test_the_router_does_not_know_a_requests_size() -> None:
+    # B resident (2 s a request, cloud 0.1 + 5 s). B@0 of work 3 runs 0-6. The router at
+    # 0.5 estimates it at one mean request (0.5 + 2 = 2.5), so B@0.5 (work 1) joins the
+    # queue (2.5 + 2 = 4.5 < 5.6) and really runs 6-8 (latency 7.5); a router that knew
+    # the sizes would have sent it to the cloud (6 + 2 = 8 > 5.6). B@0.6 (work 2) would
+    # finish at 6.5 by the estimate > 5.7: the cloud, at its own work (0.1 + 2 x 5).
+    start = replace(tiny(), current={("B", "e"): "resident"})
+    plan = {"A": CLOUD, "B": Option("e", "resident")}
+    reqs = [Request(0.0, "B", 3.0), Request(0.5, "B", 1.0), Request(0.6, "B", 2.0)]
+    r = simulate(start, reqs, lambda i, k: plan, SimConfig(overflow=True, start_s=0.0))
+    assert sorted(r.latencies) == pytest.approx([6.0, 7.5, 10.1])
+    assert r.slots[0].served == {"B": {"e": 2, "cloud": 1}}
+
+
+def test_lru_overflow_sheds_a_queue_not_a_load() -> None:
+    # A@0 on the idle host: fetched 0-2, loaded 2-5, runs 5-6; the cloud would take 4.1 s,
+    # but an Ollama-style server loads what it is asked for: the overflow weighs only the
+    # backlog. A@0.5 finds A loading (its one request estimated to end at 6): 6 + 1 > 4.6,
+    # the cloud.
+    r = simulate(tiny(), [Request(0.0, "A"), Request(0.5, "A")], "lru", SimConfig(overflow=True))
+    assert sorted(r.latencies) == pytest.approx([4.1, 6.0])
+    assert r.slots[0].served == {"A": {"e": 1, "cloud": 1}}
+
+
 @pytest.mark.parametrize(
     ("on_demand", "trace", "latencies", "cloud"),
     [
