@@ -62,7 +62,10 @@ Routing (the gateway's rule, `cloud_gateway/core/routing.py`)
 - Live-queue correction (`SimConfig.overflow`, on by default): the pick only decides edge
   or cloud; an edge request goes to the ready planned host that would finish it first (the
   picked host on a tie), and to the cloud when even that one would finish it later than the
-  cloud. **The router does not know a request's size**: as the gateway (`infer_s × (1 +
+  cloud; and a request the pick sends to the cloud goes instead to an idle planned host
+  (nothing in service or waiting there, the model ready) that would finish it before the
+  cloud, as the gateway does (the split thins traffic to keep queues short; an idle
+  server has none). **The router does not know a request's size**: as the gateway (`infer_s × (1 +
   queue)`), it estimates every request, the one in service, the queued ones and the new
   one, at its model's mean inference time I (the instance's, what the planner uses), with
   the pool switches the queue implies, and the cloud at T^wan + I^cloud; each request is
@@ -814,12 +817,16 @@ class _PlannedHost:
         decision does not place here (served on demand), stored (through the pool)."""
         return self.levels.get(m, Level.STORED)
 
+    def is_idle(self, t: float) -> bool:
+        """Nothing in service or waiting here at t (for any model)."""
+        return not self.waiting and self.busy_until <= t
+
     def takes_on_demand(self, m: str, t: float) -> bool:
         """Whether this host would serve m on demand at t: m is on its disk but not placed
         here, the server is idle, and the planned pool is big enough to load it."""
         if m in self.levels or self.disk_ready.get(m, math.inf) > t:
             return False
-        if self.waiting or self.busy_until > t:
+        if not self.is_idle(t):
             return False
         pool = [self._perf(x).vram_bytes for x, lv in self.levels.items() if lv in Level.POOLED]
         return bool(pool) and max(pool) >= self._perf(m).vram_bytes
@@ -1100,18 +1107,22 @@ class _PlannedSim:
         stats: dict[tuple[str, str], list[int]],
     ) -> None:
         """Every request picked in arrival order; cloud requests at once, edge requests
-        routed in order of eligibility (with the live-queue correction when overflow is on)
-        and served by their host's server as it frees (`_PlannedHost`); every host drains
-        its queue before the next plan's requests. Pool hits and misses per (model, host)
-        are added to `stats`."""
+        routed in order of eligibility (with the live-queue correction when overflow is on:
+        a cloud pick goes to an idle planned host, or an idle host on demand, that would
+        beat the cloud) and served by their host's server as it frees (`_PlannedHost`);
+        every host drains its queue before the next plan's requests. Pool hits and misses
+        per (model, host) are added to `stats`."""
         w = self.base.prices.delay_weight
         queue: list[tuple[float, float, int, Request, str]] = []
         on_demand = self.cfg.overflow and self.cfg.on_demand
         hosts = self.hosts.values()
         for i, r in enumerate(reqs):
             e = self._pick(r, plan)
-            if e is None and on_demand and any(r.model in h.disk_ready for h in hosts):
-                queue.append((r.t, r.t, i, r, ""))  # the cloud, or an idle host on demand
+            planned = self.cfg.overflow and any(o.host is not None for o in plan.split[r.model])
+            if e is None and (
+                planned or (on_demand and any(r.model in h.disk_ready for h in hosts))
+            ):
+                queue.append((r.t, r.t, i, r, ""))  # the cloud, or an idle host first
             elif e is None:
                 tally.serve(_cloud_latency(self.base, r), True, w, r.model, "cloud")
             else:
@@ -1124,10 +1135,12 @@ class _PlannedSim:
                 served += h.advance(ready)
             if not e:
                 cloud_s = _cloud_estimate(self.base, r.model)
+                planned_here = {o.host for o in plan.split[r.model]}
                 idle = [
                     (h.finish(r.model, r.t, r.t), h.spec.id)
                     for h in self.hosts.values()
-                    if h.takes_on_demand(r.model, r.t)
+                    if (h.spec.id in planned_here and h.is_ready(r.model, r.t) and h.is_idle(r.t))
+                    or (on_demand and h.takes_on_demand(r.model, r.t))
                 ]
                 if not idle or min(idle)[0] > r.t + cloud_s:
                     tally.serve(_cloud_latency(self.base, r), True, w, r.model, "cloud")

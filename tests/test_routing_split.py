@@ -23,14 +23,17 @@ def router(hosts: list[RouteHost], cloud_fraction: float, wan_rtt_s: float = 0.2
     return r
 
 
-def firsts(r: Router, n: int) -> Counter[str]:
-    return Counter(r.candidates("m", {}, now=0.0)[0].backend for _ in range(n))
+def firsts(r: Router, n: int, inflight: dict[str, int] | None = None) -> Counter[str]:
+    return Counter(r.candidates("m", inflight or {}, now=0.0)[0].backend for _ in range(n))
+
+
+BUSY = {"a": 1, "b": 1}  # one request in flight on each: no host is idle
 
 
 def test_first_backend_follows_the_fractions_exactly() -> None:
     r = router([planned("a", "resident", 0.5), planned("b", "cached", 0.3, in_pool=True)], 0.2)
-    assert firsts(r, 10) == {"a": 5, "b": 3, "cloud": 2}
-    assert firsts(r, 100) == {"a": 50, "b": 30, "cloud": 20}
+    assert firsts(r, 10, BUSY) == {"a": 5, "b": 3, "cloud": 2}
+    assert firsts(r, 100, BUSY) == {"a": 50, "b": 30, "cloud": 20}
 
 
 def test_fallbacks_after_the_pick() -> None:
@@ -42,8 +45,29 @@ def test_fallbacks_after_the_pick() -> None:
 
 def test_a_cloud_pick_keeps_the_edge_as_fallback() -> None:
     r = router([planned("a", "resident", 0.5)], 0.5)
-    orders = [[t.backend for t in r.candidates("m", {}, now=0.0)] for _ in range(2)]
+    orders = [[t.backend for t in r.candidates("m", BUSY, now=0.0)] for _ in range(2)]
     assert sorted(orders) == [["a", "cloud"], ["cloud", "a"]]
+
+
+def test_a_cloud_pick_goes_to_an_idle_planned_host_that_beats_the_cloud() -> None:
+    # idle (nothing in flight or queued there) and quicker than the cloud: it serves even
+    # the requests the weights send to the cloud
+    r = router([planned("a", "resident", 0.5)], 0.5)
+    assert firsts(r, 4) == {"a": 4}
+    # busy with another model's requests (the table's queue): the weights decide again
+    other = RouteModel(
+        model="x", kind="text", hosts=[planned("a", "resident", 1.0, queued=1)], cloud_fraction=0
+    )
+    mine = RouteModel(
+        model="m", kind="text", hosts=[planned("a", "resident", 0.5)], cloud_fraction=0.5
+    )
+    r.update(table([mine, other], wan_rtt_s=0.2), 0.0)
+    assert firsts(r, 4) == {"a": 2, "cloud": 2}
+    # idle but slower than the cloud (a pool load of 5 s against 0.21 s): the cloud first,
+    # whatever the pick
+    slow = planned("a", "stored", 0.5, preload_s=5.0)
+    r = router([slow], 0.5)
+    assert firsts(r, 4) == {"cloud": 4}
 
 
 def test_a_long_queue_puts_the_picked_host_behind_the_cloud() -> None:

@@ -31,6 +31,7 @@ from sim.scenarios import MeasuredModel, random_instance
 from sim.simulator import (
     HINDSIGHT,
     POLICIES,
+    Plan,
     Request,
     SimConfig,
     feasible_start,
@@ -129,6 +130,28 @@ def test_the_router_does_not_know_a_requests_size() -> None:
     r = simulate(start, reqs, lambda i, k: plan, SimConfig(overflow=True, start_s=0.0))
     assert sorted(r.latencies) == pytest.approx([6.0, 7.5, 10.1])
     assert r.slots[0].served == {"B": {"e": 2, "cloud": 1}}
+
+
+def test_a_cloud_pick_goes_to_an_idle_planned_host_that_beats_the_cloud() -> None:
+    # B split half to e (resident), half to the cloud. Each request finds e idle (2 s on e
+    # against 5.1 s in the cloud), so a cloud pick is served there too: the split thins
+    # the traffic to keep queues short, and an idle server has none. A@4.5 keeps e busy
+    # (A is planned to the cloud only): the B pick of B@5 that goes to the cloud stays
+    # there unless e is idle.
+    start = replace(tiny(), current={("B", "e"): "resident"})
+    half = {Option("e", "resident"): 0.5, CLOUD: 0.5}
+    plan = Plan(
+        split={"A": {CLOUD: 1.0}, "B": half},
+        levels={("B", "e"): "resident"},
+        assignment={"A": CLOUD, "B": Option("e", "resident")},
+    )
+    reqs = [Request(t, "B") for t in (0.0, 3.0, 6.0, 9.0)]
+    r = simulate(start, reqs, lambda i, k: plan, SimConfig(overflow=True, start_s=0.0))
+    assert r.latencies == pytest.approx([2.0] * 4)
+    assert r.slots[0].served == {"B": {"e": 4}}
+    # without the live correction (overflow off) the split is followed: two to the cloud
+    r = simulate(start, reqs, lambda i, k: plan, SimConfig(overflow=False, start_s=0.0))
+    assert r.slots[0].served == {"B": {"e": 2, "cloud": 2}}
 
 
 def test_lru_overflow_sheds_a_queue_not_a_load() -> None:

@@ -7,10 +7,12 @@ whether a request goes to the edge or the cloud; an edge request goes to the pla
 that would answer it first (its queue ahead times the measured inference, plus a preload
 when the pool does not hold the model), and when even that one would answer later than the
 cloud, behind the cloud: the live-queue correction of the plan.
-When the cloud would go first (picked, or every planned host slower), an idle host that may
-serve the model on demand (`RouteHost.on_demand`: on its disk, not planned there, its
-planned swap pool big enough; idle: nothing in flight or queued there, for any model) and
-would answer before the cloud goes first instead, as Ollama-style load-on-demand would.
+When the cloud would go first (picked, or every planned host slower), an idle host (nothing
+in flight or queued there, for any model) that would answer before the cloud goes first
+instead: a planned host of the model (the split thins the traffic to keep queues short; an
+idle server has none, so the correction works both ways), or a host that may serve the
+model on demand (`RouteHost.on_demand`: on its disk, not planned there, its planned swap
+pool big enough), as Ollama-style load-on-demand would; the quickest.
 The rest follow as fallbacks: the other planned hosts that beat the cloud, the cloud, the
 slower ones, then unplanned hosts that hold the model.
 
@@ -186,7 +188,7 @@ class Router:
             if not slower_than_cloud(exp):
                 first = [self._target(h, exp)]
         if not first or first is cloud:
-            idle = self._on_demand(entry, inflight, now, cloud_s if cloud else None)
+            idle = self._idle_first(entry, planned, inflight, now, cloud_s if cloud else None)
             if idle is not None:
                 first = [idle]
         chosen = {t.backend for t in first}
@@ -227,18 +229,23 @@ class Router:
         ]
         return fresh + stale
 
-    def _on_demand(
+    def _idle_first(
         self,
         entry: RouteModel,
+        planned: list[RouteHost],
         inflight: Mapping[str, int],
         now: float,
         cloud_s: float | None,
     ) -> Target | None:
-        """An idle host that may serve the model on demand (`RouteHost.on_demand`) and would
-        answer before the cloud, the quickest; None when there is none."""
+        """An idle host, planned for the model (ready, not suspect) or one that may serve
+        it on demand (`RouteHost.on_demand`), that would answer before the cloud, the
+        quickest; None when there is none."""
         best: tuple[float, str, RouteHost] | None = None
+        planned_ids = {h.host for h in planned}
         for h in entry.hosts:
-            if not h.on_demand or h.state != "ready" or self._is_suspect(h.host, now):
+            if h.host not in planned_ids and (
+                not h.on_demand or h.state != "ready" or self._is_suspect(h.host, now)
+            ):
                 continue
             if inflight.get(h.host, 0) + self._host_queued.get(h.host, 0) > 0:
                 continue  # busy: serving it here would delay the planned traffic
