@@ -91,6 +91,19 @@ def test_mlds_adds_a_replica_that_the_one_option_search_cannot_see() -> None:
     assert d.cost.total == pytest.approx(solve("exact", cold).cost.total, rel=1e-6)
 
 
+def test_mlds_adds_a_replica_on_every_host_a_hot_model_wants() -> None:
+    # 8 hosts of a model four hosts could not carry, on every disk, resident nowhere: the
+    # optimum holds it on all eight (no host's memory is worth keeping idle while the
+    # cloud is slower); the fractional moves must not stop at a fixed number of replicas
+    inst = hot_instance(8, rate=4.0)
+    inst = replace(inst, current={("hot", h.id): "stored" for h in inst.hosts})
+    exact = solve("exact", inst)
+    mlds = solve("mlds", inst)
+    assert len({o.host for o in exact.split["hot"]} - {None}) == 8
+    assert {o.host for o in mlds.split["hot"]} - {None} == {h.id for h in inst.hosts}
+    assert mlds.cost.total == pytest.approx(exact.cost.total, rel=1e-6)
+
+
 def test_the_wait_is_the_linearised_mg1_curve_and_counts_in_the_cost() -> None:
     inst = hot_instance(1, rate=0.2)  # 24 busy seconds: ρ = 0.4, a breakpoint of G
     inst = replace(inst, cloud=replace(inst.cloud, overflow=False))  # a queue that never sheds

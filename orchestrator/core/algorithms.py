@@ -544,7 +544,9 @@ def _mlds(
         trial = best_split(instance, levels_of_options(priced.to_assignment(opt)))
         if trial.total < best.total - 1e-9 * max(1.0, abs(best.total)):
             best = trial
-    rounds, trials = (_REPLICA_ROUNDS, _REPLICA_TRIALS) if small else (2, 4)
+    # small: until a replica no longer pays (at most one per model and host: a hot model
+    # may want one on every host); large: two rounds
+    rounds, trials = (cm.M * cm.E, _REPLICA_TRIALS) if small else (2, 4)
     best, _ = add_replicas(instance, best, rounds=rounds, trials=trials, deadline=deadline)
     if small:
         best = drop_levels(instance, best, deadline=deadline)
@@ -563,8 +565,7 @@ _PRICE_SCALES = (1.0, 2.0, 0.5)
 best split so far: the tangent's slope is right only for small changes of a host's load
 (the wait is convex: it underprices adding load, overprices removing it), so the search is
 run on a bracket of prices and the split that is cheapest in the true model kept."""
-_REPLICA_ROUNDS = 6  # replicas added at most (each re-solves up to _REPLICA_TRIALS splits)
-_REPLICA_TRIALS = 6
+_REPLICA_TRIALS = 6  # splits re-solved per replica round
 _LEVEL_ROUNDS = 8  # level changes in the true model (`splitting.improve_levels`), small only
 _LEVEL_TRIALS = 4
 
