@@ -69,6 +69,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from bench.common import quiet_native_stdout  # noqa: E402
+from bench.paired import across_seeds, paired_by_slot  # noqa: E402
 from genedge.pool_schedule import DEFAULT_MAX_WAIT_S  # noqa: E402
 from orchestrator.core.placement import (  # noqa: E402
     CloudSpec,
@@ -499,21 +500,61 @@ def run_policies(replay: Replay, policies: Sequence[str] = POLICIES) -> dict[str
     return out
 
 
-def markdown_table(results: dict[str, SimResult], reference: str = "lru") -> str:
-    """One row per policy: cost (and vs `reference`), latency, cloud share, switches, bytes."""
+def slot_costs(result: SimResult) -> list[float]:
+    """The total cost of each counted slot (they sum to `result.cost.total`)."""
+    return [s.cost.total for s in result.slots if s.counted]
+
+
+def markdown_table(
+    results: dict[str, SimResult], reference: str = "lru", paired: str = "mlds"
+) -> str:
+    """One row per policy: cost (and vs `reference`), latency, cloud share, switches, bytes,
+    and, when `paired` ran, the cost against it slot by slot with a 95% interval
+    (`bench.paired.paired_by_slot`)."""
     ref = results[reference].cost.total if reference in results else None
+    pair = slot_costs(results[paired]) if paired in results else None
     lines = [
-        f"| policy | total cost | vs {reference} | mean latency (s) | p95 latency (s) "
-        "| cloud share | switches | fetched (GB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| policy | total cost | vs {reference} | vs {paired}, by slot (95%) "
+        "| mean latency (s) | p95 latency (s) | cloud share | switches | fetched (GB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         vs = f"{100 * (r.cost.total / ref - 1):+.1f}%" if ref else "n/a"
+        by_slot = "n/a"
+        if pair is not None and name != paired:
+            by_slot = paired_by_slot(pair, slot_costs(r)).text()
         lines.append(
-            f"| {name} | {r.cost.total:,.0f} | {vs} | {r.mean_latency_s:.2f} | "
+            f"| {name} | {r.cost.total:,.0f} | {vs} | {by_slot} | {r.mean_latency_s:.2f} | "
             f"{r.p95_latency_s:.2f} | {r.cloud_share:.2f} | {r.switches} | "
             f"{r.bytes_fetched / GB:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def seeds_table(
+    totals: dict[str, list[float]],
+    latencies: dict[str, list[float]],
+    seeds: Sequence[int],
+    paired: str = "mlds",
+    reference: str = "lru",
+) -> str:
+    """One row per policy over several seeds: its cost on each, and the mean relative
+    difference from `paired` and from `reference` with Student-t 95% intervals."""
+    head = " | ".join(f"seed {k}" for k in seeds)
+    lines = [
+        f"| policy | {head} | vs {paired} (95%) | vs {reference} (95%) | mean latency (s) |",
+        "|---|" + "---:|" * (len(seeds) + 3),
+    ]
+    for name, costs in totals.items():
+        cells = " | ".join(f"{c:,.0f}" for c in costs)
+        vs_p = across_seeds(totals[paired], costs).text() if paired in totals else "n/a"
+        vs_r = across_seeds(totals[reference], costs).text() if reference in totals else "n/a"
+        if name == paired:
+            vs_p = "n/a"
+        if name == reference:
+            vs_r = "n/a"
+        lat = statistics.fmean(latencies[name])
+        lines.append(f"| {name} | {cells} | {vs_p} | {vs_r} | {lat:.2f} |")
     return "\n".join(lines)
 
 
@@ -619,6 +660,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per MILP")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="replay once per seed (thinning, load draws, solvers) and report each "
+        "policy's cost per seed with the mean difference from mlds and lru (95%%); the "
+        "doc section is the label with '-seeds'",
+    )
     ap.add_argument("--policies", nargs="*", default=list(POLICIES))
     ap.add_argument("--measured", type=Path, default=DEFAULT_MEASURED)
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -641,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         write_requests(replay.records, args.export)
         print(f"wrote the {len(replay.records)} requests of the trace to {args.export}")
+    if args.seeds:
+        return _main_seeds(args, t0)
     print(json.dumps(replay.assumptions, indent=1))
     results = run_policies(replay, args.policies)
     table = markdown_table(results)
@@ -665,6 +716,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     if args.doc:
         label = args.label or default_label(args)
+        update_doc(args.doc, label, table)
+        print(f"updated {args.doc} ({label})")
+    return 0
+
+
+def _main_seeds(args: argparse.Namespace, t0: float) -> int:
+    """`--seeds`: the replay once per seed, every policy; a table across the seeds."""
+    totals: dict[str, list[float]] = {}
+    latencies: dict[str, list[float]] = {}
+    for k in args.seeds:
+        args.seed = k
+        results = run_policies(prepare(args), args.policies)
+        for name, r in results.items():
+            totals.setdefault(name, []).append(r.cost.total)
+            latencies.setdefault(name, []).append(r.mean_latency_s)
+        costs = ", ".join(f"{n} {r.cost.total:,.0f}" for n, r in results.items())
+        print(f"seed {k} ({time.perf_counter() - t0:.0f} s): {costs}", flush=True)
+    table = seeds_table(totals, latencies, args.seeds)
+    print(table)
+    if args.json:
+        doc = {"seeds": args.seeds, "total_cost": totals, "mean_latency_s": latencies}
+        args.json.write_text(json.dumps(doc, indent=2))
+        print(f"wrote {args.json}")
+    if args.doc:
+        label = (args.label or default_label(args)) + "-seeds"
         update_doc(args.doc, label, table)
         print(f"updated {args.doc} ({label})")
     return 0

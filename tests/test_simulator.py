@@ -575,6 +575,30 @@ def test_replay_main_writes_the_json(tmp_path: Path, kind: str) -> None:
     assert "replaced" in doc_md.read_text() and "| mlds |" not in doc_md.read_text()
 
 
+def test_replay_over_seeds_reports_each_and_the_differences(tmp_path: Path) -> None:
+    folder = tmp_path / "trace"
+    write_gentd26(folder)
+    write_measured(tmp_path / "measured.json")
+    out, doc_md = tmp_path / "out.json", tmp_path / "bench.md"
+    args = ["--trace", str(folder), "--kind", "gentd26", "--measured"]
+    args += [str(tmp_path / "measured.json"), "--warmup-slots", "0", "--speedup", "1"]
+    args += ["--sample", "0.8"]
+    policies = ["--policies", "mlds", "lru", "cloud-only"]
+    seeds = [*policies, "--seeds", "0", "1", "--doc", str(doc_md), "--label", "t"]
+    assert replay.main([*args, *seeds, "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["seeds"] == [0, 1] and set(doc["total_cost"]) == {"mlds", "lru", "cloud-only"}
+    assert len(set(doc["total_cost"]["cloud-only"])) == 2  # the seeds thin differently
+    for name in ("mlds", "lru", "cloud-only"):  # one replay per seed, as each alone gives
+        alone = tmp_path / f"{name}.json"
+        for k, cost in enumerate(doc["total_cost"][name]):
+            one_args = [*args, "--policies", name, "--seed", str(k)]
+            assert replay.main([*one_args, "--json", str(alone)]) == 0
+            assert json.loads(alone.read_text())["policies"][name]["total_cost"] == cost
+    text = doc_md.read_text()
+    assert "<!-- t-seeds:begin -->" in text and "| seed 0 | seed 1 |" in text
+
+
 def test_read_requests_sorts_and_refuses_bad_rows(tmp_path: Path) -> None:
     good = tmp_path / "r.csv"
     good.write_text("time_s,model,kind,work\n5,b,image,2\n0.5,a,text,1\n5,a,text,0.25\n")
