@@ -534,27 +534,33 @@ def markdown_table(
 def seeds_table(
     totals: dict[str, list[float]],
     latencies: dict[str, list[float]],
+    p95s: dict[str, list[float]],
     seeds: Sequence[int],
     paired: str = "mlds",
     reference: str = "lru",
 ) -> str:
-    """One row per policy over several seeds: its cost on each, and the mean relative
-    difference from `paired` and from `reference` with Student-t 95% intervals."""
+    """One row per policy over several seeds: its cost on each; the mean relative
+    difference of the cost from `paired` and from `reference`, and of the mean latency from
+    `reference`'s, with Student-t 95% intervals; the mean and p95 latency averaged."""
     head = " | ".join(f"seed {k}" for k in seeds)
     lines = [
-        f"| policy | {head} | vs {paired} (95%) | vs {reference} (95%) | mean latency (s) |",
-        "|---|" + "---:|" * (len(seeds) + 3),
+        f"| policy | {head} | vs {paired} (95%) | vs {reference} (95%) "
+        f"| mean latency vs {reference} (95%) | mean latency (s) | p95 latency (s) |",
+        "|---|" + "---:|" * (len(seeds) + 5),
     ]
+
+    def vs(ref: str, name: str, values: dict[str, list[float]]) -> str:
+        if ref not in values or name == ref:
+            return "n/a"
+        return across_seeds(values[ref], values[name]).text()
+
     for name, costs in totals.items():
         cells = " | ".join(f"{c:,.0f}" for c in costs)
-        vs_p = across_seeds(totals[paired], costs).text() if paired in totals else "n/a"
-        vs_r = across_seeds(totals[reference], costs).text() if reference in totals else "n/a"
-        if name == paired:
-            vs_p = "n/a"
-        if name == reference:
-            vs_r = "n/a"
-        lat = statistics.fmean(latencies[name])
-        lines.append(f"| {name} | {cells} | {vs_p} | {vs_r} | {lat:.2f} |")
+        lines.append(
+            f"| {name} | {cells} | {vs(paired, name, totals)} | {vs(reference, name, totals)} "
+            f"| {vs(reference, name, latencies)} | {statistics.fmean(latencies[name]):.2f} "
+            f"| {statistics.fmean(p95s[name]):.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -725,18 +731,25 @@ def _main_seeds(args: argparse.Namespace, t0: float) -> int:
     """`--seeds`: the replay once per seed, every policy; a table across the seeds."""
     totals: dict[str, list[float]] = {}
     latencies: dict[str, list[float]] = {}
+    p95s: dict[str, list[float]] = {}
     for k in args.seeds:
         args.seed = k
         results = run_policies(prepare(args), args.policies)
         for name, r in results.items():
             totals.setdefault(name, []).append(r.cost.total)
             latencies.setdefault(name, []).append(r.mean_latency_s)
+            p95s.setdefault(name, []).append(r.p95_latency_s)
         costs = ", ".join(f"{n} {r.cost.total:,.0f}" for n, r in results.items())
         print(f"seed {k} ({time.perf_counter() - t0:.0f} s): {costs}", flush=True)
-    table = seeds_table(totals, latencies, args.seeds)
+    table = seeds_table(totals, latencies, p95s, args.seeds)
     print(table)
     if args.json:
-        doc = {"seeds": args.seeds, "total_cost": totals, "mean_latency_s": latencies}
+        doc = {
+            "seeds": args.seeds,
+            "total_cost": totals,
+            "mean_latency_s": latencies,
+            "p95_latency_s": p95s,
+        }
         args.json.write_text(json.dumps(doc, indent=2))
         print(f"wrote {args.json}")
     if args.doc:

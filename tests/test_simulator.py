@@ -597,6 +597,7 @@ def test_replay_over_seeds_reports_each_and_the_differences(tmp_path: Path) -> N
             assert json.loads(alone.read_text())["policies"][name]["total_cost"] == cost
     text = doc_md.read_text()
     assert "<!-- t-seeds:begin -->" in text and "| seed 0 | seed 1 |" in text
+    assert len(doc["p95_latency_s"]["lru"]) == 2 and "| mean latency vs lru (95%) |" in text
 
 
 def test_read_requests_sorts_and_refuses_bad_rows(tmp_path: Path) -> None:
