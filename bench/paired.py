@@ -72,6 +72,8 @@ def across_seeds(reference: Sequence[float], other: Sequence[float]) -> Differen
     %, with its Student-t 95% interval (a point interval for one seed)."""
     if len(reference) != len(other) or not reference:
         raise ValueError("the same seeds, at least one, for both policies")
+    if min(reference) <= 0:
+        raise ValueError("a reference that cost nothing")
     r = [100.0 * (o / ref - 1.0) for ref, o in zip(reference, other, strict=True)]
     mean = sum(r) / len(r)
     if len(r) < 2:

@@ -51,6 +51,7 @@ time behind an 80 ms round trip), default prices.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import statistics
@@ -522,7 +523,8 @@ def markdown_table(
         vs = f"{100 * (r.cost.total / ref - 1):+.1f}%" if ref else "n/a"
         by_slot = "n/a"
         if pair is not None and name != paired:
-            by_slot = paired_by_slot(pair, slot_costs(r)).text()
+            with contextlib.suppress(ValueError):  # nothing counted, or a free reference
+                by_slot = paired_by_slot(pair, slot_costs(r)).text()
         lines.append(
             f"| {name} | {r.cost.total:,.0f} | {vs} | {by_slot} | {r.mean_latency_s:.2f} | "
             f"{r.p95_latency_s:.2f} | {r.cloud_share:.2f} | {r.switches} | "
@@ -552,7 +554,10 @@ def seeds_table(
     def vs(ref: str, name: str, values: dict[str, list[float]]) -> str:
         if ref not in values or name == ref:
             return "n/a"
-        return across_seeds(values[ref], values[name]).text()
+        try:
+            return across_seeds(values[ref], values[name]).text()
+        except ValueError:  # a reference that cost nothing (no requests)
+            return "n/a"
 
     for name, costs in totals.items():
         cells = " | ".join(f"{c:,.0f}" for c in costs)

@@ -37,6 +37,8 @@ def test_different_replays_are_refused() -> None:
         paired_by_slot([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="no counted slots"):
         paired_by_slot([], [])
+    with pytest.raises(ValueError, match="cost nothing"):
+        across_seeds([0.0, 1.0], [1.0, 1.0])
 
 
 def test_across_seeds_is_the_student_t_interval_of_the_relative_differences() -> None:
