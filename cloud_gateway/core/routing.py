@@ -157,6 +157,7 @@ class Router:
         cloud_s = self._cloud_expected(entry)
         ready = [h for h in entry.hosts if h.state == "ready"]
         planned = [h for h in ready if h.fraction > 0 and not self._is_suspect(h.host, now)]
+        planned_ids = {h.host for h in planned}
         weights: dict[str | None, float] = {h.host: h.fraction for h in planned}
         if cloud:
             weights[None] = entry.cloud_fraction or 0.0
@@ -188,7 +189,7 @@ class Router:
             if not slower_than_cloud(exp):
                 first = [self._target(h, exp)]
         if not first or first is cloud:
-            idle = self._idle_first(entry, planned, inflight, now, cloud_s if cloud else None)
+            idle = self._idle_first(entry, planned_ids, inflight, now, cloud_s if cloud else None)
             if idle is not None:
                 first = [idle]
         chosen = {t.backend for t in first}
@@ -202,7 +203,6 @@ class Router:
             (behind if slower_than_cloud(exp) else edge).append((rank, self._target(h, exp)))
         edge.sort(key=lambda p: (p[0], p[1].backend))
         behind.sort(key=lambda p: (p[0], p[1].backend))
-        planned_ids = {h.host for h in planned}
         unplanned = sorted(
             (
                 h
@@ -232,16 +232,15 @@ class Router:
     def _idle_first(
         self,
         entry: RouteModel,
-        planned: list[RouteHost],
+        planned_ids: set[str],
         inflight: Mapping[str, int],
         now: float,
         cloud_s: float | None,
     ) -> Target | None:
-        """An idle host, planned for the model (ready, not suspect) or one that may serve
-        it on demand (`RouteHost.on_demand`), that would answer before the cloud, the
-        quickest; None when there is none."""
+        """An idle host, planned for the model (`planned_ids`: ready, not suspect) or one
+        that may serve it on demand (`RouteHost.on_demand`), that would answer before the
+        cloud, the quickest; None when there is none."""
         best: tuple[float, str, RouteHost] | None = None
-        planned_ids = {h.host for h in planned}
         for h in entry.hosts:
             if h.host not in planned_ids and (
                 not h.on_demand or h.state != "ready" or self._is_suspect(h.host, now)
